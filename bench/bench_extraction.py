@@ -1,0 +1,164 @@
+"""Extraction throughput: this package's `extract_suite` against the original challenge's method.
+
+    python bench/bench_extraction.py --threads 1          # 200 prefixes, 7 models, ~2 minutes
+    python bench/bench_extraction.py --num-prefixes 500 --batch-size 32
+
+Both run in one process on the same models and prefixes, and both include loading each model.
+The models are the demo suite's ladder of seven small GPT-NeoX models (random weights: speed does
+not depend on them) with Pythia's vocabulary: the real GPT-NeoX-20B tokenizer from ../shared/data,
+50304 logit rows, 50688 for the target as in Pythia-12b. The prefixes are 10-20 word openings of
+WikiText-2 paragraphs. Without ../shared the text is the standard library's docstrings and the
+tokenizer is trained on them (slower).
+
+The challenge's method, per model and per prefix: tokenize one prefix, run the model with logits at
+every position in float32, softmax over every position and every logit row, take the last row's
+first V columns, and keep it in a Python list; the list is stacked into float16 at the end.
+
+Where the speed-up comes from, and so how it moves with the models: for small models the vocabulary
+projection dominates, and the challenge's method computes it at every position (~20 per prefix)
+where `logits_to_keep` computes it once; batching removes per-call overhead. For large models the
+transformer body dominates and the CPU ratio falls towards the batching gain alone; on a GPU
+batching is most of the gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emergence_model.extract import extract_suite, load_model, load_tokenizer
+from emergence_model.prefixes import wikipedia_prefixes
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# (hidden size, layers, heads, logit rows), smallest first, the target last: the demo suite's
+# default ladder (emergence_model/demo.py) with Pythia's vocabulary; the target has 50688 logit
+# rows as Pythia-12b does.
+LADDER = (
+    (32, 1, 2, 50304),
+    (48, 1, 2, 50304),
+    (64, 2, 2, 50304),
+    (96, 2, 4, 50304),
+    (128, 3, 4, 50304),
+    (160, 4, 4, 50304),
+    (192, 4, 6, 50688),
+)
+
+
+def load_text_and_tokenizer():
+    """WikiText-2 paragraphs and the GPT-NeoX tokenizer, or a fallback built offline."""
+    from transformers import PreTrainedTokenizerFast
+
+    if (SHARED / "wikitext2-valid.txt").is_file():
+        lines = (SHARED / "wikitext2-valid.txt").read_text(encoding="utf-8").split("\n")
+        paragraphs = [
+            line for line in lines if len(line.split()) > 20 and not line.startswith(" =")
+        ]
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(SHARED / "gpt-neox-20b-tokenizer.json"),
+            eos_token="<|endoftext|>",
+            pad_token="<|padding|>",
+        )
+        return paragraphs, tokenizer, "wikitext-2 + gpt-neox-20b tokenizer"
+    from emergence_model.demo_corpus import stdlib_corpus, train_bpe_tokenizer
+
+    corpus = stdlib_corpus()
+    tokenizer = train_bpe_tokenizer(corpus.train, 50277)
+    return corpus.valid, tokenizer, "stdlib docstrings + a BPE tokenizer trained on them"
+
+
+def build_ladder(root: Path, tokenizer) -> list[str]:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    dirs = []
+    for i, (hidden, layers, heads, rows) in enumerate(LADDER):
+        torch.manual_seed(i)
+        config = GPTNeoXConfig(
+            vocab_size=rows,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            rotary_pct=0.25,
+            max_position_embeddings=2048,
+            tie_word_embeddings=False,
+        )
+        model_dir = root / f"neox-{hidden}x{layers}"
+        GPTNeoXForCausalLM(config).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        dirs.append(str(model_dir))
+    return dirs
+
+
+def challenge_method(model_dirs: list[str], prefixes: list[str]) -> np.ndarray:
+    """The original challenge's extraction: float16 probabilities [N, M, V]."""
+    vocab_size = len(load_tokenizer(model_dirs[-1]))
+    probs = [[None] * len(model_dirs) for _ in prefixes]
+    for m, model_dir in enumerate(model_dirs):
+        tokenizer = load_tokenizer(model_dir)
+        model = load_model(model_dir, dtype="float32")
+        for i, prefix in enumerate(prefixes):
+            inputs = tokenizer(prefix, return_tensors="pt")
+            with torch.no_grad():
+                logits = model(**inputs).logits  # (1, T, rows): every position
+            every = torch.softmax(logits.float(), dim=-1)
+            probs[i][m] = every[0, -1, :vocab_size].numpy()
+        del model
+    return np.array(probs, dtype=np.float16)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-prefixes", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    paragraphs, tokenizer, data = load_text_and_tokenizer()
+    prefixes = wikipedia_prefixes(paragraphs, args.num_prefixes, seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dirs = build_ladder(Path(tmp), tokenizer)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        reference = challenge_method(model_dirs, prefixes)
+        challenge_s = time.perf_counter() - start
+        challenge_cpu = time.process_time() - start_cpu
+        start, start_cpu = time.perf_counter(), time.process_time()
+        cache = extract_suite(
+            model_dirs,
+            prefixes,
+            Path(tmp) / "cache",
+            device="cpu",
+            batch_size=args.batch_size,
+            progress=False,
+        )
+        ours_s = time.perf_counter() - start
+        ours_cpu = time.process_time() - start_cpu
+        ours = np.exp(cache.rows(range(len(cache))))
+        reference = reference.astype(np.float32)
+        top2 = np.sort(reference, axis=-1)[..., -2:]
+        untied = top2[..., 1] > top2[..., 0]  # float16 rounding ties the top of flat rows
+        agree = (cache.argmax == reference.argmax(-1))[untied].mean()
+        max_diff = np.abs(ours - reference).max()
+
+    n, m = len(prefixes), len(model_dirs)
+    print(f"data: {data}; {n} prefixes x {m} models {[Path(d).name for d in model_dirs]}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(f"challenge method: {challenge_s:7.2f} s wall {challenge_cpu:7.2f} s CPU")
+    print(f"extract_suite:    {ours_s:7.2f} s wall {ours_cpu:7.2f} s CPU")
+    print(f"prefix-models/s (wall): {n * m / challenge_s:.1f} vs {n * m / ours_s:.1f}")
+    print(
+        f"argmax agreement {agree:.4f} (rows without float16 ties), max |prob diff| {max_diff:.1e}"
+    )
+    # CPU time is the fairer ratio on a machine shared with other jobs (it ignores waiting).
+    print(f"speed-up: {challenge_s / ours_s:.1f}x wall, {challenge_cpu / ours_cpu:.1f}x CPU time")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Extraction: each model's next-token log-probabilities for every prefix, written into a cache.
+
+Speed comes from three things: prefixes sorted by token length and batched with their neighbours
+(little padding), logits computed only at each row's last real position (`logits_to_keep` as a
+(batch, 1) tensor of positions), and one model in memory at a time. Right padding keeps every real
+token's position, so padded rows give the same result as rows run alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emergence_model.cache import CacheError, FeatureCache, create_cache
+from emergence_model.suites import Suite, custom_suite
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """float32 on CPU (bfloat16 matmuls are slow there), bfloat16 on CUDA (the 12b fits in 24 GB).
+
+    Not float16: Pythia's small models overflow to NaN in fp16 inference.
+    """
+    return "bfloat16" if str(device).startswith("cuda") else "float32"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in TORCH_DTYPES:
+        raise ValueError(f"--dtype {name!r} is not one of {', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[name]
+
+
+def load_tokenizer(model_id: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_id, revision=revision)
+
+
+def load_model(
+    model_id: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
+) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_id, revision=revision, dtype=torch_dtype(dtype)
+    )
+    return model.to(device).eval()
+
+
+def release_memory(model_ref: weakref.ref, device: str) -> None:
+    """Return a deleted model's memory before the next one loads (the 12b is ~24 GB in bf16).
+
+    A full garbage collection (a quarter second with transformers loaded) runs only if reference
+    cycles kept the model alive.
+    """
+    if model_ref() is not None:
+        gc.collect()
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_parameters_from_config(model_id: str, revision: str | None = None) -> int:
+    """Parameter count from the config alone: the model is built on the meta device, no weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_id, revision=revision)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return count_parameters(model)
+
+
+def tokenize_prefixes(tokenizer, prefixes: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prefix, with the tokenizer's own special-token rule (none for Pythia)."""
+    token_ids = tokenizer(list(prefixes), add_special_tokens=True)["input_ids"]
+    for i, ids in enumerate(token_ids):
+        if not ids:
+            raise ValueError(
+                f"prefix {i} ({prefixes[i]!r}) has no tokens; a model needs at least one token to "
+                "continue, so remove empty prefixes from the dataset"
+            )
+    return token_ids
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Positions into `lengths`, sorted by length and cut into batches of neighbours."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def batch_logprobs(
+    model: torch.nn.Module, token_ids: Sequence[Sequence[int]], device: str, vocab_size: int
+) -> torch.Tensor:
+    """Next-token log-probabilities (b, V) float32 after each row of token ids."""
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+    # Right padding with any valid id: masked keys never reach a real position under causal
+    # attention, and real tokens keep positions 0..len-1 (left padding would shift RoPE).
+    input_ids = torch.zeros((len(token_ids), int(lengths.max())), dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    last = (lengths - 1)[:, None]  # (b, 1) position of each row's last real token
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        logits_to_keep=last.to(device),
+    ).logits  # (b, 1, rows); rows >= V, the extra ones (e.g. 50688 in Pythia-12b) are padding
+    return torch.log_softmax(logits[:, 0, :vocab_size].float(), dim=-1)
+
+
+def iter_next_token_logprobs(
+    model: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    indices: Sequence[int] | np.ndarray,
+    *,
+    batch_size: int,
+    device: str,
+    vocab_size: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (prefix indices [b], log-probabilities [b, V] float32) for `indices`, by batch."""
+    indices = np.asarray(indices, dtype=np.int64)
+    lengths = [len(token_ids[i]) for i in indices]
+    for batch in length_batches(lengths, batch_size):
+        rows = indices[batch]
+        logprobs = batch_logprobs(model, [token_ids[i] for i in rows], device, vocab_size)
+        yield rows, logprobs.cpu().numpy()
+
+
+def next_token_logprobs(
+    model: torch.nn.Module,
+    tokenizer,
+    prefixes: Sequence[str],
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    vocab_size: int | None = None,
+) -> np.ndarray:
+    """Next-token log-probabilities [N, V] float32 of `model` after each prefix."""
+    vocab_size = vocab_size or len(tokenizer)
+    token_ids = tokenize_prefixes(tokenizer, prefixes)
+    out = np.empty((len(prefixes), vocab_size), dtype=np.float32)
+    for rows, logprobs in iter_next_token_logprobs(
+        model,
+        token_ids,
+        np.arange(len(prefixes)),
+        batch_size=batch_size,
+        device=device,
+        vocab_size=vocab_size,
+    ):
+        out[rows] = logprobs
+    return out
+
+
+def check_model(
+    model: torch.nn.Module,
+    model_id: str,
+    vocab_size: int,
+    token_ids: Sequence[Sequence[int]],
+    param_count: int,
+) -> None:
+    """Refuse a model that cannot score these prefixes; warn if its size is not the recorded one."""
+    rows = model.get_output_embeddings().weight.shape[0]
+    if rows < vocab_size:
+        raise CacheError(
+            f"{model_id} has {rows} logit rows but the target's tokenizer has {vocab_size} tokens; "
+            "all models of a suite must share one tokenizer"
+        )
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(ids) for ids in token_ids)
+    if context is not None and longest > context:
+        raise CacheError(
+            f"a prefix has {longest} tokens, more than {model_id}'s context of {context}; "
+            "shorten the prefixes"
+        )
+    loaded = count_parameters(model)
+    if loaded != param_count:
+        warnings.warn(
+            f"{model_id} has {loaded} parameters but {param_count} are recorded; check "
+            "--param-counts or the model path",
+            stacklevel=3,
+        )
+
+
+def extract_suite(
+    suite_or_model_ids: Suite | Sequence[str],
+    prefixes: Sequence[str],
+    out_dir: str | Path,
+    *,
+    revision: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 16,
+    cache_dtype: str = "float16",
+    param_counts: Sequence[int | None] | None = None,
+    source: dict | None = None,
+    seed: int | None = None,
+    verify: bool = True,
+    progress: bool = True,
+) -> FeatureCache:
+    """Cache every model's next-token distribution after every prefix in `out_dir`.
+
+    Resumable: rerunning with the same models and prefixes continues where a crash left off, and
+    models whose rows are all written are not even loaded. The tokenizer is the target's.
+    """
+    from tqdm.auto import tqdm
+
+    suite = (
+        suite_or_model_ids
+        if isinstance(suite_or_model_ids, Suite)
+        else custom_suite(list(suite_or_model_ids), revision)
+    )
+    revision = revision or suite.revision
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    torch_dtype(dtype)  # refuse a bad name before anything is written
+    model_ids = list(suite.model_ids)
+    for model_id in model_ids:
+        if model_id.startswith(("/", ".", "~")) and not Path(model_id).expanduser().is_dir():
+            raise ValueError(
+                f"no model directory at {model_id}; pass save_pretrained directories or hub ids"
+            )
+    known = list(param_counts) if param_counts is not None else list(suite.param_counts)
+    if len(known) != len(model_ids):
+        raise ValueError(f"{len(model_ids)} models but {len(known)} parameter counts")
+    counts = [
+        count if count is not None else count_parameters_from_config(model_id, revision)
+        for model_id, count in zip(model_ids, known, strict=True)
+    ]
+    tokenizer = load_tokenizer(suite.target_id, revision)
+    vocab_size = len(tokenizer)
+    token_ids = tokenize_prefixes(tokenizer, prefixes)
+    writer = create_cache(
+        out_dir,
+        model_names=model_ids,
+        param_counts=counts,
+        prefixes=prefixes,
+        vocab_size=vocab_size,
+        tokenizer=suite.target_id,
+        source=source,
+        seed=seed,
+        dtype=cache_dtype,
+        extraction=_extraction_meta(suite, revision, device, dtype, batch_size),
+    )
+    for m, model_id in enumerate(model_ids):
+        pending = writer.pending(m)
+        if not pending.size:
+            continue  # finished in an earlier run: not even loaded
+        model = load_model(model_id, revision=revision, dtype=dtype, device=device)
+        try:
+            check_model(model, model_id, vocab_size, token_ids, counts[m])
+            with tqdm(
+                total=len(prefixes),
+                initial=len(prefixes) - pending.size,
+                desc=Path(model_id).name or model_id,
+                unit="prefix",
+                disable=not progress,
+            ) as bar:
+                for rows, logprobs in iter_next_token_logprobs(
+                    model,
+                    token_ids,
+                    pending,
+                    batch_size=batch_size,
+                    device=device,
+                    vocab_size=vocab_size,
+                ):
+                    writer.write(m, rows, logprobs)
+                    bar.update(rows.size)
+        finally:
+            writer.commit()  # keep the rows written before an error or Ctrl-C
+            model_ref = weakref.ref(model)
+            del model
+            release_memory(model_ref, device)
+    return writer.finalize(verify=verify)
+
+
+def _extraction_meta(
+    suite: Suite, revision: str | None, device: str, dtype: str, batch_size: int
+) -> dict:
+    import transformers
+
+    return {
+        "suite": suite.name,
+        "revision": revision,
+        "device": str(device),
+        "model_dtype": dtype,
+        "batch_size": batch_size,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }

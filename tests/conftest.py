@@ -1,0 +1,142 @@
+"""Shared fixtures: a tiny GPT-NeoX suite built offline, and a finished cache extracted from it.
+
+The suite mirrors Pythia's shape on a small scale: one byte-level BPE tokenizer (trained here by
+`tokenizers`), models of increasing size with rotary embeddings on 25% of each head and untied
+embeddings, saved with `save_pretrained` and reloaded through `from_pretrained`. Like Pythia, the
+models have more logit rows than the tokenizer has tokens, the target most of all (Pythia-12b:
+50688 rows for 50277 tokens).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tiny models run fastest on one thread, and test machines are shared: more threads only spin.
+torch.set_num_threads(1)
+
+TINY_VOCAB = 320
+# (hidden size, layers, heads) of each model, smallest first, the target last.
+TINY_SHAPES = ((16, 1, 2), (24, 2, 2), (32, 2, 4), (48, 3, 4))
+# Logit rows beyond the vocabulary: Pythia rounds its small models up to a multiple of 128.
+TINY_EXTRA_ROWS = (0, 0, 0, 29)
+WORDS = (
+    "the a one every some river city model stone light music history small large old new "
+    "quickly slowly near far above under red green blue north south ran grew built found "
+    "wrote sang carried painted opened closed between during after before because while "
+    "mountain forest village language number season king queen ship road garden"
+).split()
+
+
+@dataclass
+class TinySuite:
+    """A saved tiny suite: local model directories (target last) that share one tokenizer."""
+
+    model_dirs: list[Path]
+    """`save_pretrained` directories, each with the tokenizer files too; the target is last."""
+    tokenizer_dir: Path
+    vocab_size: int
+    """len(tokenizer): the models' logit rows beyond it are padding."""
+    param_counts: list[int]
+    prefixes: list[str]
+    """24 prefixes of 1 to 16 words, for caches built in tests."""
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [str(d) for d in self.model_dirs]
+
+
+def make_sentences(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 16))]
+        words[0] = words[0].capitalize()
+        sentences.append(" ".join(words) + rng.choice([".", ",", "", "!"]))
+    return sentences
+
+
+def train_tokenizer(sentences: list[str], vocab_size: int = TINY_VOCAB):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(sentences, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|padding|>"
+    )
+
+
+def build_tiny_suite(root: Path) -> TinySuite:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    sentences = make_sentences(400)
+    tokenizer = train_tokenizer(sentences)
+    vocab_size = len(tokenizer)
+    tokenizer_dir = root / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+    model_dirs, param_counts = [], []
+    for i, ((hidden, layers, heads), extra) in enumerate(
+        zip(TINY_SHAPES, TINY_EXTRA_ROWS, strict=True)
+    ):
+        torch.manual_seed(i)
+        config = GPTNeoXConfig(
+            vocab_size=vocab_size + extra,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            rotary_pct=0.25,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+            # Wider than the default 0.02, so that the untrained models' distributions are not
+            # all nearly uniform and models of different sizes disagree.
+            initializer_range=0.3,
+            eos_token_id=0,
+            bos_token_id=0,
+        )
+        model = GPTNeoXForCausalLM(config).eval()
+        model_dir = root / f"tiny-neox-{i}"
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        model_dirs.append(model_dir)
+        param_counts.append(sum(p.numel() for p in model.parameters()))
+    return TinySuite(
+        model_dirs=model_dirs,
+        tokenizer_dir=tokenizer_dir,
+        vocab_size=vocab_size,
+        param_counts=param_counts,
+        prefixes=make_sentences(24, seed=1),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_suite(tmp_path_factory) -> TinySuite:
+    """Four tiny GPT-NeoX models (target last) and their tokenizer, saved under a temp dir."""
+    return build_tiny_suite(tmp_path_factory.mktemp("tiny_suite"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_suite, tmp_path_factory):
+    """A finished float16 cache of `tiny_suite` over its 24 prefixes, built by `extract_suite`.
+
+    Shared by the whole session: open it read-only, and copy it before changing anything.
+    """
+    from emergence_model.extract import extract_suite
+
+    out = tmp_path_factory.mktemp("tiny_cache") / "cache"
+    return extract_suite(
+        tiny_suite.model_ids, tiny_suite.prefixes, out, device="cpu", batch_size=5, progress=False
+    )
