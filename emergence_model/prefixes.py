@@ -99,8 +99,12 @@ def _demo(kind: str) -> Callable[..., tuple[list[str], dict]]:
     ) -> tuple[list[str], dict]:
         from emergence_model.demo import demo_prefixes
 
-        prefixes = list(demo_prefixes(kind, suite_dir))[:num_prefixes]
-        return prefixes, {"dataset": f"demo-{kind}", "suite_dir": str(suite_dir or "")}
+        prefixes = list(demo_prefixes(kind, suite_dir, seed=seed))[:num_prefixes]
+        return prefixes, {
+            "dataset": f"demo-{kind}",
+            "suite_dir": str(suite_dir or ""),
+            "seed": seed,
+        }
 
     what = "Wikipedia-style" if kind == "wiki" else "RTE-template"
     load.__doc__ = f"{what} prefixes of the demo suite's own held-out corpus (offline)."

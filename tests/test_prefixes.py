@@ -88,11 +88,13 @@ def test_hub_source_needs_a_column(monkeypatch):
 
 def test_demo_sources_call_the_demo_module_lazily(monkeypatch, tmp_path):
     fake = types.ModuleType("emergence_model.demo")
-    fake.demo_prefixes = lambda kind, suite_dir: [f"{kind} {i} {suite_dir}" for i in range(5)]
+    fake.demo_prefixes = lambda kind, suite_dir, seed: [
+        f"{kind} {i} {suite_dir} {seed}" for i in range(5)
+    ]
     monkeypatch.setitem(sys.modules, "emergence_model.demo", fake)
-    got, meta = load_prefixes("demo-rte", num_prefixes=2, suite_dir=tmp_path)
-    assert got == [f"rte 0 {tmp_path}", f"rte 1 {tmp_path}"]
-    assert meta["dataset"] == "demo-rte"
+    got, meta = load_prefixes("demo-rte", num_prefixes=2, seed=3, suite_dir=tmp_path)
+    assert got == [f"rte 0 {tmp_path} 3", f"rte 1 {tmp_path} 3"]
+    assert meta["dataset"] == "demo-rte" and meta["seed"] == 3
     assert load_prefixes("demo-wiki")[0][0].startswith("wiki 0")
 
 

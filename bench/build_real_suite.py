@@ -1,0 +1,80 @@
+"""Build a realistic offline suite from real text: WikiText-2 with the Pythia tokenizer.
+
+    python bench/build_real_suite.py                          # the demo ladder, full length (slow)
+    python bench/build_real_suite.py --steps 20 --rungs 3     # a short run that shows it works
+    python bench/build_real_suite.py --caches                 # + wiki-style and GLUE RTE caches
+
+The same builder as the demo (`emergence_model.demo.build_suite`) with `corpus=` and `tokenizer=`:
+documents are WikiText-2's paragraphs, split by a hash of their text, and the models have Pythia's
+50,304 logit rows for the tokenizer's 50,281 ids. With `--caches` it also caches the suite on the
+held-out paragraphs' openings (`demo-wiki`) and on the real GLUE RTE training pairs in the
+challenge's template, the transfer set the predictor is scored on with Pythia.
+
+Reads ../shared/data (a benchmark, never a test: a fresh clone has no ../shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+from emergence_model.demo import DemoConfig, build_suite, demo_suite, summary_table
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def glue_rte_prefixes(tsv: Path, tokenizer, max_tokens: int) -> list[str]:
+    """GLUE RTE pairs in the challenge's template, those that fit the models' training length."""
+    from emergence_model.prefixes import rte_prefixes
+
+    with open(tsv, encoding="utf-8", newline="") as f:
+        prefixes = rte_prefixes(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    lengths = map(len, tokenizer(prefixes, add_special_tokens=False)["input_ids"])
+    return [p for p, n in zip(prefixes, lengths, strict=True) if n <= max_tokens]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--suite-dir", type=Path, default=Path("runs/real-suite"))
+    parser.add_argument("--steps", type=int, default=DemoConfig.steps)
+    parser.add_argument("--rungs", type=int, default=len(DemoConfig.ladder), help="first N rungs")
+    parser.add_argument("--caches", action="store_true", help="also cache demo-wiki and GLUE RTE")
+    args = parser.parse_args()
+
+    ladder = DemoConfig.ladder[: args.rungs]
+    config = DemoConfig(
+        ladder=ladder, steps=args.steps, warmup_steps=min(DemoConfig.warmup_steps, args.steps // 10)
+    )
+    started = time.perf_counter()
+    info = build_suite(
+        args.suite_dir,
+        config,
+        corpus=args.data_dir / "wikitext2-valid.txt",
+        tokenizer=args.data_dir / "gpt-neox-20b-tokenizer.json",
+    )
+    print(summary_table(info))
+    print(f"corpus: {json.dumps(info['corpus'])}")
+    print(f"wall time this run: {time.perf_counter() - started:.0f} s")
+    if not args.caches:
+        return
+    from transformers import AutoTokenizer
+
+    from emergence_model.demo import prepare_demo_caches
+    from emergence_model.extract import extract_suite
+
+    wiki, demo_rte = prepare_demo_caches(args.suite_dir)
+    suite = demo_suite(args.suite_dir)
+    tsv = args.data_dir / "rte-train.tsv"
+    prefixes = glue_rte_prefixes(tsv, AutoTokenizer.from_pretrained(suite.target_id), 128)
+    rte = args.suite_dir / "caches" / "glue-rte"
+    source = {"dataset": str(tsv), "max_tokens": 128}
+    extract_suite(suite, prefixes, rte, device="cpu", source=source)
+    print(f"caches: {wiki} {demo_rte} {rte} ({len(prefixes)} GLUE RTE pairs)")
+
+
+if __name__ == "__main__":
+    main()
