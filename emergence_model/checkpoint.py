@@ -1,0 +1,182 @@
+"""Checkpoints: a plain dict that rebuilds the predictor from the file alone.
+
+    {"format_version", "package_version",
+     "config" (PredictorConfig as a dict: network shape, sizes, vocabulary, num_heads),
+     "model_names", "param_counts" (small models), "target_name", "target_param_count",
+     "vocab_size", "state_dict" (one head per cross-fitting fold),
+     "baselines" (tuned baseline parameters, e.g. the contrastive beta), "metrics",
+     "data" (training cache, its fingerprint, the split: folds, fractions, seed), "train_config"}
+
+Only plain Python values and tensors, so it loads with `torch.load(path, weights_only=True)`.
+`load_strategy(path)` turns one into a callable with the challenge's signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.strategies import NetworkStrategy, model_basename
+
+CHECKPOINT_FORMAT = 1
+REQUIRED_KEYS = (
+    "format_version",
+    "config",
+    "model_names",
+    "param_counts",
+    "target_name",
+    "target_param_count",
+    "vocab_size",
+    "state_dict",
+)
+
+
+class CheckpointError(ValueError):
+    """A missing, unreadable or incompatible checkpoint; the message says how to fix it."""
+
+
+def plain(value):
+    """numpy scalars and arrays, tuples and Paths -> plain Python values (weights_only-safe)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def cache_fingerprint(model_names: Sequence[str], prefixes: Sequence[str]) -> str:
+    """Identifies a cache's rows, so evaluation can tell the training cache when it sees it."""
+    digest = hashlib.sha256(json.dumps([list(model_names), list(prefixes)]).encode())
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    predictor: PerTokenPredictor,
+    *,
+    model_names: Sequence[str],
+    target_name: str,
+    baselines: dict | None = None,
+    metrics: dict | None = None,
+    data: dict | None = None,
+    train_config: dict | None = None,
+) -> dict:
+    """Write the checkpoint dict for `predictor` (its config carries sizes and vocabulary)."""
+    from emergence_model import __version__
+
+    cfg = predictor.config
+    if len(model_names) != cfg.num_models:
+        raise ValueError(f"{len(model_names)} model names for {cfg.num_models} small models")
+    checkpoint = {
+        "format_version": CHECKPOINT_FORMAT,
+        "package_version": __version__,
+        "config": plain(dataclasses.asdict(cfg)),
+        "model_names": [str(n) for n in model_names],
+        "param_counts": list(cfg.param_counts),
+        "target_name": str(target_name),
+        "target_param_count": int(cfg.target_param_count),
+        "vocab_size": int(cfg.vocab_size),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in predictor.state_dict().items()},
+        "baselines": plain(baselines or {}),
+        "metrics": plain(metrics or {}),
+        "data": plain(data or {}),
+        "train_config": plain(train_config or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and check a checkpoint written by `save_checkpoint` (weights_only: no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train one with train.py --out {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({first_line}); train it again with train.py"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not an emergence-model checkpoint (not a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}: not an emergence-model checkpoint; train one "
+            "with train.py"
+        )
+    if checkpoint["format_version"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {checkpoint['format_version']}, this package reads "
+            f"{CHECKPOINT_FORMAT}: retrain it with this version"
+        )
+    return checkpoint
+
+
+def build_predictor(checkpoint: dict) -> PerTokenPredictor:
+    """The network of a loaded checkpoint, in eval mode on the CPU."""
+    fields = {f.name for f in dataclasses.fields(PredictorConfig)}
+    config = PredictorConfig(**{k: v for k, v in checkpoint["config"].items() if k in fields})
+    predictor = PerTokenPredictor(config)
+    predictor.load_state_dict(checkpoint["state_dict"])
+    return predictor.eval()
+
+
+def check_compatible(
+    checkpoint: dict,
+    model_names: Sequence[str],
+    vocab_size: int,
+    where: str = "the cache",
+    what: str = "checkpoint",
+    target_name: str | None = None,
+) -> None:
+    """Refuse small models, a vocabulary or (if given) a target other than those of `checkpoint`
+    (a dict with "model_names", "vocab_size", "target_name"; org prefixes and paths of the names
+    are ignored)."""
+    trained = [model_basename(n) for n in checkpoint["model_names"]]
+    given = [model_basename(n) for n in model_names]
+    if trained != given:
+        raise CheckpointError(
+            f"{what} has models {trained}, {where} has {given}: use a checkpoint and caches of "
+            "one suite"
+        )
+    if int(vocab_size) != checkpoint["vocab_size"]:
+        raise CheckpointError(
+            f"{what} has a vocabulary of {checkpoint['vocab_size']}, {where} has {vocab_size}: "
+            "use a checkpoint and caches of one tokenizer"
+        )
+    if target_name is not None and model_basename(target_name) != model_basename(
+        checkpoint["target_name"]
+    ):
+        raise CheckpointError(
+            f"{what} predicts {checkpoint['target_name']!r}, {where} has target {target_name!r}: "
+            "use a checkpoint trained for this target"
+        )
+
+
+def load_strategy(path: str | os.PathLike) -> NetworkStrategy:
+    """A checkpoint as a challenge strategy: strategy(sentences, model_names, target_model_name,
+    probs (N, M, V) probabilities, float16 fine) -> list of N token ids."""
+    checkpoint = load_checkpoint(path)
+    return NetworkStrategy(
+        build_predictor(checkpoint), checkpoint["model_names"], checkpoint["target_name"]
+    )

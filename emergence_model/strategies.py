@@ -1,0 +1,312 @@
+"""Strategies: ways to guess the target model's next token from the small models.
+
+Every strategy gives log-scores over the vocabulary, `scores(logprobs (N, M, V), param_counts,
+target_param_count) -> (N, V)`, so that evaluation treats them all alike, and is callable with the
+original challenge's signature, `strategy(sentences, model_names, target_model_name, probs)`
+-> list of token ids, with `probs` the small models' probabilities (N, M, V) (float16 is fine).
+Where a strategy has a predicted distribution, its scores are normalised log-probabilities
+(`gives_distribution`), so the evaluation can report likelihood and KL for it.
+
+A new strategy is one class with `@register("name")`; `STRATEGIES` maps names to classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from emergence_model.model import LOG_FLOOR, PerTokenPredictor, floor_logprobs, probs_to_logprobs
+from emergence_model.suites import param_count_for
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+# Rows per chunk when a strategy is fitted on a cache.
+FIT_CHUNK_ROWS = 128
+
+
+def register(name: str):
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        if name in STRATEGIES:
+            raise ValueError(f"strategy {name!r} is registered twice")
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return add
+
+
+def as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
+
+
+def resolve_param_counts(model_names: Sequence[str], target_model_name: str) -> tuple[list, int]:
+    """Parameter counts of the challenge's small models and target, known from their names."""
+    counts = [param_count_for(n) for n in [*model_names, target_model_name]]
+    unknown = [
+        n for n, c in zip([*model_names, target_model_name], counts, strict=True) if c is None
+    ]
+    if unknown:
+        raise ValueError(
+            f"unknown parameter count for model {unknown[0]!r}: use Pythia model names, or a "
+            "checkpoint's load_strategy, which stores the counts"
+        )
+    return counts[:-1], counts[-1]
+
+
+def model_basename(name: str) -> str:
+    """A model's name without org or directory: "EleutherAI/pythia-70m" -> "pythia-70m"."""
+    return str(name).rstrip("/\\").replace("\\", "/").split("/")[-1].lower()
+
+
+class Strategy:
+    """Base class: override `score_tensor`; strategies with tuned parameters override `fit`."""
+
+    name: ClassVar[str] = "strategy"
+    gives_distribution: ClassVar[bool] = False
+    needs_param_counts: ClassVar[bool] = False
+
+    def scores(
+        self,
+        logprobs: np.ndarray | torch.Tensor,
+        param_counts: Sequence[int] | None = None,
+        target_param_count: int | None = None,
+    ) -> np.ndarray:
+        """(N, M, V) small models' log-probs -> (N, V) log-scores (float32)."""
+        x = floor_logprobs(as_tensor(logprobs))
+        if x.ndim != 3:
+            raise ValueError(
+                f"expected log-probs of shape (N, models, vocab), got {tuple(x.shape)}"
+            )
+        return self.score_tensor(x, param_counts, target_param_count).numpy()
+
+    def score_tensor(
+        self, x: torch.Tensor, param_counts: Sequence[int] | None, target_param_count: int | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fit(self, chunks, param_counts: Sequence[int], target_param_count: int) -> dict:
+        """Tune on (small log-probs (n, M, V), target argmax (n,)) chunks; returns the params."""
+        return self.params()
+
+    def params(self) -> dict:
+        """Tuned parameters, stored in a checkpoint and shown in reports."""
+        return {}
+
+    def __call__(
+        self,
+        sentences: Sequence[str],
+        model_names: Sequence[str],
+        target_model_name: str,
+        probs: np.ndarray | torch.Tensor,
+    ) -> list[int]:
+        """The challenge's signature: probs (N, M, V) of the small models -> N token ids."""
+        param_counts, target = (None, None)
+        if self.needs_param_counts:
+            param_counts, target = resolve_param_counts(model_names, target_model_name)
+        return self.score_probs(as_tensor(probs), param_counts, target).argmax(dim=1).tolist()
+
+    def score_probs(
+        self,
+        probs: torch.Tensor,
+        param_counts: Sequence[int] | None,
+        target_param_count: int | None,
+    ) -> torch.Tensor:
+        """Scores from probabilities (N, M, V); strategies with a cheaper path override it."""
+        return self.score_tensor(probs_to_logprobs(probs), param_counts, target_param_count)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{type(self).__name__}({params})"
+
+
+@register("token-0")
+class TokenZero(Strategy):
+    """Always token 0 (the original challenge's floor); later ids rank below it."""
+
+    def score_tensor(self, x, param_counts, target_param_count):
+        n, _, v = x.shape
+        return -torch.arange(v, dtype=torch.float32).expand(n, v).clone()
+
+
+@register("random")
+class RandomToken(Strategy):
+    """A uniformly random token, from a fixed seed."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def score_tensor(self, x, param_counts, target_param_count):
+        n, _, v = x.shape
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.rand(n, v, generator=generator)
+
+    def params(self) -> dict:
+        return {"seed": self.seed}
+
+
+@register("mean-prob")
+class MeanProbability(Strategy):
+    """Argmax of the small models' mean probability (the original challenge's baseline)."""
+
+    gives_distribution = True
+
+    def score_tensor(self, x, param_counts, target_param_count):
+        return torch.logsumexp(x, dim=1) - np.log(x.shape[1])
+
+    def score_probs(self, probs, param_counts, target_param_count):
+        # the same as from floored log-probs, without a log of every probability
+        return torch.log(probs.float().clamp_min(math.exp(LOG_FLOOR)).mean(dim=1))
+
+
+@register("largest")
+class LargestModel(Strategy):
+    """The largest small model's own distribution."""
+
+    gives_distribution = True
+
+    def score_tensor(self, x, param_counts, target_param_count):
+        return torch.log_softmax(x[:, largest_index(param_counts, x.shape[1])], dim=1)
+
+
+def largest_index(param_counts: Sequence[int] | None, num_models: int) -> int:
+    return num_models - 1 if param_counts is None else int(np.argmax(param_counts))
+
+
+def smallest_index(param_counts: Sequence[int] | None) -> int:
+    return 0 if param_counts is None else int(np.argmin(param_counts))
+
+
+@register("extrapolate")
+class LogLinearExtrapolation(Strategy):
+    """Each token's log-prob fitted by least squares against log parameter count across the
+    small models, evaluated at the target's size (renormalised)."""
+
+    gives_distribution = True
+    needs_param_counts = True
+
+    def score_tensor(self, x, param_counts, target_param_count):
+        if param_counts is None or target_param_count is None:
+            raise ValueError("extrapolate needs the parameter counts of the models")
+        logn = torch.log(torch.tensor([float(p) for p in param_counts]))
+        centered = logn - logn.mean()
+        slope = torch.einsum("m,nmv->nv", centered, x - x.mean(dim=1, keepdim=True))
+        slope = slope / centered.square().sum()
+        at_target = x.mean(dim=1) + slope * (np.log(float(target_param_count)) - logn.mean())
+        return torch.log_softmax(at_target, dim=1)
+
+
+@register("contrastive")
+class ContrastiveExtrapolation(Strategy):
+    """largest + beta * (largest - smallest): contrastive decoding read as extrapolation toward a
+    larger model; beta is tuned on the training split by a grid (renormalised)."""
+
+    gives_distribution = True
+    BETAS: ClassVar[tuple[float, ...]] = (*[round(0.1 * i, 2) for i in range(21)], 2.5, 3.0, 4.0)
+
+    def __init__(self, beta: float = 0.5) -> None:
+        self.beta = float(beta)
+
+    def score_tensor(self, x, param_counts, target_param_count):
+        return contrastive_logits(x, param_counts, self.beta).log_softmax(dim=1)
+
+    def fit(self, chunks, param_counts, target_param_count) -> dict:
+        correct = np.zeros(len(self.BETAS))
+        for logprobs, target in chunks:
+            x = floor_logprobs(as_tensor(logprobs))
+            target = as_tensor(target).long()
+            for j, beta in enumerate(self.BETAS):
+                guess = contrastive_logits(x, param_counts, beta).argmax(dim=1)
+                correct[j] += (guess == target).sum().item()
+        self.beta = float(self.BETAS[int(np.argmax(correct))])  # ties: the smallest beta
+        return self.params()
+
+    def params(self) -> dict:
+        return {"beta": self.beta}
+
+
+def contrastive_logits(x: torch.Tensor, param_counts, beta: float) -> torch.Tensor:
+    largest = x[:, largest_index(param_counts, x.shape[1])]
+    smallest = x[:, smallest_index(param_counts)]
+    return largest + beta * (largest - smallest)
+
+
+@register("network")
+class NetworkStrategy(Strategy):
+    """The learned per-token network, from a checkpoint (see `load_strategy`)."""
+
+    gives_distribution = True
+
+    def __init__(
+        self,
+        predictor: PerTokenPredictor,
+        model_names: Sequence[str],
+        target_name: str,
+        chunk_rows: int = 16,
+    ) -> None:
+        self.predictor = predictor.eval()
+        self.model_names = list(model_names)
+        self.target_name = target_name
+        self.chunk_rows = chunk_rows
+
+    @classmethod
+    def from_checkpoint(cls, path) -> NetworkStrategy:
+        from emergence_model.checkpoint import load_strategy
+
+        return load_strategy(path)
+
+    def score_tensor(self, x, param_counts, target_param_count):
+        cfg = self.predictor.config
+        if param_counts is not None and list(param_counts) != list(cfg.param_counts):
+            raise ValueError(
+                f"the network was trained on models of {cfg.param_counts} parameters, got "
+                f"{list(param_counts)}: use a checkpoint trained on this suite"
+            )
+        return self.predictor.log_probs(x, chunk_rows=self.chunk_rows)
+
+    def check_models(self, model_names: Sequence[str], target_model_name: str) -> None:
+        """Refuse models other than those the network was trained on (by name, org ignored)."""
+        given = [model_basename(n) for n in model_names]
+        trained = [model_basename(n) for n in self.model_names]
+        if given != trained:
+            raise ValueError(
+                f"the network was trained on small models {trained}, got {given}: use a "
+                "checkpoint trained on these models"
+            )
+        if model_basename(target_model_name) != model_basename(self.target_name):
+            raise ValueError(
+                f"the network was trained to predict {self.target_name!r}, got target "
+                f"{target_model_name!r}: use a checkpoint trained for this target"
+            )
+
+    def __call__(self, sentences, model_names, target_model_name, probs) -> list[int]:
+        self.check_models(model_names, target_model_name)
+        probs = as_tensor(probs)
+        self.predictor.check_inputs(probs)
+        guesses = []
+        for start in range(0, probs.shape[0], self.chunk_rows):
+            with torch.no_grad():
+                logits = self.predictor.forward_probs(probs[start : start + self.chunk_rows])
+            guesses += logits.argmax(dim=1).tolist()
+        return guesses
+
+    def params(self) -> dict:
+        return {"heads": self.predictor.config.num_heads, "target": self.target_name}
+
+
+def make_strategy(name: str, **kwargs) -> Strategy:
+    """A registered strategy by name; "network" takes `checkpoint=PATH`."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; pick one of {', '.join(STRATEGIES)}")
+    if name == "network":
+        if "checkpoint" not in kwargs:
+            raise ValueError("the network strategy needs a checkpoint: pass --checkpoint CKPT")
+        return NetworkStrategy.from_checkpoint(kwargs["checkpoint"])
+    return STRATEGIES[name](**kwargs)
+
+
+def baseline_names() -> list[str]:
+    return [name for name in STRATEGIES if name != "network"]

@@ -1,0 +1,154 @@
+import math
+
+import pytest
+import torch
+
+from emergence_model.model import (
+    LOG_FLOOR,
+    PerTokenPredictor,
+    PredictorConfig,
+    extrapolation_weights,
+    floor_logprobs,
+    probs_to_logprobs,
+)
+
+PARAMS = [1_000_000, 2_000_000, 4_000_000]
+
+
+def make_predictor(vocab_size: int = 50, **kwargs) -> PerTokenPredictor:
+    config = PredictorConfig(
+        vocab_size=vocab_size, param_counts=PARAMS, target_param_count=32_000_000, **kwargs
+    )
+    return PerTokenPredictor(config)
+
+
+def random_logprobs(n: int = 4, m: int = 3, v: int = 50, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(3 * torch.randn(n, m, v, generator=generator), dim=-1)
+
+
+def randomize(predictor: PerTokenPredictor) -> PerTokenPredictor:
+    torch.manual_seed(0)
+    for p in predictor.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return predictor.eval()
+
+
+def test_floor_is_the_smallest_float16_subnormal():
+    assert LOG_FLOOR == pytest.approx(math.log(torch.finfo(torch.float16).smallest_normal / 1024))
+    x = torch.tensor([0.0, -5.0, -40.0, -math.inf])
+    assert floor_logprobs(x).tolist() == pytest.approx([0.0, -5.0, LOG_FLOOR, LOG_FLOOR])
+    assert probs_to_logprobs(torch.tensor([0.0, 1.0], dtype=torch.float16)).tolist() == (
+        pytest.approx([LOG_FLOOR, 0.0])
+    )
+
+
+def test_extrapolation_weights_by_hand():
+    # log sizes 0, 1, 2; target at 3: slope = (x2 - x0) / 2, line at 3 = mean + slope * 2
+    slope, extrap = extrapolation_weights([1, math.e, math.e**2], math.e**3)
+    assert slope == pytest.approx([-0.5, 0.0, 0.5])
+    assert extrap == pytest.approx([1 / 3 - 1, 1 / 3, 1 / 3 + 1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"hidden_size": 0}, "--hidden-size"),
+        ({"num_layers": 0}, "--num-layers"),
+        ({"max_correction": -1}, "--max-correction"),
+        ({"activation": "tanh"}, "--activation"),
+        ({"num_candidates": -1}, "--num-candidates"),
+        ({"dropout": 1.0}, "--dropout"),
+    ],
+)
+def test_config_names_the_flag_to_fix(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        PredictorConfig(**kwargs)
+
+
+def test_config_checks_sizes():
+    with pytest.raises(ValueError, match="3 param_counts for 2 models"):
+        PredictorConfig(num_models=2, param_counts=PARAMS)
+    with pytest.raises(ValueError, match="same parameter count"):
+        PredictorConfig(param_counts=[5, 5])
+    with pytest.raises(ValueError, match="take them from the cache"):
+        PerTokenPredictor(PredictorConfig())
+
+
+def test_untrained_network_is_the_mean_probability_baseline():
+    predictor = make_predictor(num_candidates=8).eval()
+    x = random_logprobs()
+    mean = torch.log(floor_logprobs(x).exp().mean(dim=1))
+    assert torch.allclose(predictor.log_probs(x), torch.log_softmax(mean, dim=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("num_candidates", [0, 8, 1000])
+def test_output_is_a_distribution_over_the_vocabulary(num_candidates):
+    predictor = randomize(make_predictor(num_candidates=num_candidates))
+    x = random_logprobs()
+    logits = predictor(x)
+    assert logits.shape == (4, 50) and torch.isfinite(logits).all()
+    assert predictor.log_probs(x, chunk_rows=3).exp().sum(dim=1) == pytest.approx(torch.ones(4))
+
+
+def test_probability_inputs_match_log_probability_inputs():
+    predictor = randomize(make_predictor(num_candidates=8))
+    probs = random_logprobs().exp().half()
+    probs[0, 0, :10] = 0  # float16 underflow: log(0) lands on the floor
+    from_probs = predictor.log_probs_from_probs(probs)
+    from_logprobs = predictor.log_probs(probs_to_logprobs(probs))
+    assert torch.allclose(from_probs, from_logprobs, atol=1e-4)
+
+
+def test_same_weights_for_every_token():
+    # relabelling the vocabulary relabels the scores: no token has its own parameters
+    predictor = randomize(make_predictor(num_candidates=0))
+    x = random_logprobs()
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(predictor(x)[:, perm], predictor(x[:, :, perm]), atol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    predictor = randomize(make_predictor(num_candidates=8)).train()
+    loss = torch.nn.functional.cross_entropy(
+        predictor(random_logprobs()), torch.tensor([0, 1, 2, 3])
+    )
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in predictor.parameters())
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 50), (4, 3, 49), (3, 50)])
+def test_refuses_other_models_or_vocabulary(shape):
+    predictor = make_predictor()
+    with pytest.raises(ValueError, match="trained on 3 small models and a vocabulary of 50"):
+        predictor(torch.zeros(shape))
+
+
+def test_corrections_are_bounded():
+    predictor = randomize(make_predictor(num_candidates=0, max_correction=0.5))
+    for p in predictor.heads[0].token_out.parameters():
+        p.data.mul_(100)  # a huge raw correction
+    predictor.heads[0].tail_out = None
+    x = random_logprobs()
+    log_mean = torch.log(floor_logprobs(x).exp().mean(dim=1))
+    assert (predictor(x) - log_mean).abs().max() <= 0.5 + 1e-5
+
+
+def test_an_ensemble_averages_its_members_log_probabilities():
+    members = [randomize(make_predictor(num_candidates=8)) for _ in range(3)]
+    for i, member in enumerate(members):
+        torch.manual_seed(i)
+        for p in member.parameters():
+            p.data.normal_(0, 0.3)
+    ensemble = PerTokenPredictor.ensemble(members).eval()
+    assert ensemble.config.num_heads == 3 and members[0].config.num_heads == 1
+    x = random_logprobs()
+    expected = torch.stack([torch.log_softmax(m(x), dim=-1) for m in members]).mean(0)
+    assert torch.allclose(ensemble(x), expected, atol=1e-5)
+    assert torch.allclose(ensemble.member(1)(x), members[1](x), atol=1e-6)
+    probs = x.exp().half()
+    assert torch.allclose(
+        ensemble.log_probs_from_probs(probs),
+        ensemble.log_probs(torch.log(probs.float())),
+        atol=1e-4,
+    )

@@ -1,0 +1,129 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic_cache import write_synthetic_cache
+
+from emergence_model.checkpoint import CheckpointError, load_checkpoint, load_strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = [
+    "--folds",
+    "2",
+    "--max-epochs",
+    "3",
+    "--batch-size",
+    "16",
+    "--hidden-size",
+    "8",
+    "--no-progress",
+    "--bootstrap",
+    "50",
+]
+
+
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    train = write_synthetic_cache(root / "wiki", num_prefixes=120, vocab_size=32, seed=0)
+    transfer = write_synthetic_cache(root / "rte", num_prefixes=40, vocab_size=32, seed=1)
+    return train, transfer
+
+
+def test_train_evaluates_in_domain_and_on_transfer_and_saves_a_challenge_strategy(
+    caches, tmp_path, capsys
+):
+    train, transfer = caches
+    out = tmp_path / "checkpoints" / "wiki.ckpt"
+    panels = load_train_script().main(
+        [
+            "--train-cache",
+            str(train.path),
+            "--transfer-cache",
+            str(transfer.path),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            *FAST,
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "in-domain (wiki)" in printed and "transfer (rte)" in printed and "network" in printed
+    in_domain, on_transfer = panels["in-domain (wiki)"], panels["transfer (rte)"]
+    assert in_domain["num_prefixes"] == 120 and on_transfer["num_prefixes"] == 40  # cross-fitted
+    assert "network" in in_domain["comparisons"]
+
+    checkpoint = load_checkpoint(out)
+    assert checkpoint["baselines"]["contrastive"]["beta"] >= 0
+    assert (
+        checkpoint["metrics"]["transfer (rte)"]["network"]
+        == (on_transfer["strategies"]["network"]["top1"]["value"])
+    )
+    config = json.loads((tmp_path / "checkpoints" / "wiki.config.json").read_text())
+    assert config["predictor"]["hidden_size"] == 8 and config["training"]["max_epochs"] == 3
+    for name in ("results.json", "results.md", "agreement.svg"):
+        assert (tmp_path / "run" / "report" / name).is_file()
+
+    # the evaluation command finds the same held-out scores from the checkpoint alone
+    from emergence_model.evaluate import main as evaluate
+
+    again = evaluate(["--cache", str(train.path), "--checkpoint", str(out), "--bootstrap", "50"])
+    assert again["num_prefixes"] == 120
+    assert again["strategies"]["network"]["top1"] == in_domain["strategies"]["network"]["top1"]
+
+    probs = np.exp(transfer.rows(range(5))[:, :-1]).astype(np.float16)
+    strategy = load_strategy(out)
+    guesses = strategy(
+        transfer.prefixes[:5], transfer.model_names[:-1], transfer.target_name, probs
+    )
+    logprobs = torch.log(torch.from_numpy(probs).float())
+    assert guesses == strategy.predictor.log_probs(logprobs).argmax(1).tolist()
+
+
+def test_transfer_cache_of_other_models_is_refused(caches, tmp_path):
+    train, _ = caches
+    other = write_synthetic_cache(
+        tmp_path / "other", num_prefixes=20, vocab_size=32, model_names=[f"m{i}" for i in range(5)]
+    )
+    with pytest.raises(CheckpointError, match="use a checkpoint and caches of one suite"):
+        load_train_script().main(
+            [
+                "--train-cache",
+                str(train.path),
+                "--transfer-cache",
+                str(other.path),
+                "--out",
+                str(tmp_path / "x.ckpt"),
+                *FAST,
+            ]
+        )
+
+
+def test_no_arguments_runs_the_demo(caches, tmp_path, monkeypatch):
+    train, transfer = caches
+    calls = []
+
+    def fake_prepare_demo_caches(suite_dir=None, **kwargs):
+        calls.append(suite_dir)
+        return train.path, transfer.path
+
+    import emergence_model.demo
+
+    monkeypatch.setattr(emergence_model.demo, "prepare_demo_caches", fake_prepare_demo_caches)
+    monkeypatch.chdir(tmp_path)
+    script = load_train_script()
+    panels = script.main(FAST)  # no cache given: the demo
+    assert calls == [None]
+    assert (tmp_path / "checkpoints" / "demo.ckpt").is_file()
+    assert set(panels) == {"in-domain (wiki)", "transfer (rte)"}
