@@ -26,12 +26,10 @@ skipped, and an interrupted one continues from its last training checkpoint.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
 import functools
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -47,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emergence_model.cli import field_docs
 from emergence_model.demo_corpus import (
     Corpus,
     load_tokenizer_file,
@@ -750,22 +749,6 @@ def prepare_demo_caches(
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def field_docs(cls) -> dict[str, str]:
-    """The docstring under each field of a dataclass: the one source of its --help text."""
-    tree = ast.parse(inspect.getsource(cls).lstrip())
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(node.target, ast.Name)
-        ):
-            docs[node.target.id] = inspect.cleandoc(after.value.value)
-    return docs
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:

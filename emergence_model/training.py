@@ -13,12 +13,9 @@ Config dataclasses here are the single source of the command-line flags (`add_co
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
 import json
 import os
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from emergence_model.cache import FeatureCache, open_cache
+from emergence_model.cli import field_docs
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 
 
@@ -384,20 +382,6 @@ def fit_cross_fitted(
 
 
 # ---- command-line flags from config dataclasses ----
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under each field of a dataclass (as in litgpt), from its source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        is_doc = isinstance(following, ast.Expr) and isinstance(
-            getattr(following, "value", None), ast.Constant
-        )
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and is_doc:
-            docs[node.target.id] = " ".join(str(following.value.value).split())
-    return docs
 
 
 def _flag_type(annotation: str):
