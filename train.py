@@ -30,6 +30,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from emergence_model.cache import open_cache
 from emergence_model.checkpoint import cache_fingerprint, check_compatible, save_checkpoint
+from emergence_model.cli import exit_on_user_error
 from emergence_model.evaluate import evaluate_cache, format_table, make_baselines, write_reports
 from emergence_model.model import PredictorConfig
 from emergence_model.strategies import FIT_CHUNK_ROWS, ContrastiveExtrapolation, NetworkStrategy
@@ -204,4 +205,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -81,7 +81,9 @@ def load_challenge_pickle(path: str | os.PathLike) -> tuple[list[str], list[str]
     except FileNotFoundError:
         raise CacheError(f"no pickle at {path}; check --from-pickle") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise CacheError(f"{path}: {e}") from None
+        raise CacheError(
+            f"{path} is not a readable challenge pickle of (model_names, sentences, probs): {e}"
+        ) from None
     if not isinstance(data, tuple | list) or len(data) != 3:
         raise CacheError(f"{path} must hold a tuple (model_names, sentences, probs)")
     names, sentences, probs = data

@@ -112,9 +112,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a bad file
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # Not torch's own text: it suggests weights_only=False, which would run the file's code.
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({first_line}); train it again with train.py"
+            f"{path} is not a readable emergence-model checkpoint ({type(e).__name__}; only "
+            "tensors and plain values are loaded); train one with train.py"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not an emergence-model checkpoint (not a dict)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import inspect
+import sys
 import textwrap
+from collections.abc import Callable
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -19,3 +21,16 @@ def field_docs(cls: type) -> dict[str, str]:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and is_doc:
             docs[node.target.id] = " ".join(str(following.value.value).split())
     return docs
+
+
+def exit_on_user_error(main: Callable[[], object]) -> None:
+    """Run a command; a user's mistake becomes one line on stderr and exit status 2.
+
+    User errors are ValueErrors (CacheError and CheckpointError among them) and OSErrors (a
+    missing file or model path); anything else is a bug and keeps its traceback.
+    """
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -451,4 +451,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from emergence_model.cli import exit_on_user_error
+
+    exit_on_user_error(main)

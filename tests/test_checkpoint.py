@@ -100,7 +100,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.ckpt")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint") as info:
+    with pytest.raises(CheckpointError, match="not a readable emergence-model checkpoint") as info:
         load_checkpoint(garbage)
     assert "\n" not in str(info.value)
     other = tmp_path / "other.ckpt"
