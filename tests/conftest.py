@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from emergence_model.demo_corpus import train_bpe_tokenizer
+
 # Tiny models run fastest on one thread, and test machines are shared: more threads only spin.
 torch.set_num_threads(1)
 
@@ -60,30 +62,12 @@ def make_sentences(count: int, seed: int = 0) -> list[str]:
     return sentences
 
 
-def train_tokenizer(sentences: list[str], vocab_size: int = TINY_VOCAB):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(sentences, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|padding|>"
-    )
-
-
 def build_tiny_suite(root: Path) -> TinySuite:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     sentences = make_sentences(400)
-    tokenizer = train_tokenizer(sentences)
+    # The demo suite's trainer: byte-level BPE with ids 0/1 end-of-text and padding, as Pythia's.
+    tokenizer = train_bpe_tokenizer(sentences, TINY_VOCAB)
     vocab_size = len(tokenizer)
     tokenizer_dir = root / "tokenizer"
     tokenizer.save_pretrained(tokenizer_dir)
