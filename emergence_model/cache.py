@@ -24,13 +24,13 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+
+from emergence_model.files import atomic_file, write_json_atomic
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -69,26 +69,6 @@ def _package_version() -> str:
     from emergence_model import __version__
 
     return __version__
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open `path` for writing so that readers see the old file or the whole new one, never half.
-
-    The data goes to a temporary file beside it, reaches the disk (fsync), then is renamed over.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    with atomic_file(path) as f:
-        f.write((json.dumps(obj, indent=1) + "\n").encode())
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -437,7 +417,7 @@ def create_cache(
             )
     path.mkdir(parents=True, exist_ok=True)
     n, m = len(prefixes), len(model_names)
-    _atomic_write_json(path / PREFIXES_FILE, prefixes)
+    write_json_atomic(path / PREFIXES_FILE, prefixes)
     # A crash before meta.json exists leaves only our own files, which the next run overwrites.
     for name, shape, array_dtype in (
         (LOGPROBS_FILE, (n, m, vocab_size), dtype),
@@ -462,7 +442,7 @@ def create_cache(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "extraction": {"host_python": platform.python_version(), **(extraction or {})},
     }
-    _atomic_write_json(path / META_FILE, meta)
+    write_json_atomic(path / META_FILE, meta)
     return CacheWriter(path)
 
 

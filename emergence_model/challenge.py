@@ -23,11 +23,11 @@ from emergence_model.cache import (
     CacheError,
     FeatureCache,
     as_tensor,
-    atomic_file,
     create_cache,
     open_cache,
     rows_per_chunk,
 )
+from emergence_model.files import atomic_file
 from emergence_model.suites import param_count_for
 
 try:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emergence_model.files import atomic_file
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import NetworkStrategy, model_basename
 
@@ -98,9 +99,8 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        torch.save(checkpoint, f)
     return checkpoint
 
 

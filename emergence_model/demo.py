@@ -36,7 +36,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +55,7 @@ from emergence_model.demo_corpus import (
     train_bpe_tokenizer,
     wiki_style_prefixes,
 )
+from emergence_model.files import atomic_file, write_json_atomic
 
 SUITE_FILE = "suite.json"
 CORPUS_FILE = "corpus.json"
@@ -188,19 +189,6 @@ def _no_transformers_bars() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then rename tmp over `path`: a reader sees the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
-
-
 # ---------------------------------------------------------------------------------------------
 # Corpus, tokenizer and token streams
 
@@ -244,7 +232,7 @@ def prepare_corpus(suite_dir: Path, config: DemoConfig) -> Corpus:
     else:
         corpus = text_file_corpus(Path(config.corpus), config.valid_percent)
     suite_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, corpus.save)
+    corpus.save(path)
     return corpus
 
 
@@ -473,7 +461,8 @@ def train_model(
                     "data_sha256": digest,
                     "seconds": time.perf_counter() - started,
                 }
-                _atomic_write(state_path, lambda tmp, state=state: torch.save(state, tmp))
+                with atomic_file(state_path) as f:
+                    torch.save(state, f)
     return {
         "steps": config.steps,
         "tokens_seen": config.steps * config.batch_size * config.seq_len,
@@ -533,7 +522,7 @@ def build_rung(
         "valid_loss": float(losses.mean()),
         "valid_tokens": int(valid.shape[0] * (valid.shape[1] - 1)),
     }
-    _write_json(tmp / TRAINING_FILE, record)
+    write_json_atomic(tmp / TRAINING_FILE, record)
     os.replace(tmp, plan.directory)
     shutil.rmtree(partial)
     _log(f"{plan.name}: {record['param_count']:,} parameters, validation loss {losses.mean():.4f}")
@@ -618,7 +607,7 @@ def build_suite(
         "models": [],
         "build_seconds": spent,
     }
-    _write_json(suite_dir / SUITE_FILE, suite)
+    write_json_atomic(suite_dir / SUITE_FILE, suite)
     train = windows(token_stream(tok, corpus_data.train), config.seq_len)
     valid = windows(token_stream(tok, corpus_data.valid), config.seq_len)
     valid = valid[: max(1, config.valid_tokens // config.seq_len)]
@@ -631,12 +620,12 @@ def build_suite(
         records.append(build_rung(plan, config, tok, train, valid, progress))
         suite["models"] = records
         suite["build_seconds"] = round(spent + time.perf_counter() - started, 2)
-        _write_json(suite_dir / SUITE_FILE, suite)
+        write_json_atomic(suite_dir / SUITE_FILE, suite)
     suite["target_vs_second_largest"] = _paired_gap(suite_dir, records)
     suite["status"] = "complete"
     suite["completed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     suite["build_seconds"] = round(spent + time.perf_counter() - started, 2)
-    _write_json(suite_dir / SUITE_FILE, suite)
+    write_json_atomic(suite_dir / SUITE_FILE, suite)
     gap = suite["target_vs_second_largest"]
     if gap["ci95"][0] <= 0:
         _log(

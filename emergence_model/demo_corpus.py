@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emergence_model.files import write_json_atomic
 from emergence_model.prefixes import RTE_TEMPLATE, wikipedia_prefixes
 
 EOS_TOKEN = "<|endoftext|>"
@@ -56,7 +57,7 @@ class Corpus:
     """Source, Python version, counts and a hash of the text, for the suite's metadata."""
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"meta": self.meta, "train": self.train, "valid": self.valid}))
+        write_json_atomic(path, {"meta": self.meta, "train": self.train, "valid": self.valid})
 
     @classmethod
     def load(cls, path: Path) -> Corpus:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.cli import field_docs
+from emergence_model.files import write_json_atomic
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 
 
@@ -425,7 +424,5 @@ def write_config(path: str | Path, **configs) -> Path:
     resolved = {
         k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(resolved, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, resolved, default=str)
     return path
