@@ -7,7 +7,7 @@
 The same builder as the demo (`emergence_model.demo.build_suite`) with `corpus=` and `tokenizer=`:
 documents are WikiText-2's paragraphs, split by a hash of their text, and the models have Pythia's
 50,304 logit rows for the tokenizer's 50,281 ids. With `--caches` it also caches the suite on the
-held-out paragraphs' openings (`demo-wiki`) and on the real GLUE RTE training pairs in the
+paragraphs' openings (`demo-wiki`) and on the real GLUE RTE training pairs in the
 challenge's template, the transfer set the predictor is scored on with Pythia.
 
 Reads ../shared/data (a benchmark, never a test: a fresh clone has no ../shared).

@@ -16,7 +16,7 @@ suite goes through the same caching code as Pythia. Building is resumable: finis
 skipped, and an interrupted one continues from its last training checkpoint.
 
     suite.json            configuration, corpus and tokenizer facts, each model's size, loss, time
-    corpus.json           the training and held-out documents (prefixes come from the held-out)
+    corpus.json           the training and held-out documents (prefixes come from both)
     tokenizer/            the tokenizer, as `save_pretrained` writes it
     models/demo-140k/     one `save_pretrained` directory per model (+ training.json)
     models/X.partial/     an unfinished model's training checkpoint
@@ -129,7 +129,7 @@ class DemoConfig:
     vocab_size: int = 2048
     """Size of the byte-level BPE trained on the corpus (unused with --tokenizer)."""
     valid_percent: int = 35
-    """Share of modules (or documents) held out: the validation loss and all prefixes use them."""
+    """Share of modules (or documents) held out from training: the validation loss uses them."""
     valid_tokens: int = 65536
     """At most this many held-out tokens score each model's validation loss."""
     checkpoint_every: int = 50
@@ -663,8 +663,13 @@ def demo_suite(suite_dir: str | os.PathLike | None = None):
 def demo_prefixes(
     kind: str, suite_dir: str | os.PathLike | None = None, *, seed: int = 0
 ) -> list[str]:
-    """Prefixes from the suite's held-out documents: "wiki" (the first 10-20 words of document,
-    paragraph and sentence openings) or "rte" (premise, hypothesis and `True or False?\\nAnswer:`).
+    """The suite's prefixes, from every document of its corpus, training and held-out: "wiki"
+    (the first 10-20 words of document, paragraph and sentence openings) or "rte" (premise,
+    hypothesis and `True or False?\\nAnswer:`).
+
+    Pythia's were trained on text of the same kind: its Wikipedia prefixes open articles that the
+    Pile holds, and RTE's sentences come from news and Wikipedia. Held-out documents alone give
+    too few prefixes for the intervals to separate strategies that differ by a point.
 
     Needs only the suite's corpus and tokenizer (made if missing), not its models.
     """
@@ -677,12 +682,30 @@ def demo_prefixes(
     config = resolve_config(suite_dir)
     corpus = prepare_corpus(suite_dir, config)
     if kind == "wiki":
-        return wiki_style_prefixes(corpus.valid, seed)[0]
+        return wiki_style_prefixes(corpus.train + corpus.valid, seed)[0]
     tokenizer = prepare_tokenizer(suite_dir, config, corpus)
-    prefixes = rte_style_prefixes(corpus.valid, seed)[0]
+    prefixes = rte_style_prefixes(corpus.train + corpus.valid, seed)[0]
     # The models never saw a sequence longer than seq_len; keep the prompts inside it.
     lengths = map(len, tokenizer(prefixes, add_special_tokens=False)["input_ids"])
     return [p for p, n in zip(prefixes, lengths, strict=True) if n <= config.seq_len]
+
+
+def _stale_demo_cache(
+    out: Path, dataset: str, model_ids: Sequence[str], prefixes: Sequence[str]
+) -> bool:
+    """Whether `out` is a (complete or partial) `dataset` cache of other models or prefixes, as
+    left by an earlier version of the suite or of the prefix sets; a cache of anything else is
+    never touched."""
+    from emergence_model.cache import META_FILE, PREFIXES_FILE
+
+    try:
+        meta = json.loads((out / META_FILE).read_text())
+        old_prefixes = json.loads((out / PREFIXES_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or (meta.get("source") or {}).get("dataset") != dataset:
+        return False
+    return meta.get("model_names") != list(model_ids) or old_prefixes != list(prefixes)
 
 
 def prepare_demo_caches(
@@ -720,6 +743,9 @@ def prepare_demo_caches(
         if reusable:
             _log(f"reusing the {dataset} cache in {out}")
         else:
+            if _stale_demo_cache(out, dataset, suite.model_ids, prefixes):
+                _log(f"the {dataset} cache in {out} holds other prefixes or models: rebuilding it")
+                shutil.rmtree(out)
             _log(f"caching {len(suite.model_ids)} models x {len(prefixes)} {dataset} prefixes")
             extract_suite(
                 suite,

@@ -7,9 +7,9 @@ into training and validation documents by a stable hash of the module path, so a
 one side. The text depends on the Python version (and on what the distribution ships), which the
 corpus metadata records.
 
-The same module makes the demo's two prefix sets from the held-out documents: Wikipedia-style
-openings (the first 10-20 words, as the real `wikipedia` source) and RTE-style pairs in the GLUE
-template, and trains the demo's byte-level BPE tokenizer.
+The same module makes the demo's two prefix sets from the documents: Wikipedia-style openings (the
+first 10-20 words, as the real `wikipedia` source) and RTE-style pairs in the GLUE template, and
+trains the demo's byte-level BPE tokenizer.
 """
 
 from __future__ import annotations
@@ -309,9 +309,9 @@ def opening_candidates(documents: Sequence[str]) -> tuple[list[str], dict[str, i
 def wiki_style_prefixes(documents: Sequence[str], seed: int = 0) -> tuple[list[str], dict]:
     """The first 10-20 words (uniform, from `seed`) of document, paragraph and sentence openings.
 
-    The same draw as the real `wikipedia` source (`prefixes.wikipedia_prefixes`); held-out
-    documents alone are too few for a few thousand prefixes, so paragraph and sentence openings
-    follow the document openings. Duplicates are dropped.
+    The same draw as the real `wikipedia` source (`prefixes.wikipedia_prefixes`); documents alone
+    are too few for several thousand prefixes, so paragraph and sentence openings follow the
+    document openings. Duplicates are dropped.
     """
     candidates, counts = opening_candidates(documents)
     prefixes = list(dict.fromkeys(wikipedia_prefixes(candidates, len(candidates), seed)))
@@ -333,7 +333,7 @@ def split_sentences(document: str) -> list[str]:
 def rte_style_prefixes(
     documents: Sequence[str], seed: int = 0, max_premise_words: int = 45
 ) -> tuple[list[str], dict]:
-    """RTE-template prompts from held-out sentences: a premise of one or two sentences of a
+    """RTE-template prompts from documents' sentences: a premise of one or two sentences of a
     document, and a hypothesis that is one of its sentences, another sentence of the same document,
     or a sentence of another document, so that both true and false pairs occur.
     """

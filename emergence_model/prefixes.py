@@ -107,7 +107,7 @@ def _demo(kind: str) -> Callable[..., tuple[list[str], dict]]:
         }
 
     what = "Wikipedia-style" if kind == "wiki" else "RTE-template"
-    load.__doc__ = f"{what} prefixes of the demo suite's own held-out corpus (offline)."
+    load.__doc__ = f"{what} prefixes of the demo suite's own corpus (offline)."
     return load
 
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.cli import field_docs
-from emergence_model.files import write_json_atomic
+from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 
 
@@ -141,6 +145,9 @@ def fold_splits(
         rows = part[row_text]
         splits.append(tuple(np.flatnonzero(rows == k) for k in (0, 1, 2)))
     return splits
+
+
+MEMBER_FILE = "member.pt"
 
 
 class CacheRows(Dataset):
@@ -315,6 +322,9 @@ def fit_predictor(
     returns the network with the best validation top-1, the data module and its metrics."""
     pl.seed_everything(train_config.seed, workers=True, verbose=False)
     run_dir = Path(run_dir)
+    # A new fit: an earlier run's best checkpoint here would be mistaken for this one's.
+    if rank_zero_only.rank == 0:
+        shutil.rmtree(run_dir / "lightning", ignore_errors=True)
     data = CacheDataModule(cache_path, train_config, split)
     config = data.predictor_config(predictor_config)
     module = PredictorModule(dataclasses.asdict(config), dataclasses.asdict(train_config))
@@ -355,6 +365,39 @@ def fit_predictor(
     return predictor, data, metrics
 
 
+def _fold_key(
+    cache: FeatureCache,
+    predictor_config: PredictorConfig,
+    train_config: TrainConfig,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> str:
+    """What a fold's network depends on: the cache's rows, both configs and the split."""
+    from emergence_model.checkpoint import cache_fingerprint
+
+    settings = dataclasses.asdict(train_config)
+    del settings["progress"]  # how a run looks, not what it computes
+    identity = {
+        "cache": cache_fingerprint(cache.model_names, cache.prefixes),
+        "predictor": dataclasses.asdict(predictor_config),
+        "training": settings,
+        "split": [part.tolist() for part in split],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _load_member(path: Path, key: str) -> tuple[PerTokenPredictor, dict] | None:
+    """A fold's network saved by an earlier run with the same key, else None."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("key") != key:
+            return None
+        predictor = PerTokenPredictor(PredictorConfig(**saved["config"]))
+        predictor.load_state_dict(saved["state_dict"])
+    except Exception:  # missing, torn or from another version (weights_only runs no code)
+        return None  # train the fold again
+    return predictor.eval(), saved["metrics"]
+
+
 def fit_cross_fitted(
     cache_path: str | Path,
     predictor_config: PredictorConfig,
@@ -362,19 +405,41 @@ def fit_cross_fitted(
     run_dir: str | Path,
 ) -> tuple[PerTokenPredictor, list[tuple[np.ndarray, np.ndarray, np.ndarray]], dict]:
     """One network per fold of `fold_splits` (run_dir/fold-K), joined into an ensemble whose
-    head K never saw the test rows of split K; returns it, the splits and per-fold metrics."""
+    head K never saw the test rows of split K; returns it, the splits and per-fold metrics.
+
+    Each finished fold's network is kept in run_dir/fold-K/member.pt: a run interrupted after
+    some folds (or repeated with the same cache, configs and split) trains only the others.
+    """
     cache = open_cache(cache_path)
     c = train_config
     splits = fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)
     members, metrics = [], {}
     for k, split in enumerate(splits):
-        print(
-            f"fold {k + 1}/{len(splits)}: {len(split[0])} training, {len(split[1])} validation, "
-            f"{len(split[2])} held-out prefixes"
-        )
-        predictor, _, fold_metrics = fit_predictor(
-            cache_path, predictor_config, train_config, Path(run_dir) / f"fold-{k}", split
-        )
+        fold_dir = Path(run_dir) / f"fold-{k}"
+        key = _fold_key(cache, predictor_config, train_config, split)
+        saved = None if c.fast_dev_run else _load_member(fold_dir / MEMBER_FILE, key)
+        if saved is not None:
+            print(f"fold {k + 1}/{len(splits)}: reusing the network in {fold_dir / MEMBER_FILE}")
+            predictor, fold_metrics = saved
+        else:
+            print(
+                f"fold {k + 1}/{len(splits)}: {len(split[0])} training, {len(split[1])} "
+                f"validation, {len(split[2])} held-out prefixes"
+            )
+            predictor, _, fold_metrics = fit_predictor(
+                cache_path, predictor_config, train_config, fold_dir, split
+            )
+            if not c.fast_dev_run and rank_zero_only.rank == 0:
+                with atomic_file(fold_dir / MEMBER_FILE) as f:
+                    torch.save(
+                        {
+                            "key": key,
+                            "config": dataclasses.asdict(predictor.config),
+                            "state_dict": predictor.state_dict(),
+                            "metrics": fold_metrics,
+                        },
+                        f,
+                    )
         members.append(predictor)
         metrics[f"fold-{k}"] = fold_metrics
     return PerTokenPredictor.ensemble(members).eval(), splits, metrics

@@ -335,8 +335,12 @@ def test_wiki_prefixes(tiny_suite_dir):
     assert prefixes == demo.demo_prefixes("wiki", tiny_suite_dir)
     assert len(prefixes) == len(set(prefixes)) > 20
     assert all(10 <= len(p.split()) <= 20 and "\n" not in p for p in prefixes)
-    valid = " ".join(" ".join(d.split()) for d in Corpus.load(tiny_suite_dir / "corpus.json").valid)
-    assert all(p in valid for p in prefixes)  # held-out text only
+    corpus = Corpus.load(tiny_suite_dir / "corpus.json")
+    train, valid = (
+        " ".join(" ".join(d.split()) for d in docs) for docs in (corpus.train, corpus.valid)
+    )
+    assert all(p in train or p in valid for p in prefixes)
+    assert any(p in train for p in prefixes) and any(p in valid for p in prefixes)
     other_seed = demo.demo_prefixes("wiki", tiny_suite_dir, seed=1)
     assert other_seed != prefixes
 
@@ -349,6 +353,13 @@ def test_rte_prefixes(tiny_suite_dir):
     assert any(h in premise for premise, h in pairs) and any(
         h not in premise for premise, h in pairs
     )
+    corpus = Corpus.load(tiny_suite_dir / "corpus.json")
+    train, valid = (
+        " ".join(" ".join(d.split()) for d in docs) for docs in (corpus.train, corpus.valid)
+    )
+    premises = [premise.split(". ")[0] for premise, _ in pairs]
+    assert all(p in train or p in valid for p in premises)
+    assert any(p in train for p in premises) and any(p in valid for p in premises)
     _, meta = demo_corpus.rte_style_prefixes(
         Corpus.load(tiny_suite_dir / "corpus.json").valid, seed=0
     )
@@ -382,6 +393,36 @@ def test_prepare_demo_caches_goes_through_extraction_and_is_reused(
 
     monkeypatch.setattr(extract, "extract_suite", fail)
     assert demo.prepare_demo_caches(tiny_suite_dir, tmp_path, progress=False) == (wiki, rte)
+
+
+def test_a_demo_cache_of_other_prefixes_is_rebuilt_and_other_caches_are_left_alone(
+    tiny_suite_dir, tmp_path
+):
+    from emergence_model.cache import CacheError, create_cache, open_cache
+
+    wiki, rte = demo.prepare_demo_caches(tiny_suite_dir, tmp_path, progress=False)
+    done = open_cache(wiki)
+
+    def unfinished_cache(root: Path, dataset: str) -> None:
+        create_cache(
+            root / "demo-wiki",
+            model_names=done.model_names,
+            param_counts=done.param_counts,
+            prefixes=done.prefixes[:5],
+            vocab_size=done.vocab_size,
+            tokenizer="t",
+            source={"dataset": dataset},
+        )
+
+    unfinished_cache(tmp_path / "old", "demo-wiki")  # an earlier version's, left unfinished
+    shutil.copytree(rte, tmp_path / "old" / "demo-rte")
+    assert demo.prepare_demo_caches(tiny_suite_dir, tmp_path / "old", progress=False)
+    assert open_cache(tmp_path / "old" / "demo-wiki").prefixes == done.prefixes
+    unfinished_cache(tmp_path / "mine", "my-prefixes")  # not the demo's: never deleted
+    with pytest.raises(CacheError, match="other prefixes"):
+        demo.prepare_demo_caches(tiny_suite_dir, tmp_path / "mine", progress=False)
+    prefixes_file = tmp_path / "mine" / "demo-wiki" / "prefixes.json"
+    assert json.loads(prefixes_file.read_text()) == done.prefixes[:5]
 
 
 def test_cli_build_prints_the_suite_and_refuses_a_changed_config(tiny_suite_dir, capsys):

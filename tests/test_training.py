@@ -1,4 +1,6 @@
 import argparse
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +140,28 @@ def test_cross_fitting_gives_one_head_per_fold(tiny_cache, tmp_path):
         and set(metrics) == {"fold-0", "fold-1", "fold-2"}
     )
     assert all((tmp_path / f"fold-{k}" / "logs").is_dir() for k in range(3))
+
+
+def test_cross_fitting_resumes_from_finished_folds(tiny_cache, tmp_path, monkeypatch):
+    from emergence_model import training
+
+    train = TrainConfig(folds=3, max_epochs=1, batch_size=8, **QUIET)
+    config = PredictorConfig(hidden_size=4)
+    first, _, metrics = fit_cross_fitted(tiny_cache.path, config, train, tmp_path)
+    (tmp_path / "fold-1" / training.MEMBER_FILE).unlink()  # as if interrupted during fold 1
+    (tmp_path / "fold-2" / training.MEMBER_FILE).write_bytes(b"torn")
+    trained = []
+    real_fit = training.fit_predictor
+
+    def counting_fit(*args, **kwargs):
+        trained.append(Path(args[3]).name)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_predictor", counting_fit)
+    again, _, metrics_again = fit_cross_fitted(tiny_cache.path, config, train, tmp_path)
+    assert trained == ["fold-1", "fold-2"] and metrics_again == metrics
+    x = torch.from_numpy(tiny_cache.rows(range(8))[:, :-1])
+    torch.testing.assert_close(again.log_probs(x), first.log_probs(x))
+    trained.clear()
+    fit_cross_fitted(tiny_cache.path, config, dataclasses.replace(train, lr=1e-2), tmp_path)
+    assert trained == ["fold-0", "fold-1", "fold-2"]  # another config: nothing is reused
