@@ -371,13 +371,17 @@ def _fold_key(
     train_config: TrainConfig,
     split: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> str:
-    """What a fold's network depends on: the cache's rows, both configs and the split."""
+    """What a fold's network depends on: the cache (its models, prefixes, every model's top
+    tokens and when and how it was made, so a rebuilt cache is not mistaken for the old one),
+    both configs and the split."""
     from emergence_model.checkpoint import cache_fingerprint
 
     settings = dataclasses.asdict(train_config)
     del settings["progress"]  # how a run looks, not what it computes
     identity = {
         "cache": cache_fingerprint(cache.model_names, cache.prefixes),
+        "top_tokens": hashlib.sha256(np.ascontiguousarray(cache.argmax).tobytes()).hexdigest(),
+        "made": {k: cache.meta.get(k) for k in ("created", "dtype", "extraction")},
         "predictor": dataclasses.asdict(predictor_config),
         "training": settings,
         "split": [part.tolist() for part in split],

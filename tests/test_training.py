@@ -1,5 +1,6 @@
 import argparse
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,10 @@ def test_cross_fitting_resumes_from_finished_folds(tiny_cache, tmp_path, monkeyp
     trained.clear()
     fit_cross_fitted(tiny_cache.path, config, dataclasses.replace(train, lr=1e-2), tmp_path)
     assert trained == ["fold-0", "fold-1", "fold-2"]  # another config: nothing is reused
+    trained.clear()
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(tiny_cache.path, rebuilt)
+    argmax = np.load(rebuilt / "argmax.npy")
+    np.save(rebuilt / "argmax.npy", argmax[:, ::-1].copy())  # same prefixes, other contents
+    fit_cross_fitted(rebuilt, config, train, tmp_path)
+    assert trained == ["fold-0", "fold-1", "fold-2"]
