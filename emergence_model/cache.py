@@ -247,6 +247,14 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
+def read_cache_header(path: str | os.PathLike) -> tuple[dict, list[str]]:
+    """A cache's metadata and prefixes, finished or not; CacheError if they are missing or
+    broken."""
+    path = Path(path)
+    meta = _read_meta(path)
+    return meta, _read_prefixes(path, meta)
+
+
 def _read_prefixes(path: Path, meta: dict) -> list[str]:
     prefixes_path = path / PREFIXES_FILE
     try:
@@ -454,8 +462,7 @@ def _check_resumable(
     path: Path, model_names: list[str], prefixes: list[str], vocab_size: int, dtype: str
 ) -> None:
     """A rerun may continue a cache only if it would write exactly the same rows."""
-    meta = _read_meta(path)
-    old_prefixes = _read_prefixes(path, meta)
+    meta, old_prefixes = read_cache_header(path)
     for what, old, new in (
         ("models", meta["model_names"], model_names),
         ("vocabulary size", meta["vocab_size"], vocab_size),

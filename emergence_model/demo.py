@@ -696,16 +696,15 @@ def _stale_demo_cache(
     """Whether `out` is a (complete or partial) `dataset` cache of other models or prefixes, as
     left by an earlier version of the suite or of the prefix sets; a cache of anything else is
     never touched."""
-    from emergence_model.cache import META_FILE, PREFIXES_FILE
+    from emergence_model.cache import CacheError, read_cache_header
 
     try:
-        meta = json.loads((out / META_FILE).read_text())
-        old_prefixes = json.loads((out / PREFIXES_FILE).read_text())
-    except (OSError, ValueError):
+        meta, old_prefixes = read_cache_header(out)
+    except CacheError:
         return False
-    if not isinstance(meta, dict) or (meta.get("source") or {}).get("dataset") != dataset:
+    if (meta.get("source") or {}).get("dataset") != dataset:
         return False
-    return meta.get("model_names") != list(model_ids) or old_prefixes != list(prefixes)
+    return meta["model_names"] != list(model_ids) or old_prefixes != list(prefixes)
 
 
 def prepare_demo_caches(

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from emergence_model.cache import FeatureCache, open_cache
+from emergence_model.checkpoint import cache_fingerprint
 from emergence_model.cli import field_docs
 from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.model import PerTokenPredictor, PredictorConfig
@@ -374,8 +375,6 @@ def _fold_key(
     """What a fold's network depends on: the cache (its models, prefixes, every model's top
     tokens and when and how it was made, so a rebuilt cache is not mistaken for the old one),
     both configs and the split."""
-    from emergence_model.checkpoint import cache_fingerprint
-
     settings = dataclasses.asdict(train_config)
     del settings["progress"]  # how a run looks, not what it computes
     identity = {

@@ -330,15 +330,20 @@ def test_user_corpus_and_tokenizer_files(tmp_path):
 # -- prefixes and caches -------------------------------------------------------------------------
 
 
+def _flat_train_and_valid(suite_dir: Path) -> tuple[str, str]:
+    """The suite's training and held-out documents, each side one string with single spaces."""
+    corpus = Corpus.load(suite_dir / "corpus.json")
+    return tuple(
+        " ".join(" ".join(d.split()) for d in docs) for docs in (corpus.train, corpus.valid)
+    )
+
+
 def test_wiki_prefixes(tiny_suite_dir):
     prefixes = demo.demo_prefixes("wiki", tiny_suite_dir)
     assert prefixes == demo.demo_prefixes("wiki", tiny_suite_dir)
     assert len(prefixes) == len(set(prefixes)) > 20
     assert all(10 <= len(p.split()) <= 20 and "\n" not in p for p in prefixes)
-    corpus = Corpus.load(tiny_suite_dir / "corpus.json")
-    train, valid = (
-        " ".join(" ".join(d.split()) for d in docs) for docs in (corpus.train, corpus.valid)
-    )
+    train, valid = _flat_train_and_valid(tiny_suite_dir)
     assert all(p in train or p in valid for p in prefixes)
     assert any(p in train for p in prefixes) and any(p in valid for p in prefixes)
     other_seed = demo.demo_prefixes("wiki", tiny_suite_dir, seed=1)
@@ -353,10 +358,7 @@ def test_rte_prefixes(tiny_suite_dir):
     assert any(h in premise for premise, h in pairs) and any(
         h not in premise for premise, h in pairs
     )
-    corpus = Corpus.load(tiny_suite_dir / "corpus.json")
-    train, valid = (
-        " ".join(" ".join(d.split()) for d in docs) for docs in (corpus.train, corpus.valid)
-    )
+    train, valid = _flat_train_and_valid(tiny_suite_dir)
     premises = [premise.split(". ")[0] for premise, _ in pairs]
     assert all(p in train or p in valid for p in premises)
     assert any(p in train for p in premises) and any(p in valid for p in premises)
