@@ -11,7 +11,7 @@ In-domain results cover every prefix of the training cache, each scored by the o
 --folds 1: one network and --test-fraction of the prefixes held out); baselines with a parameter
 are tuned on the same training prefixes. Transfer results are on the whole transfer cache, scored
 by the ensemble of the networks, which is what the checkpoint holds. The leaderboard goes to the
-screen and to RUN_DIR/report (results.json, results.md, agreement.svg), Lightning's logs and
+screen and to RUN_DIR/report (results.json, results.md, agreement.png), Lightning's logs and
 checkpoints to RUN_DIR/fold-K, the resolved configuration next to the checkpoint
 (NAME.config.json). Use the checkpoint in the original challenge with
 `emergence_model.load_strategy(path)`.
@@ -29,18 +29,19 @@ import numpy as np
 from pytorch_lightning.utilities import rank_zero_only
 
 from emergence_model.cache import open_cache
-from emergence_model.checkpoint import cache_fingerprint, check_compatible, save_checkpoint
-from emergence_model.cli import exit_on_user_error
-from emergence_model.evaluate import evaluate_cache, format_table, make_baselines, write_reports
+from emergence_model.checkpoint import save_checkpoint
+from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
+from emergence_model.demo.caches import prepare_demo_caches
+from emergence_model.evaluate import EvalConfig, evaluate_cache, make_baselines
 from emergence_model.model import PredictorConfig
-from emergence_model.strategies import FIT_CHUNK_ROWS, ContrastiveExtrapolation, NetworkStrategy
-from emergence_model.training import (
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-    fit_cross_fitted,
-    write_config,
+from emergence_model.report import format_table, write_reports
+from emergence_model.strategies import (
+    FIT_CHUNK_ROWS,
+    ContrastiveExtrapolation,
+    NetworkStrategy,
+    check_same_models,
 )
+from emergence_model.training import TrainConfig, fit_cross_fitted, write_config
 
 DEMO_CHECKPOINT = Path("checkpoints/demo.ckpt")
 
@@ -60,9 +61,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="checkpoint path (default: checkpoints/<train cache>.ckpt)")
     parser.add_argument("--run-dir", help="logs and reports (default: runs/<checkpoint name>)")
     parser.add_argument("--suite-dir", help="demo only: where the demo suite is built and kept")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     add_config_arguments(parser, PredictorConfig, "network (PredictorConfig)")
     add_config_arguments(parser, TrainConfig, "training (TrainConfig)")
+    add_config_arguments(parser, EvalConfig, "evaluation (EvalConfig)")
     return parser.parse_args(argv)
 
 
@@ -86,24 +87,24 @@ def run(
     predictor_config: PredictorConfig,
     train_config: TrainConfig,
     run_dir: str | Path | None = None,
-    num_bootstrap: int = 1000,
+    eval_config: EvalConfig | None = None,
 ) -> dict:
     """Train, evaluate in-domain and on transfer, save the checkpoint; returns the summaries."""
     out = Path(out)
     run_dir = Path(run_dir) if run_dir else Path("runs") / out.stem
     cache = open_cache(train_cache)
     transfers = [open_cache(p) for p in transfer_caches]
+    eval_config = eval_config or EvalConfig()
     for other in transfers:
-        check_compatible(
-            {"model_names": cache.model_names, "vocab_size": cache.vocab_size},
+        check_same_models(
+            cache.model_names,
             other.model_names,
-            other.vocab_size,
-            where=f"transfer cache {other.path}",
+            expected_vocab=cache.vocab_size,
+            given_vocab=other.vocab_size,
             what=f"training cache {cache.path}",
+            where=f"transfer cache {other.path}",
         )
-    predictor, splits, metrics = fit_cross_fitted(
-        cache.path, predictor_config, train_config, run_dir
-    )
+    predictor, splits, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir)
     if rank_zero_only.rank != 0:
         return {}  # with several GPUs, the other processes of Lightning's DDP stop here
     config_path = write_config(
@@ -133,7 +134,11 @@ def run(
         if folds == 1
         else f"every prefix, by the network of the {folds} that never saw it"
     )
-    evaluation = dict(num_bootstrap=num_bootstrap, seed=train_config.seed)
+    evaluation = dict(
+        num_bootstrap=eval_config.bootstrap,
+        seed=eval_config.bootstrap_seed,
+        chunk_rows=eval_config.chunk_rows,
+    )
     panels = [
         (
             f"in-domain ({cache.path.name})",
@@ -164,7 +169,7 @@ def run(
         metrics=metrics,
         data={
             "train_cache": str(cache.path),
-            "fingerprint": cache_fingerprint(cache.model_names, cache.prefixes),
+            "fingerprint": cache.fingerprint,
             "split": {
                 "folds": folds,
                 "val_fraction": train_config.val_fraction,
@@ -187,8 +192,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     train_config = config_from_args(TrainConfig, args)
     train_cache, transfer_caches, out = args.train_cache, args.transfer_cache, args.out
     if train_cache is None:
-        from emergence_model.demo import prepare_demo_caches
-
         train_cache, transfer = prepare_demo_caches(suite_dir=args.suite_dir)
         transfer_caches = [*transfer_caches, transfer]
         out = out or DEMO_CHECKPOINT
@@ -200,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         predictor_config,
         train_config,
         run_dir=args.run_dir,
-        num_bootstrap=args.bootstrap,
+        eval_config=config_from_args(EvalConfig, args),
     )
 
 

@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emergence_model.extract import extract_suite, load_model, load_tokenizer
-from emergence_model.prefixes import wikipedia_prefixes
+from emergence_model.extract import ExtractConfig, extract_suite
+from emergence_model.lm import gpt_neox_config, load_model, load_tokenizer
+from emergence_model.prompts import wikipedia_prefixes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # (hidden size, layers, heads, logit rows), smallest first, the target last: the demo suite's
-# default ladder (emergence_model/demo.py) with Pythia's vocabulary; the target has 50688 logit
-# rows as Pythia-12b does.
+# default ladder (emergence_model/demo/config.py) with Pythia's vocabulary; the target has 50688
+# logit rows as Pythia-12b does.
 LADDER = (
     (32, 1, 2, 50304),
     (48, 1, 2, 50304),
@@ -64,7 +65,8 @@ def load_text_and_tokenizer():
             pad_token="<|padding|>",
         )
         return paragraphs, tokenizer, "wikitext-2 + gpt-neox-20b tokenizer"
-    from emergence_model.demo_corpus import stdlib_corpus, train_bpe_tokenizer
+    from emergence_model.demo.corpus import stdlib_corpus
+    from emergence_model.demo.tokenizer import train_bpe_tokenizer
 
     corpus = stdlib_corpus()
     tokenizer = train_bpe_tokenizer(corpus.train, 50277)
@@ -72,20 +74,18 @@ def load_text_and_tokenizer():
 
 
 def build_ladder(root: Path, tokenizer) -> list[str]:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
     dirs = []
     for i, (hidden, layers, heads, rows) in enumerate(LADDER):
         torch.manual_seed(i)
-        config = GPTNeoXConfig(
-            vocab_size=rows,
+        config = gpt_neox_config(
             hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * hidden,
-            rotary_pct=0.25,
-            max_position_embeddings=2048,
-            tie_word_embeddings=False,
+            num_layers=layers,
+            num_heads=heads,
+            vocab_size=len(tokenizer),
+            extra_logit_rows=rows - len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
         )
         model_dir = root / f"neox-{hidden}x{layers}"
         GPTNeoXForCausalLM(config).save_pretrained(model_dir)
@@ -134,9 +134,7 @@ def main() -> None:
             model_dirs,
             prefixes,
             Path(tmp) / "cache",
-            device="cpu",
-            batch_size=args.batch_size,
-            progress=False,
+            ExtractConfig(device="cpu", batch_size=args.batch_size, progress=False),
         )
         ours_s = time.perf_counter() - start
         ours_cpu = time.process_time() - start_cpu

@@ -4,10 +4,10 @@
     python bench/build_real_suite.py --steps 20 --rungs 3     # a short run that shows it works
     python bench/build_real_suite.py --caches                 # + wiki-style and GLUE RTE caches
 
-The same builder as the demo (`emergence_model.demo.build_suite`) with `corpus=` and `tokenizer=`:
-documents are WikiText-2's paragraphs, split by a hash of their text, and the models have Pythia's
-50,304 logit rows for the tokenizer's 50,281 ids. With `--caches` it also caches the suite on the
-paragraphs' openings (`demo-wiki`) and on the real GLUE RTE training pairs in the
+The same builder as the demo (`emergence_model.demo.build.build_suite`) with `corpus=` and
+`tokenizer=`: documents are WikiText-2's paragraphs, split by a hash of their text, and the models
+have Pythia's 50,304 logit rows for the tokenizer's 50,281 ids. With `--caches` it also caches the
+suite on the paragraphs' openings (`demo-wiki`) and on the real GLUE RTE training pairs in the
 challenge's template, the transfer set the predictor is scored on with Pythia.
 
 Reads ../shared/data (a benchmark, never a test: a fresh clone has no ../shared).
@@ -21,15 +21,19 @@ import json
 import time
 from pathlib import Path
 
-from emergence_model.demo import DemoConfig, build_suite, demo_suite, summary_table
+from emergence_model.demo.build import build_suite, summary_table
+from emergence_model.demo.caches import prepare_demo_caches
+from emergence_model.demo.config import DemoConfig
+from emergence_model.extract import ExtractConfig, extract_suite
+from emergence_model.lm import load_tokenizer
+from emergence_model.prompts import rte_prefixes
+from emergence_model.suites import get_suite
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def glue_rte_prefixes(tsv: Path, tokenizer, max_tokens: int) -> list[str]:
     """GLUE RTE pairs in the challenge's template, those that fit the models' training length."""
-    from emergence_model.prefixes import rte_prefixes
-
     with open(tsv, encoding="utf-8", newline="") as f:
         prefixes = rte_prefixes(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     lengths = map(len, tokenizer(prefixes, add_special_tokens=False)["input_ids"])
@@ -61,18 +65,13 @@ def main() -> None:
     print(f"wall time this run: {time.perf_counter() - started:.0f} s")
     if not args.caches:
         return
-    from transformers import AutoTokenizer
-
-    from emergence_model.demo import prepare_demo_caches
-    from emergence_model.extract import extract_suite
-
     wiki, demo_rte = prepare_demo_caches(args.suite_dir)
-    suite = demo_suite(args.suite_dir)
+    suite = get_suite("demo", suite_dir=args.suite_dir)
     tsv = args.data_dir / "rte-train.tsv"
-    prefixes = glue_rte_prefixes(tsv, AutoTokenizer.from_pretrained(suite.target_id), 128)
+    prefixes = glue_rte_prefixes(tsv, load_tokenizer(suite.target_id), 128)
     rte = args.suite_dir / "caches" / "glue-rte"
     source = {"dataset": str(tsv), "max_tokens": 128}
-    extract_suite(suite, prefixes, rte, device="cpu", source=source)
+    extract_suite(suite, prefixes, rte, ExtractConfig(device="cpu"), source=source)
     print(f"caches: {wiki} {demo_rte} {rte} ({len(prefixes)} GLUE RTE pairs)")
 
 

@@ -19,7 +19,9 @@ that marks only rows that are really on disk. Progress is committed this way at 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -61,6 +63,14 @@ REQUIRED_META = (
 )
 
 
+# A float16 probability of 0 stands for anything below half the smallest subnormal (2**-24).
+# log(0) = -inf would poison every sum and mean taken over log-probabilities, so every consumer
+# (the challenge's pickles, the strategies, the predictor) floors them at log(2**-24) = -16.6,
+# the smallest value float16 can hold: the honest "no more than this".
+PROB_FLOOR = float(np.finfo(np.float16).smallest_subnormal)
+LOG_PROB_FLOOR = math.log(PROB_FLOOR)
+
+
 class CacheError(ValueError):
     """A missing, broken, incomplete or incompatible cache; the message says how to fix it."""
 
@@ -80,14 +90,23 @@ def rows_per_chunk(num_models: int, vocab_size: int, itemsize: int = 4) -> int:
     return max(1, CHUNK_BYTES // (num_models * vocab_size * itemsize))
 
 
-def as_tensor(array: np.ndarray):
-    """A torch view of `array`, memory maps included (torch only reads them, so its warning about
-    read-only arrays does not apply)."""
+def as_tensor(array):
+    """A torch view of `array` (a tensor is returned as it is), memory maps included (torch only
+    reads them, so its warning about read-only arrays does not apply)."""
     import torch
 
+    if isinstance(array, torch.Tensor):
+        return array
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
+        return torch.from_numpy(np.asarray(array))
+
+
+def rows_fingerprint(model_names: Sequence[str], prefixes: Sequence[str]) -> str:
+    """Identifies a cache's rows (its models and prefixes), so that evaluation can tell a
+    checkpoint's training cache when it sees it again."""
+    digest = hashlib.sha256(json.dumps([list(model_names), list(prefixes)]).encode())
+    return digest.hexdigest()[:16]
 
 
 def cast(array: np.ndarray, dtype) -> np.ndarray:
@@ -138,6 +157,21 @@ class FeatureCache:
             f"FeatureCache({str(self.path)!r}, prefixes={self.num_prefixes}, "
             f"models={self.model_names}, vocab={self.vocab_size}, dtype={self.meta['dtype']})"
         )
+
+    @property
+    def fingerprint(self) -> str:
+        """`rows_fingerprint` of this cache's models and prefixes."""
+        return rows_fingerprint(self.model_names, self.prefixes)
+
+    def content_key(self) -> dict:
+        """What identifies this cache's contents, not only its rows: the fingerprint, every
+        model's top tokens and when and how it was made, so that a rebuilt cache of the same
+        models and prefixes is not mistaken for the old one."""
+        return {
+            "cache": self.fingerprint,
+            "top_tokens": hashlib.sha256(np.ascontiguousarray(self.argmax).tobytes()).hexdigest(),
+            "made": {k: self.meta.get(k) for k in ("created", "dtype", "extraction")},
+        }
 
     def rows(self, indices: Sequence[int] | np.ndarray, dtype=np.float32) -> np.ndarray:
         """Rows `indices` as an in-memory array [len(indices), M, V] of `dtype` (float32 default).

@@ -11,7 +11,6 @@ numpy arrays and dtypes from the standard containers and refuses every other glo
 from __future__ import annotations
 
 import codecs
-import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from emergence_model.cache import (
+    LOG_PROB_FLOOR,
+    PROB_FLOOR,
     CacheError,
     FeatureCache,
     as_tensor,
@@ -28,7 +29,7 @@ from emergence_model.cache import (
     rows_per_chunk,
 )
 from emergence_model.files import atomic_file
-from emergence_model.suites import param_count_for
+from emergence_model.suites import resolve_param_counts
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -49,11 +50,6 @@ ALLOWED_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("_codecs", "encode"): codecs.encode,
 }
-# A float16 probability of 0 stands for anything below half the smallest subnormal (2**-25).
-# log(0) = -inf would poison every sum and mean the predictor takes, so zeros become
-# log(2**-24) = -16.6, the smallest value float16 can hold: the honest "no more than this".
-PROBABILITY_FLOOR = float(np.finfo(np.float16).smallest_subnormal)
-LOG_PROBABILITY_FLOOR = math.log(PROBABILITY_FLOOR)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -105,27 +101,6 @@ def _is_str_list(value) -> bool:
     return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
 
 
-def resolve_param_counts(
-    model_names: Sequence[str], param_counts: Sequence[int] | None = None
-) -> list[int]:
-    """Given counts (one per model) or Pythia's known ones; refuse unknown names without counts."""
-    if param_counts is not None:
-        if len(param_counts) != len(model_names):
-            raise CacheError(
-                f"--param-counts has {len(param_counts)} numbers for {len(model_names)} models "
-                f"({', '.join(model_names)}); give one per model"
-            )
-        return [int(c) for c in param_counts]
-    counts = [param_count_for(name) for name in model_names]
-    unknown = [name for name, c in zip(model_names, counts, strict=True) if c is None]
-    if unknown:
-        raise CacheError(
-            f"unknown parameter counts for {', '.join(unknown)}; pass --param-counts with one "
-            f"number per model ({len(model_names)} in all)"
-        )
-    return counts
-
-
 def import_challenge_pickle(
     pkl: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -134,7 +109,8 @@ def import_challenge_pickle(
     dtype: str = "float16",
     tokenizer: str | None = None,
 ) -> FeatureCache:
-    """Turn a challenge pickle into a cache at `out_dir` (probabilities floored, then logged)."""
+    """Turn a challenge pickle into a cache at `out_dir` (probabilities floored at
+    `PROB_FLOOR`, then logged)."""
     names, sentences, probs = load_challenge_pickle(pkl)
     counts = resolve_param_counts(names, param_counts)
     num_prefixes, num_models, vocab_size = probs.shape
@@ -148,14 +124,14 @@ def import_challenge_pickle(
         source={"challenge_pickle": str(Path(pkl).resolve()), "probs_dtype": str(probs.dtype)},
         seed=None,
         dtype=dtype,
-        extraction={"imported": True, "log_probability_floor": LOG_PROBABILITY_FLOOR},
+        extraction={"imported": True, "log_probability_floor": LOG_PROB_FLOOR},
     )
     step = rows_per_chunk(1, vocab_size)
     for m in range(num_models):
         for start in range(0, num_prefixes, step):
             stop = min(start + step, num_prefixes)
             block = as_tensor(probs[start:stop, m]).float()  # (b, V)
-            logprobs = block.clamp_min(PROBABILITY_FLOOR).log().numpy()
+            logprobs = block.clamp_min(PROB_FLOOR).log().numpy()
             # The challenge scores against the argmax of these probabilities: keep it exactly.
             argmax = block.argmax(dim=-1).numpy()
             writer.write(m, np.arange(start, stop), logprobs, argmax=argmax)

@@ -14,8 +14,6 @@ Only plain Python values and tensors, so it loads with `torch.load(path, weights
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 
 from emergence_model.files import atomic_file
 from emergence_model.model import PerTokenPredictor, PredictorConfig
-from emergence_model.strategies import NetworkStrategy, model_basename
+from emergence_model.strategies import NetworkStrategy, check_same_models
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = (
@@ -57,12 +55,6 @@ def plain(value):
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def cache_fingerprint(model_names: Sequence[str], prefixes: Sequence[str]) -> str:
-    """Identifies a cache's rows, so evaluation can tell the training cache when it sees it."""
-    digest = hashlib.sha256(json.dumps([list(model_names), list(prefixes)]).encode())
-    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(
@@ -147,31 +139,20 @@ def check_compatible(
     model_names: Sequence[str],
     vocab_size: int,
     where: str = "the cache",
-    what: str = "checkpoint",
     target_name: str | None = None,
 ) -> None:
-    """Refuse small models, a vocabulary or (if given) a target other than those of `checkpoint`
-    (a dict with "model_names", "vocab_size", "target_name"; org prefixes and paths of the names
-    are ignored)."""
-    trained = [model_basename(n) for n in checkpoint["model_names"]]
-    given = [model_basename(n) for n in model_names]
-    if trained != given:
-        raise CheckpointError(
-            f"{what} has models {trained}, {where} has {given}: use a checkpoint and caches of "
-            "one suite"
-        )
-    if int(vocab_size) != checkpoint["vocab_size"]:
-        raise CheckpointError(
-            f"{what} has a vocabulary of {checkpoint['vocab_size']}, {where} has {vocab_size}: "
-            "use a checkpoint and caches of one tokenizer"
-        )
-    if target_name is not None and model_basename(target_name) != model_basename(
-        checkpoint["target_name"]
-    ):
-        raise CheckpointError(
-            f"{what} predicts {checkpoint['target_name']!r}, {where} has target {target_name!r}: "
-            "use a checkpoint trained for this target"
-        )
+    """Refuse small models, a vocabulary or (if given) a target other than those `checkpoint`
+    was trained on (org prefixes and directories of the names are ignored)."""
+    check_same_models(
+        checkpoint["model_names"],
+        model_names,
+        expected_target=checkpoint["target_name"],
+        given_target=target_name,
+        expected_vocab=checkpoint["vocab_size"],
+        given_vocab=vocab_size,
+        what="the checkpoint",
+        where=where,
+    )
 
 
 def load_strategy(path: str | os.PathLike) -> NetworkStrategy:

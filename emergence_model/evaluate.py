@@ -13,115 +13,140 @@ one a checkpoint was trained on, every prefix is scored only by a network that n
 fold's head of a cross-fitted checkpoint, or the held-out test prefixes with --folds 1.
 
 The cache is read in chunks of rows, so a 20k x 7 x 50277 cache never sits in memory whole.
-Writes a table on screen and, with --out, results.json, results.md and agreement.svg.
+Writes a table on screen and, with --out, results.json, results.md and agreement.png (report.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import html
-import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from emergence_model.cache import FeatureCache, open_cache
+from emergence_model.checkpoint import build_predictor, check_compatible, load_checkpoint
+from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
 from emergence_model.model import floor_logprobs
-from emergence_model.strategies import (
-    STRATEGIES,
-    NetworkStrategy,
-    Strategy,
-    baseline_names,
-    model_basename,
-)
+from emergence_model.report import format_table, write_reports
+from emergence_model.speculative import sampled_acceptance
+from emergence_model.splits import fold_splits
+from emergence_model.stats import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
+from emergence_model.strategies import STRATEGIES, NetworkStrategy, Strategy, baseline_names
 
 METRICS = ("top1", "top5", "loglik", "kl")
-METRIC_TITLES = {
-    "top1": "top-1",
-    "top5": "top-5",
-    "hard_top1": "hard top-1",
-    "loglik": "log-lik",
-    "kl": "KL",
-}
+
+
+@dataclass
+class EvalConfig:
+    """How strategies are scored on a cache."""
+
+    bootstrap: int = DEFAULT_BOOTSTRAP
+    """Bootstrap resamples behind every 95% interval."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap resampling."""
+    chunk_rows: int = 64
+    """Prefixes read from the cache and scored at a time."""
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 1:
+            raise ValueError(f"--bootstrap must be at least 1 resample, got {self.bootstrap}")
+        if self.chunk_rows < 1:
+            raise ValueError(f"--chunk-rows must be at least 1, got {self.chunk_rows}")
 
 
 def score_rows(
     cache: FeatureCache,
     strategies: dict[str, Strategy],
     indices: np.ndarray | None = None,
-    chunk_rows: int = 64,
+    chunk_rows: int = EvalConfig.chunk_rows,
 ) -> dict:
-    """Per-prefix results: {"easy": (n,) bool, name: {metric: (n,) array}} over `indices`.
+    """Per-prefix results over `indices` (default: every row), read in chunks of rows:
 
-    For a network, "in_candidates" says whether the target's top token was among the tokens its
-    MLP scored (the most probable under the small models' mean)."""
+    "rows"        (n,) the cache rows
+    "easy"        (n,) whether the largest small model's top token is the target's
+    "target"      {"token": its top token, "logprob": its log-probability of it,
+                   "small_logprob": (n, M) each small model's log-probability of it}
+    "strategies"  {name: {metric: (n,)}}: "top1", "top5" (agreement), "guess" (the top
+                  token); with a distribution also "loglik" (log q of the target's top
+                  token), "kl" (KL(target || q)), "accept" (sum_x min(p, q)), "confidence"
+                  (q's top probability); for a network "in_candidates" (whether the
+                  target's top token was among the tokens its MLP scored)
+    """
     indices = np.arange(len(cache)) if indices is None else np.asarray(indices, dtype=np.int64)
     small_counts, target_count = cache.param_counts[:-1], cache.param_counts[-1]
     largest = int(np.argmax(small_counts))
-    per_row: dict = {name: {m: [] for m in METRICS} for name in strategies}
-    easy = cache.argmax[indices, largest] == cache.target_argmax[indices]
+    columns: dict = {name: {} for name in strategies}
+    target_columns: dict = {"token": [], "logprob": [], "small_logprob": []}
     for start in range(0, len(indices), chunk_rows):
         chunk = indices[start : start + chunk_rows]
         rows = torch.from_numpy(cache.rows(chunk))  # (n, M + 1, V)
         target = torch.from_numpy(cache.target_argmax[chunk])  # (n,)
         target_logp = torch.log_softmax(rows[:, -1], dim=1)  # (n, V)
         small = rows[:, :-1]
+        target_columns["token"].append(target.numpy())
+        target_columns["logprob"].append(target_logp.gather(1, target[:, None])[:, 0].numpy())
+        small_top = floor_logprobs(small).gather(
+            2, target[:, None, None].expand(-1, small.shape[1], 1)
+        )
+        target_columns["small_logprob"].append(small_top[:, :, 0].numpy())  # (n, M)
         for name, strategy in strategies.items():
             scores = torch.from_numpy(strategy.scores(small, small_counts, target_count))
-            out = per_row[name]
-            out["top1"].append((scores.argmax(dim=1) == target).numpy())
+            out = columns[name]
+            guess = scores.argmax(dim=1)
+            _append(out, "guess", guess.numpy())
+            _append(out, "top1", (guess == target).numpy())
             top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
-            out["top5"].append((top5 == target[:, None]).any(dim=1).numpy())
+            _append(out, "top5", (top5 == target[:, None]).any(dim=1).numpy())
             if strategy.gives_distribution:
-                out["loglik"].append(scores.gather(1, target[:, None]).squeeze(1).numpy())
+                _append(out, "loglik", scores.gather(1, target[:, None]).squeeze(1).numpy())
                 kl = (target_logp.exp() * (target_logp - scores)).sum(dim=1)
-                out["kl"].append(kl.numpy())
+                _append(out, "kl", kl.numpy())
+                _append(out, "accept", sampled_acceptance(target_logp, scores).numpy())
+                _append(out, "confidence", scores.amax(dim=1).exp().numpy())
             if isinstance(strategy, NetworkStrategy):
                 k = strategy.predictor.config.candidates_for(cache.vocab_size)
                 mean = torch.logsumexp(floor_logprobs(small), dim=1)
                 hits = (mean.topk(k, dim=1).indices == target[:, None]).any(dim=1)
-                out.setdefault("in_candidates", []).append(hits.numpy())
-    result = {"easy": easy}
-    for name, metrics in per_row.items():
-        result[name] = {m: np.concatenate(v).astype(np.float64) for m, v in metrics.items() if v}
-    return result
+                _append(out, "in_candidates", hits.numpy())
+    target_arrays = {k: np.concatenate(v) for k, v in target_columns.items()}
+    return {
+        "rows": indices,
+        "easy": cache.argmax[indices, largest] == cache.target_argmax[indices],
+        "target": target_arrays,
+        "strategies": {
+            name: {m: np.concatenate(v).astype(np.float64) for m, v in metrics.items()}
+            for name, metrics in columns.items()
+        },
+    }
 
 
-def bootstrap_ci(
-    values: np.ndarray, num_bootstrap: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (resampling prefixes)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = np.empty(num_bootstrap)
-    step = max(1, 2**22 // values.size)  # resamples per batch, ~32 MB of indices
-    for start in range(0, num_bootstrap, step):
-        n = min(step, num_bootstrap - start)
-        means[start : start + n] = values[rng.integers(0, values.size, (n, values.size))].mean(1)
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return (float(lo), float(hi))
+def _append(columns: dict, metric: str, values: np.ndarray) -> None:
+    columns.setdefault(metric, []).append(values)
 
 
 def concat_rows(parts: Sequence[dict]) -> dict:
     """Join `score_rows` results of disjoint row sets (e.g. the folds of a cross-fit)."""
-    joined = {"easy": np.concatenate([p["easy"] for p in parts])}
-    for name in parts[0]:
-        if name != "easy":
-            joined[name] = {m: np.concatenate([p[name][m] for p in parts]) for m in parts[0][name]}
-    return joined
+    first = parts[0]
+    return {
+        "rows": np.concatenate([p["rows"] for p in parts]),
+        "easy": np.concatenate([p["easy"] for p in parts]),
+        "target": {k: np.concatenate([p["target"][k] for p in parts]) for k in first["target"]},
+        "strategies": {
+            name: {m: np.concatenate([p["strategies"][name][m] for p in parts]) for m in metrics}
+            for name, metrics in first["strategies"].items()
+        },
+    }
 
 
 def summarize(
     per_row: dict,
     strategies: dict[str, Strategy],
     *,
-    num_bootstrap: int = 1000,
+    num_bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> dict:
     """Means and 95% intervals per strategy, easy share, and network vs best baseline."""
@@ -129,8 +154,7 @@ def summarize(
     n = int(easy.size)
 
     def stat(values: np.ndarray) -> dict:
-        lo, hi = bootstrap_ci(values, num_bootstrap, seed)
-        return {"value": float(values.mean()) if values.size else math.nan, "ci": [lo, hi]}
+        return mean_with_ci(values, num_bootstrap, seed)
 
     summary: dict = {
         "num_prefixes": n,
@@ -138,7 +162,7 @@ def summarize(
         "strategies": {},
     }
     for name, strategy in strategies.items():
-        rows = per_row[name]
+        rows = per_row["strategies"][name]
         entry = {m: stat(rows[m]) for m in METRICS if m in rows}
         entry["hard_top1"] = stat(rows["top1"][~easy])
         entry["distribution"] = strategy.gives_distribution
@@ -153,7 +177,7 @@ def summarize(
         summary["best_baseline"] = best
         summary["comparisons"] = {}
         for net in networks:
-            diff = per_row[net]["top1"] - per_row[best]["top1"]
+            diff = per_row["strategies"][net]["top1"] - per_row["strategies"][best]["top1"]
             lo, hi = bootstrap_ci(diff, num_bootstrap, seed)
             hard_diff = diff[~easy]
             hard_lo, hard_hi = bootstrap_ci(hard_diff, num_bootstrap, seed)
@@ -169,19 +193,28 @@ def summarize(
     return summary
 
 
+def score_parts(
+    cache: FeatureCache,
+    parts: Sequence[tuple[np.ndarray | None, dict[str, Strategy]]],
+    chunk_rows: int = EvalConfig.chunk_rows,
+) -> dict:
+    """`score_rows` of each part's strategies on its rows (None: all), joined. Several parts make
+    a cross-fit: every part names the same strategies, and part K's network is the one that never
+    saw part K's rows."""
+    return concat_rows([score_rows(cache, s, rows, chunk_rows) for rows, s in parts])
+
+
 def evaluate_cache(
     cache: FeatureCache,
     parts: Sequence[tuple[np.ndarray | None, dict[str, Strategy]]],
     *,
     rows_description: str = "all prefixes",
-    chunk_rows: int = 64,
-    num_bootstrap: int = 1000,
+    chunk_rows: int = EvalConfig.chunk_rows,
+    num_bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> dict:
-    """Score each part's strategies on its rows of `cache` (None: all) and summarize them
-    together, with intervals. Several parts make a cross-fit: every part names the same
-    strategies, and part K's network is the one that never saw part K's rows."""
-    per_row = concat_rows([score_rows(cache, s, rows, chunk_rows) for rows, s in parts])
+    """`score_parts` summarized together, with intervals."""
+    per_row = score_parts(cache, parts, chunk_rows)
     strategies = parts[0][1]
     summary = summarize(per_row, strategies, num_bootstrap=num_bootstrap, seed=seed)
     for name in strategies:
@@ -198,137 +231,6 @@ def evaluate_cache(
     return summary
 
 
-def _fmt(stat: dict | None, percent: bool) -> str:
-    """ "value [lo, hi]", in percent for agreements."""
-    if stat is None or math.isnan(stat["value"]):
-        return "-"
-    scale, digits = (100.0, 1) if percent else (1.0, 3)
-    lo, hi = stat["ci"]
-    return f"{stat['value'] * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
-
-
-TABLE_COLUMNS = ("top1", "top5", "hard_top1", "loglik", "kl")
-
-
-def table_head() -> list[str]:
-    return ["strategy", *[METRIC_TITLES[c] + (" %" if "top" in c else "") for c in TABLE_COLUMNS]]
-
-
-def table_rows(summary: dict) -> list[list[str]]:
-    rows = []
-    order = sorted(summary["strategies"], key=lambda s: -summary["strategies"][s]["top1"]["value"])
-    for name in order:
-        entry = summary["strategies"][name]
-        cells = [name]
-        for column in TABLE_COLUMNS:
-            cells.append(_fmt(entry.get(column), percent=column in ("top1", "top5", "hard_top1")))
-        rows.append(cells)
-    return rows
-
-
-def header_lines(summary: dict, title: str) -> list[str]:
-    lines = [
-        f"{title}: {summary['cache']} ({summary['rows']}, {summary['num_prefixes']} prefixes)",
-        f"target {summary['target']}; easy prefixes (largest small model agrees with the target): "
-        f"{_fmt(summary['easy_share'], percent=True)}%",
-    ]
-    for net, comp in summary.get("comparisons", {}).items():
-        verdict = "beats" if comp["beats_best_baseline"] else "does NOT beat"
-        lines.append(
-            f"{net} - {comp['baseline']} (best baseline) top-1: "
-            f"{_fmt(comp['top1_diff'], percent=True)} points; hard prefixes: "
-            f"{_fmt(comp['hard_top1_diff'], percent=True)} -> {verdict} it (95% paired bootstrap)"
-        )
-        recall = summary["strategies"][net].get("candidate_recall")
-        if recall is not None:
-            lines.append(f"{net}: target's top token among its candidates on {100 * recall:.1f}%")
-    return lines
-
-
-def format_table(summary: dict, title: str = "evaluation") -> str:
-    """A fixed-width table for the terminal."""
-    rows = [table_head(), *table_rows(summary)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    text = [" ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    text.insert(1, " ".join("-" * w for w in widths))
-    return "\n".join([*header_lines(summary, title), "", *text])
-
-
-def format_markdown(summary: dict, title: str = "evaluation") -> str:
-    head = table_head()
-    lines = [f"## {title}", "", *[f"- {line}" for line in header_lines(summary, title)], ""]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
-    lines.append("")
-    lines.append(
-        "Intervals: 95% percentile bootstrap over prefixes "
-        f"({summary['num_bootstrap']} resamples). top-1/top-5: agreement with the "
-        "target's top token; hard: prefixes where the largest small model disagrees "
-        "with the target; log-lik: mean log-probability of the target's top token; KL: "
-        "KL(target || predicted), nats."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def agreement_svg(panels: Sequence[tuple[str, dict]], metric: str = "top1") -> str:
-    """A small SVG bar chart of `metric` with 95% intervals per strategy, one panel per result."""
-    bar_h, gap, label_w, plot_w, pad = 18, 6, 150, 360, 12
-    parts, y = [], pad
-    for title, summary in panels:
-        entries = summary["strategies"]
-        order = sorted(entries, key=lambda s: -entries[s][metric]["value"])
-        parts.append(
-            f'<text x="{pad}" y="{y + 12}" font-weight="bold">{html.escape(title)}: '
-            f"{METRIC_TITLES[metric]} agreement with "
-            f"{html.escape(model_basename(summary['target']))} "
-            f"({summary['num_prefixes']} prefixes, 95% bootstrap)</text>"
-        )
-        y += 22
-        x0 = pad + label_w
-        for tick in range(0, 101, 20):
-            tx = x0 + plot_w * tick / 100
-            height = len(order) * (bar_h + gap)
-            parts.append(
-                f'<line x1="{tx:.1f}" y1="{y}" x2="{tx:.1f}" y2="{y + height}" stroke="#ddd"/>'
-                f'<text x="{tx:.1f}" y="{y + height + 12}" font-size="10" '
-                f'text-anchor="middle">{tick}%</text>'
-            )
-        for name in order:
-            stat = entries[name][metric]
-            v, (lo, hi) = stat["value"], stat["ci"]
-            color = "#d62728" if name.startswith("network") else "#1f77b4"
-            cy = y + bar_h / 2
-            parts.append(
-                f'<text x="{x0 - 6}" y="{cy + 4:.1f}" text-anchor="end">{html.escape(name)}</text>'
-                f'<rect x="{x0}" y="{y}" width="{plot_w * v:.1f}" height="{bar_h}" '
-                f'fill="{color}" opacity="0.75"/>'
-                f'<line x1="{x0 + plot_w * lo:.1f}" y1="{cy:.1f}" x2="{x0 + plot_w * hi:.1f}" '
-                f'y2="{cy:.1f}" stroke="black" stroke-width="2"/>'
-                f'<text x="{x0 + plot_w * max(v, hi) + 4:.1f}" y="{cy + 4:.1f}" '
-                f'font-size="10">{100 * v:.1f}%</text>'
-            )
-            y += bar_h + gap
-        y += 30
-    width = pad * 2 + label_w + plot_w + 60
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" '
-        f'font-family="sans-serif" font-size="12">\n'
-        f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(parts) + "\n</svg>\n"
-    )
-
-
-def write_reports(out_dir: str | Path, panels: Sequence[tuple[str, dict]]) -> list[Path]:
-    """results.json, results.md and agreement.svg for one or more (title, summary) results."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "results.json", out_dir / "results.md", out_dir / "agreement.svg"]
-    paths[0].write_text(json.dumps({t: s for t, s in panels}, indent=1, default=float) + "\n")
-    paths[1].write_text("\n".join(format_markdown(s, t) for t, s in panels))
-    paths[2].write_text(agreement_svg(panels))
-    return paths
-
-
 def make_baselines(names: Sequence[str] | None = None, params: dict | None = None) -> dict:
     """Registered baselines by name (default: all), with tuned `params` per name where given."""
     params = params or {}
@@ -342,10 +244,7 @@ def make_baselines(names: Sequence[str] | None = None, params: dict | None = Non
 
 def trained_on(cache: FeatureCache, checkpoint: dict) -> bool:
     """Whether `cache` holds the very rows the checkpoint was trained on."""
-    from emergence_model.checkpoint import cache_fingerprint
-
-    fingerprint = checkpoint.get("data", {}).get("fingerprint")
-    return fingerprint == cache_fingerprint(cache.model_names, cache.prefixes)
+    return checkpoint.get("data", {}).get("fingerprint") == cache.fingerprint
 
 
 def cross_fit_parts(
@@ -353,9 +252,6 @@ def cross_fit_parts(
 ) -> list[tuple[np.ndarray, dict[str, Strategy]]]:
     """For the checkpoint's own training cache: per fold, its held-out rows with the baselines
     and the network (head) that never saw them."""
-    from emergence_model.checkpoint import build_predictor
-    from emergence_model.training import fold_splits
-
     split = checkpoint["data"]["split"]
     splits = fold_splits(
         cache.prefixes,
@@ -377,8 +273,6 @@ def cross_fit_parts(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from emergence_model.checkpoint import build_predictor, check_compatible, load_checkpoint
-
     parser = argparse.ArgumentParser(
         prog="python -m emergence_model.evaluate",
         description=__doc__.split("\n\n")[0],
@@ -392,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--checkpoint", action="append", default=[], help="a trained network (repeatable)"
     )
-    parser.add_argument("--out", help="directory for results.json, results.md, agreement.svg")
+    parser.add_argument("--out", help="directory for results.json, results.md, agreement.png")
     parser.add_argument(
         "--strategies", help="comma-separated baselines to score (default: all registered)"
     )
@@ -401,10 +295,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         action="store_true",
         help="score every prefix with the whole network even on its own training cache",
     )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--chunk-rows", type=int, default=64, help="prefixes read at a time")
+    add_config_arguments(parser, EvalConfig, "scoring (EvalConfig)")
     args = parser.parse_args(argv)
+    config = config_from_args(EvalConfig, args)
 
     cache = open_cache(args.cache)
     checkpoints = [(Path(p), load_checkpoint(p)) for p in args.checkpoint]
@@ -438,9 +331,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cache,
         parts,
         rows_description=description,
-        chunk_rows=args.chunk_rows,
-        num_bootstrap=args.bootstrap,
-        seed=args.seed,
+        chunk_rows=config.chunk_rows,
+        num_bootstrap=config.bootstrap,
+        seed=config.bootstrap_seed,
     )
     title = Path(args.cache).name
     print(format_table(summary, title))
@@ -451,6 +344,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from emergence_model.cli import exit_on_user_error
-
     exit_on_user_error(main)

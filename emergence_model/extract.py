@@ -12,15 +12,54 @@ import gc
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from emergence_model.cache import CacheError, FeatureCache, create_cache
+from emergence_model.cache import CACHE_DTYPES, CacheError, FeatureCache, create_cache
+from emergence_model.lm import (
+    TORCH_DTYPES,
+    count_parameters,
+    count_parameters_from_config,
+    load_model,
+    load_tokenizer,
+)
 from emergence_model.suites import Suite, custom_suite
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+@dataclass
+class ExtractConfig:
+    """How every model of a suite runs over the prefixes (cache_features.py's extraction flags)."""
+
+    device: str | None = None
+    """cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)."""
+    dtype: str | None = None
+    """Model weights dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on
+    CUDA)."""
+    batch_size: int = 16
+    """Prefixes per forward pass."""
+    cache_dtype: str = "float16"
+    """dtype of the stored log-probabilities: float16 or float32."""
+    progress: bool = True
+    """Show a progress bar per model."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype is not None and self.dtype not in TORCH_DTYPES:
+            raise ValueError(f"--dtype {self.dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(
+                f"--cache-dtype {self.cache_dtype!r} is not one of {', '.join(CACHE_DTYPES)}"
+            )
+
+    def resolved_device(self) -> str:
+        return self.device or default_device()
+
+    def resolved_dtype(self) -> str:
+        return self.dtype or default_dtype(self.resolved_device())
 
 
 def default_device() -> str:
@@ -35,29 +74,6 @@ def default_dtype(device: str) -> str:
     return "bfloat16" if str(device).startswith("cuda") else "float32"
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in TORCH_DTYPES:
-        raise ValueError(f"--dtype {name!r} is not one of {', '.join(TORCH_DTYPES)}")
-    return TORCH_DTYPES[name]
-
-
-def load_tokenizer(model_id: str, revision: str | None = None):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_id, revision=revision)
-
-
-def load_model(
-    model_id: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
-) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        model_id, revision=revision, dtype=torch_dtype(dtype)
-    )
-    return model.to(device).eval()
-
-
 def release_memory(model_ref: weakref.ref, device: str) -> None:
     """Return a deleted model's memory before the next one loads (the 12b is ~24 GB in bf16).
 
@@ -68,20 +84,6 @@ def release_memory(model_ref: weakref.ref, device: str) -> None:
         gc.collect()
     if str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_parameters_from_config(model_id: str, revision: str | None = None) -> int:
-    """Parameter count from the config alone: the model is built on the meta device, no weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_id, revision=revision)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return count_parameters(model)
 
 
 def tokenize_prefixes(tokenizer, prefixes: Sequence[str]) -> list[list[int]]:
@@ -149,7 +151,7 @@ def next_token_logprobs(
     tokenizer,
     prefixes: Sequence[str],
     *,
-    batch_size: int = 16,
+    batch_size: int = ExtractConfig.batch_size,
     device: str = "cpu",
     vocab_size: int | None = None,
 ) -> np.ndarray:
@@ -203,17 +205,13 @@ def extract_suite(
     suite_or_model_ids: Suite | Sequence[str],
     prefixes: Sequence[str],
     out_dir: str | Path,
+    config: ExtractConfig | None = None,
     *,
     revision: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    batch_size: int = 16,
-    cache_dtype: str = "float16",
     param_counts: Sequence[int | None] | None = None,
     source: dict | None = None,
     seed: int | None = None,
     verify: bool = True,
-    progress: bool = True,
 ) -> FeatureCache:
     """Cache every model's next-token distribution after every prefix in `out_dir`.
 
@@ -222,15 +220,14 @@ def extract_suite(
     """
     from tqdm.auto import tqdm
 
+    config = config or ExtractConfig()
     suite = (
         suite_or_model_ids
         if isinstance(suite_or_model_ids, Suite)
         else custom_suite(list(suite_or_model_ids), revision)
     )
     revision = revision or suite.revision
-    device = device or default_device()
-    dtype = dtype or default_dtype(device)
-    torch_dtype(dtype)  # refuse a bad name before anything is written
+    device, dtype = config.resolved_device(), config.resolved_dtype()
     model_ids = list(suite.model_ids)
     for model_id in model_ids:
         if model_id.startswith(("/", ".", "~")) and not Path(model_id).expanduser().is_dir():
@@ -256,8 +253,8 @@ def extract_suite(
         tokenizer=suite.target_id,
         source=source,
         seed=seed,
-        dtype=cache_dtype,
-        extraction=_extraction_meta(suite, revision, device, dtype, batch_size),
+        dtype=config.cache_dtype,
+        extraction=_extraction_meta(suite, revision, device, dtype, config.batch_size),
     )
     for m, model_id in enumerate(model_ids):
         pending = writer.pending(m)
@@ -271,13 +268,13 @@ def extract_suite(
                 initial=len(prefixes) - pending.size,
                 desc=Path(model_id).name or model_id,
                 unit="prefix",
-                disable=not progress,
+                disable=not config.progress,
             ) as bar:
                 for rows, logprobs in iter_next_token_logprobs(
                     model,
                     token_ids,
                     pending,
-                    batch_size=batch_size,
+                    batch_size=config.batch_size,
                     device=device,
                     vocab_size=vocab_size,
                 ):

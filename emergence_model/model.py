@@ -32,9 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# The smallest float16 subnormal is 2**-24: the challenge's float16 probabilities are zero below
-# it, so every input is floored there and a log-prob cache looks like the challenge's data.
-LOG_FLOOR = math.log(2.0**-24)
+from emergence_model.cache import LOG_PROB_FLOOR, PROB_FLOOR
 
 # Log-probs and gaps are divided by this so that features are O(1).
 _LOGPROB_SCALE = 8.0
@@ -133,8 +131,9 @@ class PredictorConfig:
 
 
 def floor_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
-    """Floor log-probs at log(2**-24) (-inf from log(0) lands there too), as float32."""
-    return logprobs.float().clamp_min(LOG_FLOOR)
+    """Floor log-probs at log(2**-24) (-inf from log(0) lands there too), as float32: the
+    challenge's float16 probabilities are zero below it, so a log-prob cache looks like them."""
+    return logprobs.float().clamp_min(LOG_PROB_FLOOR)
 
 
 def probs_to_logprobs(probs: torch.Tensor) -> torch.Tensor:
@@ -251,7 +250,7 @@ class PerTokenPredictor(nn.Module):
 
         Same result as `forward(log(probs))`, but takes logs of the candidates only."""
         self.check_inputs(probs)
-        p = probs.float().clamp_min_(math.exp(LOG_FLOOR))  # a copy, as forward's floor
+        p = probs.float().clamp_min_(PROB_FLOOR)  # a copy, as forward's floor
         return self.combine(
             self.features(p, lambda idx: floor_logprobs(torch.log(p.gather(2, idx))))
         )
@@ -295,7 +294,7 @@ class PerTokenPredictor(nn.Module):
         log mean prob (B, K), most probable first -> features (B, K, F)."""
         k = x.shape[2]
         s = 1.0 / _LOGPROB_SCALE
-        gap = (x - top.unsqueeze(2)).clamp_min(LOG_FLOOR)  # (B, M, K)
+        gap = (x - top.unsqueeze(2)).clamp_min(LOG_PROB_FLOOR)  # (B, M, K)
         # rank of each candidate among the candidates, under each model: (B, M, K, K) compares
         rank = (x.unsqueeze(2) > x.unsqueeze(3)).sum(dim=3).float()  # (B, M, K)
         slope = torch.einsum("m,bmk->bk", self.slope_weights, x)

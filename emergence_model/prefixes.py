@@ -2,6 +2,7 @@
 
 `PREFIX_SOURCES` maps a name to a loader; a new source is one entry, and its docstring is what
 `cache_features.py --help` shows. `load_prefixes` also takes a local file path or "hub:org/name".
+How a prefix is cut from raw text (the first 10-20 words, the RTE template) is `prompts.py`'s.
 """
 
 from __future__ import annotations
@@ -9,46 +10,20 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-RTE_TEMPLATE = "{sentence1}\nQuestion: {sentence2} True or False?\nAnswer:"
+from emergence_model.demo.prefix_sets import demo_prefixes
+from emergence_model.prompts import RTE_TEMPLATE, WIKIPEDIA_WORDS, rte_prefixes, wikipedia_prefixes
+
 WIKIPEDIA_DATASET = ("wikimedia/wikipedia", "20231101.en")
 GLUE_DATASET = ("nyu-mll/glue", "rte")
-# The original challenge cut articles after 10 to 20 words.
-WIKIPEDIA_WORDS = (10, 20)
 DEFAULT_WIKIPEDIA_PREFIXES = 20_000
 # Articles are drawn through a shuffle buffer of the stream, so that a sample is not only the
 # lowest page ids, without downloading the 20 GB dump.
 WIKIPEDIA_SHUFFLE_BUFFER = 10_000
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".tsv", ".json")
-
-
-def wikipedia_prefixes(
-    articles: Iterable[dict | str], num_prefixes: int, seed: int = 0
-) -> list[str]:
-    """The first k words of each article, k uniform in WIKIPEDIA_WORDS (drawn from `seed`).
-
-    Articles shorter than their k are skipped. Whitespace (newlines included) becomes one space,
-    since the prefix is a run of words, not a layout.
-    """
-    rng = random.Random(seed)
-    low, high = WIKIPEDIA_WORDS
-    prefixes = []
-    for article in articles:
-        if len(prefixes) >= num_prefixes:
-            break
-        text = article["text"] if isinstance(article, dict) else article
-        num_words = rng.randint(low, high)
-        words = text.split()
-        if len(words) >= num_words:
-            prefixes.append(" ".join(words[:num_words]))
-    return prefixes
-
-
-def rte_prefixes(rows: Iterable[dict]) -> list[str]:
-    return [RTE_TEMPLATE.format(sentence1=r["sentence1"], sentence2=r["sentence2"]) for r in rows]
 
 
 def wikipedia(
@@ -97,8 +72,6 @@ def _demo(kind: str) -> Callable[..., tuple[list[str], dict]]:
         column: str | None = None,
         suite_dir: Path | None = None,
     ) -> tuple[list[str], dict]:
-        from emergence_model.demo import demo_prefixes
-
         prefixes = list(demo_prefixes(kind, suite_dir, seed=seed))[:num_prefixes]
         return prefixes, {
             "dataset": f"demo-{kind}",
@@ -176,22 +149,58 @@ def load_hub(
     return [str(row[column]) for row in itertools.islice(rows, num_prefixes)]
 
 
-def load_prefixes(
-    dataset: str,
-    *,
-    split: str | None = None,
-    num_prefixes: int | None = None,
-    seed: int = 0,
-    column: str | None = None,
-    suite_dir: Path | None = None,
-) -> tuple[list[str], dict]:
+@dataclass
+class PrefixConfig:
+    """Which prefixes the models continue (cache_features.py's prefix flags)."""
+
+    dataset: str | None = None
+    """A registered prefix source (listed below), a local file, or hub:ORG/NAME[:CONFIG]."""
+    split: str | None = None
+    """Dataset split (default: train)."""
+    column: str | None = None
+    """Text column of a .jsonl/.tsv file or hub dataset."""
+    num_prefixes: int | None = None
+    """How many prefixes (default: all; wikipedia 20000)."""
+    seed: int = 0
+    """Sampling seed of the prefix set."""
+    shard: str | None = None
+    """K/N: only the K-th of N contiguous slices of the prefixes (K from 0), to spread one
+    dataset over machines; join the parts with --combine."""
+
+    def __post_init__(self) -> None:
+        if self.num_prefixes is not None and self.num_prefixes <= 0:
+            raise ValueError(f"--num-prefixes must be positive, got {self.num_prefixes}")
+        self.shard_slice()  # refuse a bad --shard before anything runs
+
+    def shard_slice(self) -> tuple[int, int] | None:
+        """(K, N) of --shard K/N, or None."""
+        if self.shard is None:
+            return None
+        try:
+            k, n = (int(x) for x in self.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like K/N (e.g. 0/4), got {self.shard!r}") from None
+        if not 0 <= k < n:
+            raise ValueError(f"--shard K/N needs 0 <= K < N, got {self.shard!r}")
+        return k, n
+
+
+def load_prefixes(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
     """Prefixes and a description of where they came from, for the cache's metadata.
 
-    `dataset` is a PREFIX_SOURCES name, a local file, or "hub:org/name[:config]". Local and hub
-    datasets give their first `num_prefixes` rows, in file order.
+    `config.dataset` is a PREFIX_SOURCES name, a local file, or "hub:org/name[:config]". Local and
+    hub datasets give their first `num_prefixes` rows, in file order. With a shard, only that
+    contiguous slice of the prefixes is returned.
     """
-    if num_prefixes is not None and num_prefixes <= 0:
-        raise ValueError(f"--num-prefixes must be positive, got {num_prefixes}")
+    dataset, split, column, num_prefixes, seed = (
+        config.dataset,
+        config.split,
+        config.column,
+        config.num_prefixes,
+        config.seed,
+    )
+    if dataset is None:
+        raise ValueError("no prefixes chosen: pass --dataset (a source, a file or hub:ORG/NAME)")
     if dataset in PREFIX_SOURCES:
         prefixes, meta = PREFIX_SOURCES[dataset](
             split=split, num_prefixes=num_prefixes, seed=seed, column=column, suite_dir=suite_dir
@@ -211,6 +220,13 @@ def load_prefixes(
     meta.setdefault("dataset", dataset)
     meta["num_prefixes"] = len(prefixes)
     meta["seed"] = seed
+    shard = config.shard_slice()
+    if shard is not None:
+        k, n = shard
+        prefixes = prefixes[k * len(prefixes) // n : (k + 1) * len(prefixes) // n]
+        meta["shard"] = config.shard
+        if not prefixes:
+            raise ValueError(f"shard {config.shard} of {meta['num_prefixes']} prefixes is empty")
     return prefixes, meta
 
 

@@ -12,15 +12,15 @@ A new strategy is one class with `@register("name")`; `STRATEGIES` maps names to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 import torch
 
-from emergence_model.model import LOG_FLOOR, PerTokenPredictor, floor_logprobs, probs_to_logprobs
-from emergence_model.suites import param_count_for
+from emergence_model.cache import PROB_FLOOR, as_tensor
+from emergence_model.model import PerTokenPredictor, floor_logprobs, probs_to_logprobs
+from emergence_model.suites import resolve_param_counts
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 
@@ -39,27 +39,55 @@ def register(name: str):
     return add
 
 
-def as_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.asarray(array))
-
-
-def resolve_param_counts(model_names: Sequence[str], target_model_name: str) -> tuple[list, int]:
+def challenge_param_counts(model_names: Sequence[str], target_model_name: str) -> tuple[list, int]:
     """Parameter counts of the challenge's small models and target, known from their names."""
-    counts = [param_count_for(n) for n in [*model_names, target_model_name]]
-    unknown = [
-        n for n, c in zip([*model_names, target_model_name], counts, strict=True) if c is None
-    ]
-    if unknown:
-        raise ValueError(
-            f"unknown parameter count for model {unknown[0]!r}: use Pythia model names, or a "
-            "checkpoint's load_strategy, which stores the counts"
-        )
+    counts = resolve_param_counts([*model_names, target_model_name])
     return counts[:-1], counts[-1]
 
 
 def model_basename(name: str) -> str:
     """A model's name without org or directory: "EleutherAI/pythia-70m" -> "pythia-70m"."""
     return str(name).rstrip("/\\").replace("\\", "/").split("/")[-1].lower()
+
+
+class ModelMismatchError(ValueError):
+    """Models, a target or a vocabulary other than those a network or cache was made with."""
+
+
+def check_same_models(
+    expected: Sequence[str],
+    given: Sequence[str],
+    *,
+    expected_target: str | None = None,
+    given_target: str | None = None,
+    expected_vocab: int | None = None,
+    given_vocab: int | None = None,
+    what: str = "the network",
+    where: str = "the input",
+) -> None:
+    """Refuse small models (by name, org and directory ignored), a target or a vocabulary other
+    than the expected ones; the message names both sides and what to use instead."""
+    trained = [model_basename(n) for n in expected]
+    names = [model_basename(n) for n in given]
+    if trained != names:
+        raise ModelMismatchError(
+            f"{what} has small models {trained}, {where} has {names}: use a checkpoint and "
+            "caches of one suite"
+        )
+    if expected_vocab is not None and given_vocab is not None and expected_vocab != given_vocab:
+        raise ModelMismatchError(
+            f"{what} has a vocabulary of {expected_vocab}, {where} has {given_vocab}: use a "
+            "checkpoint and caches of one tokenizer"
+        )
+    if (
+        expected_target is not None
+        and given_target is not None
+        and model_basename(expected_target) != model_basename(given_target)
+    ):
+        raise ModelMismatchError(
+            f"{what} predicts {expected_target!r}, {where} has target {given_target!r}: use a "
+            "checkpoint trained for this target"
+        )
 
 
 class Strategy:
@@ -106,7 +134,7 @@ class Strategy:
         """The challenge's signature: probs (N, M, V) of the small models -> N token ids."""
         param_counts, target = (None, None)
         if self.needs_param_counts:
-            param_counts, target = resolve_param_counts(model_names, target_model_name)
+            param_counts, target = challenge_param_counts(model_names, target_model_name)
         return self.score_probs(as_tensor(probs), param_counts, target).argmax(dim=1).tolist()
 
     def score_probs(
@@ -159,7 +187,7 @@ class MeanProbability(Strategy):
 
     def score_probs(self, probs, param_counts, target_param_count):
         # the same as from floored log-probs, without a log of every probability
-        return torch.log(probs.float().clamp_min(math.exp(LOG_FLOOR)).mean(dim=1))
+        return torch.log(probs.float().clamp_min(PROB_FLOOR).mean(dim=1))
 
 
 @register("largest")
@@ -252,12 +280,6 @@ class NetworkStrategy(Strategy):
         self.target_name = target_name
         self.chunk_rows = chunk_rows
 
-    @classmethod
-    def from_checkpoint(cls, path) -> NetworkStrategy:
-        from emergence_model.checkpoint import load_strategy
-
-        return load_strategy(path)
-
     def score_tensor(self, x, param_counts, target_param_count):
         cfg = self.predictor.config
         if param_counts is not None and list(param_counts) != list(cfg.param_counts):
@@ -267,23 +289,14 @@ class NetworkStrategy(Strategy):
             )
         return self.predictor.log_probs(x, chunk_rows=self.chunk_rows)
 
-    def check_models(self, model_names: Sequence[str], target_model_name: str) -> None:
-        """Refuse models other than those the network was trained on (by name, org ignored)."""
-        given = [model_basename(n) for n in model_names]
-        trained = [model_basename(n) for n in self.model_names]
-        if given != trained:
-            raise ValueError(
-                f"the network was trained on small models {trained}, got {given}: use a "
-                "checkpoint trained on these models"
-            )
-        if model_basename(target_model_name) != model_basename(self.target_name):
-            raise ValueError(
-                f"the network was trained to predict {self.target_name!r}, got target "
-                f"{target_model_name!r}: use a checkpoint trained for this target"
-            )
-
     def __call__(self, sentences, model_names, target_model_name, probs) -> list[int]:
-        self.check_models(model_names, target_model_name)
+        check_same_models(
+            self.model_names,
+            model_names,
+            expected_target=self.target_name,
+            given_target=target_model_name,
+            where="the call",
+        )
         probs = as_tensor(probs)
         self.predictor.check_inputs(probs)
         guesses = []
@@ -298,13 +311,13 @@ class NetworkStrategy(Strategy):
 
 
 def make_strategy(name: str, **kwargs) -> Strategy:
-    """A registered strategy by name; "network" takes `checkpoint=PATH`."""
+    """A registered baseline by name (the network comes from a checkpoint: `load_strategy`)."""
+    if name == "network":
+        raise ValueError(
+            "the network strategy comes from a checkpoint: use load_strategy(CKPT) or --checkpoint"
+        )
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; pick one of {', '.join(STRATEGIES)}")
-    if name == "network":
-        if "checkpoint" not in kwargs:
-            raise ValueError("the network strategy needs a checkpoint: pass --checkpoint CKPT")
-        return NetworkStrategy.from_checkpoint(kwargs["checkpoint"])
     return STRATEGIES[name](**kwargs)
 
 

@@ -5,9 +5,11 @@ A suite is one entry in `SUITES`; its function's docstring is what `cache_featur
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from emergence_model.demo.config import read_suite_record, short_count, suite_path
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,38 @@ def param_count_for(model_name: str) -> int | None:
     return PYTHIA_PARAM_COUNTS.get(name)
 
 
+def resolve_param_counts(
+    model_names: Sequence[str], param_counts: Sequence[int] | None = None
+) -> list[int]:
+    """Given counts (one per model) or Pythia's known ones; unknown names without counts are
+    refused in one line."""
+    if param_counts is not None:
+        if len(param_counts) != len(model_names):
+            raise ValueError(
+                f"--param-counts has {len(param_counts)} numbers for {len(model_names)} models "
+                f"({', '.join(model_names)}); give one per model"
+            )
+        return [int(c) for c in param_counts]
+    counts = [param_count_for(name) for name in model_names]
+    unknown = [name for name, c in zip(model_names, counts, strict=True) if c is None]
+    if unknown:
+        raise ValueError(
+            f"unknown parameter counts for {', '.join(unknown)}; pass --param-counts with one "
+            f"number per model ({len(model_names)} in all), or use Pythia's model names"
+        )
+    return counts
+
+
+def parse_int_list(text: str | None, flag: str) -> list[int] | None:
+    """ "1,2_000,3" -> [1, 2000, 3]; None stays None; anything else names `flag`."""
+    if text is None:
+        return None
+    try:
+        return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
 def _pythia(name: str, suffix: str, revision: str | None, description: str) -> Suite:
     ids = tuple(f"EleutherAI/pythia-{size}{suffix}" for size in PYTHIA_LADDER)
     return Suite(
@@ -87,12 +121,32 @@ def pythia_deduped(revision: str | None = None, suite_dir: Path | None = None) -
 
 
 def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
-    """Small GPT-NeoX models trained on the fly on CPU (built on first use in --suite-dir)."""
+    """Small GPT-NeoX models trained on CPU (python -m emergence_model.demo build; --suite-dir)."""
     if revision is not None:
         raise ValueError("the demo suite has no revisions; drop --revision")
-    from emergence_model.demo import demo_suite
-
-    return demo_suite(suite_dir)
+    suite_dir = suite_path(suite_dir)
+    record = read_suite_record(suite_dir)
+    models = record.get("models", [])
+    built = record.get("status") == "complete" and all(
+        (suite_dir / m["directory"]).is_dir() for m in models
+    )
+    if not built:
+        raise ValueError(
+            f"the demo suite in {suite_dir} is not built; build it with `python -m "
+            f"emergence_model.demo build --suite-dir {suite_dir}` (or `python train.py`, which "
+            "builds it)"
+        )
+    return Suite(
+        name="demo",
+        model_ids=tuple(str(suite_dir / m["directory"]) for m in models),
+        param_counts=tuple(m["param_count"] for m in models),
+        revision=None,
+        description=(
+            f"{len(models)} GPT-NeoX models ({short_count(models[0]['param_count'])} "
+            f"to {short_count(models[-1]['param_count'])}) trained on "
+            f"{record['corpus']['source']} in {suite_dir}"
+        ),
+    )
 
 
 SUITES: dict[str, Callable[..., Suite]] = {
@@ -118,6 +172,38 @@ def custom_suite(model_ids: list[str], revision: str | None = None) -> Suite:
         revision=revision,
         description="models given with --models",
     )
+
+
+@dataclass
+class SuiteConfig:
+    """Which models are cached (cache_features.py's model flags)."""
+
+    suite: str | None = None
+    """A registered suite of models (listed below)."""
+    models: str | None = None
+    """Comma-separated hub ids or local save_pretrained dirs, smallest first, target last."""
+    revision: str | None = None
+    """Hub revision of every model, e.g. step143000 (Pythia)."""
+    param_counts: str | None = None
+    """Comma-separated parameter counts, one per model, for models that are not Pythia."""
+    suite_dir: Path | None = None
+    """Where the demo suite lives (default: the user cache dir)."""
+
+    def __post_init__(self) -> None:
+        self.counts()  # refuse malformed counts before anything runs
+
+    def counts(self) -> list[int] | None:
+        return parse_int_list(self.param_counts, "--param-counts")
+
+    def resolve(self) -> Suite:
+        """The chosen suite: exactly one of --suite and --models."""
+        if (self.suite is None) == (self.models is None):
+            raise ValueError(
+                "give exactly one of --suite and --models (or another job, see --help)"
+            )
+        if self.models is not None:
+            return custom_suite(self.models.split(","), self.revision)
+        return get_suite(self.suite, revision=self.revision, suite_dir=self.suite_dir)
 
 
 def describe_suites() -> str:

@@ -1,41 +1,37 @@
-"""Training the predictor with Lightning: the data module over a cache and the training module.
+"""Training the predictor with Lightning.
 
-`CacheDataModule` reads rows of a cache through its memory map (the cache never loads whole) and
-splits it by prefix text, deterministically from a seed, into train / validation / test.
 `PredictorModule` wraps a `PerTokenPredictor` (the plain nn.Module in model.py): cross-entropy
 against the target's top token, or KL to the target's whole distribution (`soft_weight`), with
-torchmetrics top-1 / top-5 agreement per stage. `fit_predictor` runs it all with checkpointing on
-validation agreement, early stopping and CSV logs, and returns the best network.
-
-Config dataclasses here are the single source of the command-line flags (`add_config_arguments`).
+torchmetrics top-1 / top-5 agreement per stage. `fit_predictor` trains one network on a split of
+an opened cache (`data.py` serves its rows) with checkpointing on validation agreement, early
+stopping and CSV logs; `fit_cross_fitted` trains one per fold and keeps each finished one, so an
+interrupted run resumes. `TrainConfig`'s fields are train.py's flags (`cli.add_config_arguments`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
+import pickle
 import shutil
-from collections.abc import Sequence
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from emergence_model.cache import FeatureCache, open_cache
-from emergence_model.checkpoint import cache_fingerprint
-from emergence_model.cli import field_docs
+from emergence_model.cache import FeatureCache
+from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.splits import Split, fold_splits, split_indices
 
 
 @dataclass
@@ -107,142 +103,7 @@ class TrainConfig:
         return self.test_fraction if self.folds == 1 else 1.0 / self.folds
 
 
-def split_indices(
-    prefixes: Sequence[str], val_fraction: float, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Deterministic (train, val, test) row indices; rows of one prefix text stay together, so
-    a repeated prefix cannot leak from training into the held-out rows."""
-    return fold_splits(prefixes, 1, val_fraction, test_fraction, seed)[0]
-
-
-def fold_splits(
-    prefixes: Sequence[str], folds: int, val_fraction: float, test_fraction: float, seed: int
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(train, val, test) row indices per fold, by prefix text (repeats stay together).
-
-    `folds` > 1: the tests of the folds partition the prefixes; 1: one split, `test_fraction`
-    of the prefixes held out. Validation takes `val_fraction` of the prefixes from the rest."""
-    texts = sorted(set(prefixes))
-    order = np.random.default_rng(seed).permutation(len(texts))  # texts in a random order
-    n_val = max(1, int(round(val_fraction * len(texts))))
-    if folds == 1:
-        n_test = int(round(test_fraction * len(texts)))
-        test_parts = [order[:n_test]]
-    else:
-        test_parts = [order[k::folds] for k in range(folds)]
-    text_row = {text: i for i, text in enumerate(texts)}
-    row_text = np.array([text_row[p] for p in prefixes])
-    splits = []
-    for test in test_parts:
-        rest = order[~np.isin(order, test)]
-        if len(rest) <= n_val:
-            raise ValueError(
-                f"{len(texts)} distinct prefixes are too few for {folds} folds, val "
-                f"{val_fraction} and test {test_fraction}: cache more prefixes or lower them"
-            )
-        part = np.zeros(len(texts), dtype=np.int8)  # 0 train, 1 val, 2 test
-        part[rest[:n_val]] = 1
-        part[test] = 2
-        rows = part[row_text]
-        splits.append(tuple(np.flatnonzero(rows == k) for k in (0, 1, 2)))
-    return splits
-
-
 MEMBER_FILE = "member.pt"
-
-
-class CacheRows(Dataset):
-    """Rows of a cache: small models' log-probs (M - 1, V) in the cache dtype, the target's top
-    token, and (for the soft loss) the target's log-probs (V,). Opens the memory map lazily, so
-    DataLoader workers each open their own instead of pickling the array."""
-
-    def __init__(self, cache_path: str | Path, indices: np.ndarray, with_target_logprobs: bool):
-        self.cache_path = Path(cache_path)
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.with_target_logprobs = with_target_logprobs
-        self._cache: FeatureCache | None = None
-
-    @property
-    def cache(self) -> FeatureCache:
-        if self._cache is None:
-            self._cache = open_cache(self.cache_path)
-        return self._cache
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict:
-        row = int(self.indices[i])
-        logprobs = np.array(self.cache.logprobs[row])  # (M, V), one read of the memory map
-        item = {
-            "logprobs": torch.from_numpy(logprobs[:-1]),
-            "target": torch.tensor(int(self.cache.target_argmax[row])),
-        }
-        if self.with_target_logprobs:
-            item["target_logprobs"] = torch.from_numpy(logprobs[-1])
-        return item
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": None}
-
-
-class CacheDataModule(pl.LightningDataModule):
-    """Train / val / test rows of one cache: `split`, or by prefix from `TrainConfig.seed`."""
-
-    def __init__(
-        self,
-        cache_path: str | Path,
-        config: TrainConfig,
-        split: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    ) -> None:
-        super().__init__()
-        self.cache_path = Path(cache_path)
-        self.config = config
-        cache = open_cache(self.cache_path)
-        self.model_names = cache.model_names
-        self.param_counts = cache.param_counts
-        self.vocab_size = cache.vocab_size
-        if cache.num_models < 3:
-            raise ValueError(
-                f"{cache.path} holds {cache.num_models} models; the predictor needs at least two "
-                "small models and a target"
-            )
-        if split is None:
-            split = split_indices(
-                cache.prefixes, config.val_fraction, config.test_fraction, config.seed
-            )
-        self.train_idx, self.val_idx, self.test_idx = split
-
-    def predictor_config(self, base: PredictorConfig) -> PredictorConfig:
-        """`base` with the cache's models and vocabulary filled in."""
-        return dataclasses.replace(
-            base,
-            num_models=len(self.param_counts) - 1,
-            vocab_size=self.vocab_size,
-            param_counts=list(self.param_counts[:-1]),
-            target_param_count=self.param_counts[-1],
-        )
-
-    def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
-        dataset = CacheRows(self.cache_path, indices, self.config.soft_weight > 0)
-        generator = torch.Generator().manual_seed(self.config.seed)
-        return DataLoader(
-            dataset,
-            batch_size=self.config.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
-            num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_idx, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_idx, shuffle=False)
 
 
 class PredictorModule(pl.LightningModule):
@@ -313,11 +174,11 @@ def _lightning_devices(devices: str) -> int | str | list[int]:
 
 
 def fit_predictor(
-    cache_path: str | Path,
+    cache: FeatureCache,
     predictor_config: PredictorConfig,
     train_config: TrainConfig,
     run_dir: str | Path,
-    split: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    split: Split | None = None,
 ) -> tuple[PerTokenPredictor, CacheDataModule, dict]:
     """Train one network on the training rows of `split` (default: from the config's seed);
     returns the network with the best validation top-1, the data module and its metrics."""
@@ -326,8 +187,18 @@ def fit_predictor(
     # A new fit: an earlier run's best checkpoint here would be mistaken for this one's.
     if rank_zero_only.rank == 0:
         shutil.rmtree(run_dir / "lightning", ignore_errors=True)
-    data = CacheDataModule(cache_path, train_config, split)
-    config = data.predictor_config(predictor_config)
+    c = train_config
+    if split is None:
+        split = split_indices(cache.prefixes, c.val_fraction, c.test_fraction, c.seed)
+    config = predictor_config_for(cache, predictor_config)
+    data = CacheDataModule(
+        cache,
+        split,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        num_workers=c.num_workers,
+        with_target_logprobs=c.soft_weight > 0,
+    )
     module = PredictorModule(dataclasses.asdict(config), dataclasses.asdict(train_config))
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "lightning",
@@ -370,17 +241,13 @@ def _fold_key(
     cache: FeatureCache,
     predictor_config: PredictorConfig,
     train_config: TrainConfig,
-    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    split: Split,
 ) -> str:
-    """What a fold's network depends on: the cache (its models, prefixes, every model's top
-    tokens and when and how it was made, so a rebuilt cache is not mistaken for the old one),
-    both configs and the split."""
+    """What a fold's network depends on: the cache's contents, both configs and the split."""
     settings = dataclasses.asdict(train_config)
     del settings["progress"]  # how a run looks, not what it computes
     identity = {
-        "cache": cache_fingerprint(cache.model_names, cache.prefixes),
-        "top_tokens": hashlib.sha256(np.ascontiguousarray(cache.argmax).tobytes()).hexdigest(),
-        "made": {k: cache.meta.get(k) for k in ("created", "dtype", "extraction")},
+        **cache.content_key(),
         "predictor": dataclasses.asdict(predictor_config),
         "training": settings,
         "split": [part.tolist() for part in split],
@@ -389,31 +256,42 @@ def _fold_key(
 
 
 def _load_member(path: Path, key: str) -> tuple[PerTokenPredictor, dict] | None:
-    """A fold's network saved by an earlier run with the same key, else None."""
+    """A fold's network saved by an earlier run with the same key, else None.
+
+    A missing file, a torn one (a crash or a full disk mid-write; `torch.save` writes a zip
+    archive whose index comes last, so a torn file is not a zip), one of another version that
+    `weights_only` refuses, or one saved for another key is trained again; anything else is a bug
+    and raises.
+    """
+    if not path.is_file():
+        return None
+    if not zipfile.is_zipfile(path):
+        print(f"{path} is torn (not a complete torch.save archive): training that fold again")
+        return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("key") != key:
-            return None
-        predictor = PerTokenPredictor(PredictorConfig(**saved["config"]))
-        predictor.load_state_dict(saved["state_dict"])
-    except Exception:  # missing, torn or from another version (weights_only runs no code)
-        return None  # train the fold again
+    except pickle.UnpicklingError as e:
+        print(f"{path} is not this version's ({e.__class__.__name__}): training that fold again")
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None  # another cache, configuration or split: the key covers them all
+    predictor = PerTokenPredictor(PredictorConfig(**saved["config"]))
+    predictor.load_state_dict(saved["state_dict"])
     return predictor.eval(), saved["metrics"]
 
 
 def fit_cross_fitted(
-    cache_path: str | Path,
+    cache: FeatureCache,
     predictor_config: PredictorConfig,
     train_config: TrainConfig,
     run_dir: str | Path,
-) -> tuple[PerTokenPredictor, list[tuple[np.ndarray, np.ndarray, np.ndarray]], dict]:
+) -> tuple[PerTokenPredictor, list[Split], dict]:
     """One network per fold of `fold_splits` (run_dir/fold-K), joined into an ensemble whose
     head K never saw the test rows of split K; returns it, the splits and per-fold metrics.
 
     Each finished fold's network is kept in run_dir/fold-K/member.pt: a run interrupted after
     some folds (or repeated with the same cache, configs and split) trains only the others.
     """
-    cache = open_cache(cache_path)
     c = train_config
     splits = fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)
     members, metrics = [], {}
@@ -430,7 +308,7 @@ def fit_cross_fitted(
                 f"validation, {len(split[2])} held-out prefixes"
             )
             predictor, _, fold_metrics = fit_predictor(
-                cache_path, predictor_config, train_config, fold_dir, split
+                cache, predictor_config, train_config, fold_dir, split
             )
             if not c.fast_dev_run and rank_zero_only.rank == 0:
                 with atomic_file(fold_dir / MEMBER_FILE) as f:
@@ -446,43 +324,6 @@ def fit_cross_fitted(
         members.append(predictor)
         metrics[f"fold-{k}"] = fold_metrics
     return PerTokenPredictor.ensemble(members).eval(), splits, metrics
-
-
-# ---- command-line flags from config dataclasses ----
-
-
-def _flag_type(annotation: str):
-    base = annotation.replace(" | None", "").strip()
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(base)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One --flag per field of dataclass `cls` (fields marked cli=False are skipped)."""
-    group = parser.add_argument_group(title)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
-            continue
-        kind = _flag_type(str(f.type))
-        if kind is None:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {f.default})"
-        if kind is bool:
-            group.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=f.default,
-                help=help_text,
-            )
-        else:
-            group.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
-
-
-def config_from_args(cls: type, args: argparse.Namespace):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def write_config(path: str | Path, **configs) -> Path:

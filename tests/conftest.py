@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny GPT-NeoX suite built offline, and a finished cache extracted from it.
+"""Shared fixtures: a tiny GPT-NeoX suite built offline, a finished cache extracted from it, and
+a tiny demo suite built by the demo's own code.
 
 The suite mirrors Pythia's shape on a small scale: one byte-level BPE tokenizer (trained here by
 `tokenizers`), models of increasing size with rotary embeddings on 25% of each head and untied
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_demo import SUBTREE_ROOT, TINY
 
-from emergence_model.demo_corpus import train_bpe_tokenizer
+from emergence_model.demo.tokenizer import train_bpe_tokenizer
+from emergence_model.lm import count_parameters, gpt_neox_config
 
 # Tiny models run fastest on one thread, and test machines are shared: more threads only spin.
 torch.set_num_threads(1)
@@ -63,7 +66,7 @@ def make_sentences(count: int, seed: int = 0) -> list[str]:
 
 
 def build_tiny_suite(root: Path) -> TinySuite:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
     sentences = make_sentences(400)
     # The demo suite's trainer: byte-level BPE with ids 0/1 end-of-text and padding, as Pythia's.
@@ -76,27 +79,24 @@ def build_tiny_suite(root: Path) -> TinySuite:
         zip(TINY_SHAPES, TINY_EXTRA_ROWS, strict=True)
     ):
         torch.manual_seed(i)
-        config = GPTNeoXConfig(
-            vocab_size=vocab_size + extra,
+        config = gpt_neox_config(
             hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=4 * hidden,
-            rotary_pct=0.25,
-            max_position_embeddings=128,
-            tie_word_embeddings=False,
+            num_layers=layers,
+            num_heads=heads,
+            vocab_size=vocab_size,
+            extra_logit_rows=extra,
+            context_length=128,
             # Wider than the default 0.02, so that the untrained models' distributions are not
             # all nearly uniform and models of different sizes disagree.
             initializer_range=0.3,
             eos_token_id=0,
-            bos_token_id=0,
         )
         model = GPTNeoXForCausalLM(config).eval()
         model_dir = root / f"tiny-neox-{i}"
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
         model_dirs.append(model_dir)
-        param_counts.append(sum(p.numel() for p in model.parameters()))
+        param_counts.append(count_parameters(model))
     return TinySuite(
         model_dirs=model_dirs,
         tokenizer_dir=tokenizer_dir,
@@ -118,9 +118,30 @@ def tiny_cache(tiny_suite, tmp_path_factory):
 
     Shared by the whole session: open it read-only, and copy it before changing anything.
     """
-    from emergence_model.extract import extract_suite
+    from emergence_model.extract import ExtractConfig, extract_suite
 
     out = tmp_path_factory.mktemp("tiny_cache") / "cache"
-    return extract_suite(
-        tiny_suite.model_ids, tiny_suite.prefixes, out, device="cpu", batch_size=5, progress=False
-    )
+    config = ExtractConfig(device="cpu", batch_size=5, progress=False)
+    return extract_suite(tiny_suite.model_ids, tiny_suite.prefixes, out, config)
+
+
+@pytest.fixture
+def stdlib_subtree(monkeypatch) -> Path:
+    """The demo's stdlib corpus cut to one package (email), read in a fraction of a second."""
+    monkeypatch.setattr("emergence_model.demo.corpus.stdlib_root", lambda: SUBTREE_ROOT)
+    return SUBTREE_ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_suite_dir(tmp_path_factory) -> Path:
+    """A finished tiny demo suite, built by the demo's own code (`tiny_demo.TINY`) in seconds.
+
+    Shared by the whole session: copy it before changing anything.
+    """
+    from emergence_model.demo.build import build_suite
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("emergence_model.demo.corpus.stdlib_root", lambda: SUBTREE_ROOT)
+        suite_dir = tmp_path_factory.mktemp("demo") / "suite"
+        build_suite(suite_dir, TINY, progress=False)
+    return suite_dir

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from emergence_model.cache import open_cache
+from emergence_model.cli import exit_on_user_error
 from emergence_model.prefixes import PREFIX_SOURCES
 from emergence_model.suites import SUITES
 
@@ -30,8 +31,13 @@ def models(tiny_suite):
     return ",".join([dirs[0], dirs[1], dirs[3]])
 
 
-def run_cli(*argv):
-    return main([str(a) for a in argv])
+def run_cli(*argv) -> int:
+    """The script as a user runs it: its exit status (a user's mistake: 2, one line on stderr)."""
+    try:
+        exit_on_user_error(lambda: main([str(a) for a in argv]))
+    except SystemExit as e:
+        return e.code
+    return 0
 
 
 def test_help_lists_suites_and_prefix_sources(capsys):
@@ -106,9 +112,7 @@ def test_end_to_end_on_local_files(tiny_suite, models, tmp_path, capsys):
     ],
 )
 def test_usage_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_code:
-        main(argv)
-    assert exit_code.value.code == 2
+    assert run_cli(*argv) == 2
     assert message in capsys.readouterr().err
 
 
@@ -123,7 +127,7 @@ def test_usage_errors(argv, message, capsys):
 )
 def test_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(argv) == 2
+    assert run_cli(*argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("error: ")
 

@@ -4,15 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from emergence_model.cache import CacheError
+from emergence_model.cache import LOG_PROB_FLOOR, CacheError
 from emergence_model.challenge import (
-    LOG_PROBABILITY_FLOOR,
     export_challenge_pickle,
     import_challenge_pickle,
     load_challenge_pickle,
-    resolve_param_counts,
 )
-from emergence_model.suites import PYTHIA_PARAM_COUNTS
+from emergence_model.suites import PYTHIA_PARAM_COUNTS, resolve_param_counts
 
 NAMES = ["pythia-70m", "pythia-160m", "pythia-12b"]
 
@@ -105,10 +103,10 @@ def test_param_counts_of_pythia_names_are_known_others_must_be_given():
         PYTHIA_PARAM_COUNTS["pythia-70m"],
         PYTHIA_PARAM_COUNTS["pythia-12b"],
     ]
-    with pytest.raises(CacheError, match="unknown parameter counts for gpt2; pass --param-counts"):
+    with pytest.raises(ValueError, match="unknown parameter counts for gpt2; pass --param-counts"):
         resolve_param_counts(["pythia-70m", "gpt2"])
     assert resolve_param_counts(["a", "b"], [1, 2]) == [1, 2]
-    with pytest.raises(CacheError, match="has 1 numbers for 2 models"):
+    with pytest.raises(ValueError, match="has 1 numbers for 2 models"):
         resolve_param_counts(["a", "b"], [1])
 
 
@@ -118,7 +116,7 @@ def test_import_floors_zeros_and_keeps_the_challenges_argmax(tmp_path):
     cache = import_challenge_pickle(pkl, tmp_path / "cache", dtype="float32")
     logprobs = cache.rows(range(4))
     assert np.isfinite(logprobs).all()
-    assert np.allclose(logprobs[probs == 0], LOG_PROBABILITY_FLOOR)
+    assert np.allclose(logprobs[probs == 0], LOG_PROB_FLOOR)
     positive = probs > 0
     expected = probs[positive].astype(np.float32)
     np.testing.assert_allclose(np.exp(logprobs[positive]), expected, rtol=1e-6)

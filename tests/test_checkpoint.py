@@ -11,6 +11,7 @@ from emergence_model.checkpoint import (
     save_checkpoint,
 )
 from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.strategies import ModelMismatchError
 from emergence_model.suites import PYTHIA_PARAM_COUNTS
 
 NAMES = ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-410m"]
@@ -71,8 +72,8 @@ def test_load_strategy_round_trip_in_the_challenge_signature(checkpoint_path):
 @pytest.mark.parametrize(
     "names, target, probs, message",
     [
-        (["pythia-70m", "pythia-160m", "pythia-1b"], "pythia-12b", None, "trained on small models"),
-        (NAMES, "pythia-6.9b", None, "trained to predict"),
+        (["pythia-70m", "pythia-160m", "pythia-1b"], "pythia-12b", None, "has small models"),
+        (NAMES, "pythia-6.9b", None, "predicts 'EleutherAI/pythia-12b'"),
         (NAMES, TARGET, challenge_probs(v=41), "vocabulary of 40"),
         (NAMES, TARGET, challenge_probs(m=2), "3 small models"),
     ],
@@ -87,11 +88,11 @@ def test_mismatched_models_or_vocabulary_refused(checkpoint_path, names, target,
 def test_check_compatible_with_a_cache(checkpoint_path):
     checkpoint = load_checkpoint(checkpoint_path[0])
     check_compatible(checkpoint, ["/models/pythia-70m", "pythia-160m", "pythia-410m"], 40)
-    with pytest.raises(CheckpointError, match="vocabulary of 40, the cache has 41"):
+    with pytest.raises(ModelMismatchError, match="vocabulary of 40, the cache has 41"):
         check_compatible(checkpoint, NAMES, 41)
-    with pytest.raises(CheckpointError, match="checkpoint has models"):
+    with pytest.raises(ModelMismatchError, match="checkpoint has small models"):
         check_compatible(checkpoint, NAMES[:2], 40)
-    with pytest.raises(CheckpointError, match="predicts"):
+    with pytest.raises(ModelMismatchError, match="predicts"):
         check_compatible(checkpoint, NAMES, 40, target_name="pythia-2.8b")
 
 

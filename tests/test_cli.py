@@ -1,9 +1,17 @@
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from emergence_model.cache import CacheError
-from emergence_model.cli import exit_on_user_error, field_docs
+from emergence_model.cli import (
+    add_config_arguments,
+    config_from_args,
+    exit_on_user_error,
+    field_docs,
+    given_fields,
+)
 
 
 @dataclass
@@ -33,3 +41,42 @@ def test_user_errors_become_one_line_on_stderr_and_exit_2(capsys):
 def test_bugs_keep_their_traceback():
     with pytest.raises(KeyError):
         exit_on_user_error(lambda: {}["missing"])
+
+
+@dataclass
+class _Paths:
+    name: str = "x"
+    """A name."""
+    path: Path | None = None
+    """Somewhere."""
+    flag: bool = True
+    """On or off."""
+    ratio: float = 0.5
+    """How much."""
+    hidden: int = field(default=3, metadata={"cli": False})
+    """Not a flag."""
+    steps: tuple[int, ...] = (1, 2)
+    """Not a flag either: no scalar type."""
+
+
+def test_flags_come_from_the_fields_with_their_docs_and_defaults():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, _Paths, "paths")
+    text = parser.format_help()
+    assert "Somewhere. (default: None)" in text and "How much. (default: 0.5)" in text
+    assert "--hidden" not in text and "--steps" not in text
+    args = parser.parse_args(["--path", "a/b", "--no-flag", "--ratio", "2"])
+    config = config_from_args(_Paths, args)
+    assert config == _Paths(path=Path("a/b"), flag=False, ratio=2.0)
+    assert config_from_args(_Paths, parser.parse_args([])) == _Paths()
+
+
+def test_only_given_flags_leave_the_rest_to_a_base():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, _Paths, only_given=True)
+    args = parser.parse_args(["--ratio", "0.25"])
+    assert given_fields(_Paths, args) == {"ratio": 0.25}
+    base = _Paths(name="recorded", hidden=9)
+    assert config_from_args(_Paths, args, base=base) == _Paths(
+        name="recorded", hidden=9, ratio=0.25
+    )

@@ -1,39 +1,20 @@
 import json
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import torch
 from synthetic_cache import write_synthetic_cache
 
-from emergence_model.checkpoint import cache_fingerprint, save_checkpoint
-from emergence_model.evaluate import (
-    agreement_svg,
-    bootstrap_ci,
-    evaluate_cache,
-    format_table,
-    main,
-    make_baselines,
-    score_rows,
-    summarize,
-)
+from emergence_model.checkpoint import save_checkpoint
+from emergence_model.evaluate import EvalConfig, main, make_baselines, score_rows, summarize
 from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.splits import fold_splits
 from emergence_model.strategies import MeanProbability, NetworkStrategy
-from emergence_model.training import fold_splits
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return write_synthetic_cache(tmp_path_factory.mktemp("eval") / "cache", num_prefixes=60)
-
-
-def test_bootstrap_interval_by_hand():
-    assert bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25)
-    values = np.array([0.0, 1.0] * 200)  # mean 0.5, standard error 0.025
-    lo, hi = bootstrap_ci(values, num_bootstrap=2000)
-    assert lo == pytest.approx(0.5 - 1.96 * 0.025, abs=0.01)
-    assert hi == pytest.approx(0.5 + 1.96 * 0.025, abs=0.01)
-    assert bootstrap_ci(values, seed=1) == bootstrap_ci(values, seed=1)
 
 
 def test_summary_of_hand_made_rows():
@@ -50,9 +31,9 @@ def test_summary_of_hand_made_rows():
         "largest": [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
         "network": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0],
     }
-    per_row = {"easy": np.array([True] * 4 + [False] * 6)}
+    per_row = {"easy": np.array([True] * 4 + [False] * 6), "strategies": {}}
     for name, values in top1.items():
-        per_row[name] = {"top1": np.array(values, float), "top5": np.ones(10)}
+        per_row["strategies"][name] = {"top1": np.array(values, float), "top5": np.ones(10)}
     summary = summarize(per_row, strategies, num_bootstrap=500)
     assert summary["easy_share"]["value"] == pytest.approx(0.4)
     assert summary["best_baseline"] == "mean-prob"
@@ -68,17 +49,30 @@ def test_summary_of_hand_made_rows():
 def test_rows_match_a_direct_computation(cache):
     strategies = make_baselines(["mean-prob", "largest", "token-0"])
     per_row = score_rows(cache, strategies, chunk_rows=7)
+    scored = per_row["strategies"]
     x = torch.from_numpy(cache.rows(range(len(cache))))
     target = cache.target_argmax
     mean = torch.log(x[:, :-1].exp().mean(dim=1))
-    assert per_row["mean-prob"]["top1"] == pytest.approx((mean.argmax(1).numpy() == target) * 1.0)
-    assert per_row["largest"]["top1"] == pytest.approx((cache.argmax[:, -2] == target) * 1.0)
-    assert per_row["token-0"]["top1"] == pytest.approx((target == 0) * 1.0)
-    assert "loglik" not in per_row["token-0"]
+    assert scored["mean-prob"]["top1"] == pytest.approx((mean.argmax(1).numpy() == target) * 1.0)
+    assert scored["mean-prob"]["guess"] == pytest.approx(mean.argmax(1).numpy())
+    assert scored["largest"]["top1"] == pytest.approx((cache.argmax[:, -2] == target) * 1.0)
+    assert scored["token-0"]["top1"] == pytest.approx((target == 0) * 1.0)
+    assert "loglik" not in scored["token-0"] and "accept" not in scored["token-0"]
     target_logp = torch.log_softmax(x[:, -1], dim=1)
-    kl = (target_logp.exp() * (target_logp - torch.log_softmax(mean, dim=1))).sum(1)
-    assert per_row["mean-prob"]["kl"] == pytest.approx(kl.numpy(), abs=1e-4)
+    q = torch.log_softmax(mean, dim=1)
+    kl = (target_logp.exp() * (target_logp - q)).sum(1)
+    assert scored["mean-prob"]["kl"] == pytest.approx(kl.numpy(), abs=1e-4)
+    overlap = torch.minimum(target_logp.exp(), q.exp()).sum(1)
+    assert scored["mean-prob"]["accept"] == pytest.approx(overlap.numpy(), abs=1e-5)
+    assert scored["mean-prob"]["confidence"] == pytest.approx(q.exp().amax(1).numpy(), abs=1e-6)
     assert per_row["easy"].tolist() == (cache.argmax[:, -2] == target).tolist()
+    assert per_row["target"]["token"].tolist() == target.tolist()
+    rows = np.arange(len(cache))
+    small_top = x[rows, :-1, target]  # (n, M) each small model's log-prob of the target's top
+    assert per_row["target"]["small_logprob"] == pytest.approx(small_top.numpy(), abs=1e-6)
+    assert per_row["target"]["logprob"] == pytest.approx(
+        target_logp[rows, target].numpy(), abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("folds", [1, 3])
@@ -98,7 +92,7 @@ def test_cli_scores_held_out_rows_of_the_training_cache_and_writes_reports(cache
         model_names=cache.model_names[:-1],
         target_name=cache.target_name,
         baselines={"contrastive": {"beta": 0.8}},
-        data={"fingerprint": cache_fingerprint(cache.model_names, cache.prefixes), "split": split},
+        data={"fingerprint": cache.fingerprint, "split": split},
     )
     out = tmp_path / "report"
     args = ["--cache", str(cache.path), "--checkpoint", str(ckpt), "--bootstrap", "100"]
@@ -114,16 +108,15 @@ def test_cli_scores_held_out_rows_of_the_training_cache_and_writes_reports(cache
     written = json.loads((out / "results.json").read_text())
     assert set(written) == {"cache"}
     assert "| network" in (out / "results.md").read_text()
-    ET.fromstring((out / "agreement.svg").read_text())  # well-formed
+    assert (out / "agreement.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*args, "--all-rows"])["num_prefixes"] == 60
     with pytest.raises(SystemExit):
         main([*args, "--checkpoint", str(ckpt)])  # two checkpoints, one trained on this cache
 
 
-def test_table_and_chart_show_every_strategy(cache):
-    summary = evaluate_cache(cache, [(None, make_baselines())], num_bootstrap=50)
-    table = format_table(summary, "synthetic")
-    svg = agreement_svg([("a", summary), ("b", summary)])
-    for name in summary["strategies"]:
-        assert name in table and f">{name}<" in svg
-    assert ET.fromstring(svg).tag.endswith("svg")
+@pytest.mark.parametrize(
+    "flag, value", [("--bootstrap", 0), ("--chunk-rows", 0), ("--chunk-rows", -3)]
+)
+def test_eval_config_names_the_flag_to_fix(flag, value):
+    with pytest.raises(ValueError, match=flag):
+        EvalConfig(**{flag.removeprefix("--").replace("-", "_"): value})

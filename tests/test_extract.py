@@ -7,18 +7,19 @@ import torch
 from emergence_model import extract
 from emergence_model.cache import CacheError, open_cache
 from emergence_model.extract import (
+    ExtractConfig,
     batch_logprobs,
     check_model,
-    count_parameters,
-    count_parameters_from_config,
     default_dtype,
     extract_suite,
     length_batches,
-    load_model,
-    load_tokenizer,
     next_token_logprobs,
     tokenize_prefixes,
 )
+from emergence_model.lm import count_parameters, load_model, load_tokenizer
+
+QUIET = ExtractConfig(progress=False)
+BATCH_5 = ExtractConfig(batch_size=5, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +81,6 @@ def test_check_model_refuses_mismatches(target, tiny_suite):
         check_model(model, "m", tiny_suite.vocab_size, [[1]], 5)
 
 
-def test_param_counts_from_config_match_the_loaded_model(tiny_suite):
-    assert count_parameters_from_config(tiny_suite.model_ids[0]) == tiny_suite.param_counts[0]
-
-
 def test_missing_local_model_is_named(tmp_path, tiny_suite):
     with pytest.raises(ValueError, match="no model directory at /nonexistent/model"):
         extract_suite(["/nonexistent/model"], ["a"], tmp_path / "c")
@@ -119,7 +116,7 @@ def test_one_model_in_memory_at_a_time(tiny_suite, tmp_path, monkeypatch):
         return model
 
     monkeypatch.setattr(extract, "load_model", load_and_track)
-    extract_suite(tiny_suite.model_ids[:3], tiny_suite.prefixes[:4], tmp_path / "c", progress=False)
+    extract_suite(tiny_suite.model_ids[:3], tiny_suite.prefixes[:4], tmp_path / "c", QUIET)
     assert len(alive) == 3
 
 
@@ -137,7 +134,7 @@ def test_resume_after_a_crash_continues_and_matches(tiny_suite, tiny_cache, tmp_
     out = tmp_path / "resumed"
     args = (tiny_suite.model_ids, tiny_suite.prefixes, out)
     with pytest.raises(KeyboardInterrupt):
-        extract_suite(*args, batch_size=5, progress=False)
+        extract_suite(*args, BATCH_5)
     with pytest.raises(CacheError, match="incomplete: model .*tiny-neox-1' has 15/24"):
         open_cache(out)
 
@@ -147,13 +144,13 @@ def test_resume_after_a_crash_continues_and_matches(tiny_suite, tiny_cache, tmp_
     monkeypatch.setattr(
         extract, "load_model", lambda m, **kw: loaded.append(m) or real_load(m, **kw)
     )
-    cache = extract_suite(*args, batch_size=5, progress=False)
+    cache = extract_suite(*args, BATCH_5)
     assert loaded == tiny_suite.model_ids[1:]  # the finished first model is not even loaded
     np.testing.assert_allclose(cache.logprobs, tiny_cache.logprobs, atol=0.004)
     np.testing.assert_array_equal(cache.argmax, tiny_cache.argmax)
     # A rerun of a finished cache loads nothing and changes nothing.
     loaded.clear()
-    again = extract_suite(*args, batch_size=5, progress=False)
+    again = extract_suite(*args, BATCH_5)
     assert loaded == [] and np.array_equal(again.logprobs, cache.logprobs)
 
 
@@ -162,12 +159,9 @@ def test_extract_float32_cache_with_bfloat16_weights(tiny_suite, tmp_path):
         tiny_suite.model_ids[-2:],
         tiny_suite.prefixes[:6],
         tmp_path / "c",
-        dtype="bfloat16",
-        cache_dtype="float32",
-        batch_size=4,
+        ExtractConfig(dtype="bfloat16", cache_dtype="float32", batch_size=4, progress=False),
         seed=7,
         source={"dataset": "unit"},
-        progress=False,
     )
     assert cache.logprobs.dtype == np.float32
     assert cache.meta["extraction"]["model_dtype"] == "bfloat16"
@@ -179,3 +173,16 @@ def test_batch_logprobs_cuts_padding_rows(target, tiny_suite):
     model, _ = target
     out = batch_logprobs(model, [[5, 6, 7], [8]], "cpu", tiny_suite.vocab_size)
     assert out.shape == (2, tiny_suite.vocab_size) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"batch_size": 0}, "--batch-size"),
+        ({"dtype": "int8"}, "--dtype"),
+        ({"cache_dtype": "bfloat16"}, "--cache-dtype"),
+    ],
+)
+def test_extract_config_names_the_flag_to_fix(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        ExtractConfig(**kwargs)

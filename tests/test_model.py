@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from emergence_model.cache import LOG_PROB_FLOOR
 from emergence_model.model import (
-    LOG_FLOOR,
     PerTokenPredictor,
     PredictorConfig,
     extrapolation_weights,
@@ -35,11 +35,13 @@ def randomize(predictor: PerTokenPredictor) -> PerTokenPredictor:
 
 
 def test_floor_is_the_smallest_float16_subnormal():
-    assert LOG_FLOOR == pytest.approx(math.log(torch.finfo(torch.float16).smallest_normal / 1024))
+    assert LOG_PROB_FLOOR == pytest.approx(
+        math.log(torch.finfo(torch.float16).smallest_normal / 1024)
+    )
     x = torch.tensor([0.0, -5.0, -40.0, -math.inf])
-    assert floor_logprobs(x).tolist() == pytest.approx([0.0, -5.0, LOG_FLOOR, LOG_FLOOR])
+    assert floor_logprobs(x).tolist() == pytest.approx([0.0, -5.0, LOG_PROB_FLOOR, LOG_PROB_FLOOR])
     assert probs_to_logprobs(torch.tensor([0.0, 1.0], dtype=torch.float16)).tolist() == (
-        pytest.approx([LOG_FLOOR, 0.0])
+        pytest.approx([LOG_PROB_FLOOR, 0.0])
     )
 
 

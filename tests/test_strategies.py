@@ -8,8 +8,8 @@ from emergence_model.strategies import (
     STRATEGIES,
     ContrastiveExtrapolation,
     baseline_names,
+    challenge_param_counts,
     make_strategy,
-    resolve_param_counts,
 )
 from emergence_model.suites import PYTHIA_PARAM_COUNTS
 
@@ -52,7 +52,7 @@ def test_registry_lists_every_baseline_and_the_network():
     assert "network" not in baseline_names()
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
         make_strategy("nope")
-    with pytest.raises(ValueError, match="--checkpoint"):
+    with pytest.raises(ValueError, match="load_strategy"):
         make_strategy("network")
 
 
@@ -111,7 +111,7 @@ def test_challenge_signature_with_float16_probabilities():
     names = ["pythia-70m", "EleutherAI/pythia-160m", "pythia-410m"]
     probs = np.exp(np.random.default_rng(1).normal(size=(4, 3, 9))).astype(np.float16)
     probs /= probs.sum(axis=2, keepdims=True)
-    counts, target = resolve_param_counts(names, "pythia-12b")
+    counts, target = challenge_param_counts(names, "pythia-12b")
     assert counts == [PYTHIA_PARAM_COUNTS[n] for n in ("pythia-70m", "pythia-160m", "pythia-410m")]
     logprobs = np.log(probs.astype(np.float32))
     for name in baseline_names():
@@ -126,7 +126,7 @@ def test_challenge_signature_with_float16_probabilities():
 
 def test_unknown_model_sizes_are_refused_where_needed():
     probs = np.full((1, 3, 4), 0.25, dtype=np.float16)
-    with pytest.raises(ValueError, match="unknown parameter count for model 'gpt-x'"):
+    with pytest.raises(ValueError, match="unknown parameter counts for gpt-x"):
         make_strategy("extrapolate")(
             [""], ["pythia-70m", "gpt-x", "pythia-1b"], "pythia-12b", probs
         )

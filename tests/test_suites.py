@@ -1,4 +1,8 @@
+import shutil
+from pathlib import Path
+
 import pytest
+from tiny_demo import model_dirs, suite_record
 
 from emergence_model.suites import (
     PYTHIA_PARAM_COUNTS,
@@ -67,6 +71,26 @@ def test_unknown_suite_names_the_choices():
 def test_demo_suite_has_no_revisions():
     with pytest.raises(ValueError, match="--revision"):
         get_suite("demo", revision="step1")
+
+
+def test_the_demo_suite_must_be_built_first(tmp_path):
+    with pytest.raises(ValueError, match="not built.*python -m emergence_model.demo build"):
+        get_suite("demo", suite_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_demo_suite_is_the_built_suites_local_dirs(demo_suite_dir, tmp_path):
+    suite = get_suite("demo", suite_dir=demo_suite_dir)
+    assert suite.name == "demo" and suite.revision is None
+    assert [Path(m) for m in suite.model_ids] == model_dirs(demo_suite_dir)
+    info = suite_record(demo_suite_dir)
+    assert list(suite.param_counts) == [m["param_count"] for m in info["models"]]
+    assert "3 GPT-NeoX models (16k to 50k) trained on python-stdlib-docstrings" in suite.description
+    copy = tmp_path / "suite"
+    shutil.copytree(demo_suite_dir, copy)
+    shutil.rmtree(model_dirs(copy)[-1])
+    with pytest.raises(ValueError, match="not built"):
+        get_suite("demo", suite_dir=copy)
 
 
 def test_custom_suite_keeps_order_and_knows_pythia_counts():

@@ -7,7 +7,8 @@ import pytest
 import torch
 from synthetic_cache import write_synthetic_cache
 
-from emergence_model.checkpoint import CheckpointError, load_checkpoint, load_strategy
+from emergence_model.checkpoint import load_checkpoint, load_strategy
+from emergence_model.strategies import ModelMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
@@ -40,6 +41,7 @@ def caches(tmp_path_factory):
     return train, transfer
 
 
+@pytest.mark.slow
 def test_train_evaluates_in_domain_and_on_transfer_and_saves_a_challenge_strategy(
     caches, tmp_path, capsys
 ):
@@ -65,14 +67,15 @@ def test_train_evaluates_in_domain_and_on_transfer_and_saves_a_challenge_strateg
     assert "network" in in_domain["comparisons"]
 
     checkpoint = load_checkpoint(out)
-    assert checkpoint["baselines"]["contrastive"]["beta"] >= 0
+    # the synthetic target extrapolates past the largest small model: contrastive tunes beta up
+    assert checkpoint["baselines"]["contrastive"]["beta"] > 0
     assert (
         checkpoint["metrics"]["transfer (rte)"]["network"]
         == (on_transfer["strategies"]["network"]["top1"]["value"])
     )
     config = json.loads((tmp_path / "checkpoints" / "wiki.config.json").read_text())
     assert config["predictor"]["hidden_size"] == 8 and config["training"]["max_epochs"] == 3
-    for name in ("results.json", "results.md", "agreement.svg"):
+    for name in ("results.json", "results.md", "agreement.png"):
         assert (tmp_path / "run" / "report" / name).is_file()
 
     # the evaluation command finds the same held-out scores from the checkpoint alone
@@ -96,7 +99,7 @@ def test_transfer_cache_of_other_models_is_refused(caches, tmp_path):
     other = write_synthetic_cache(
         tmp_path / "other", num_prefixes=20, vocab_size=32, model_names=[f"m{i}" for i in range(5)]
     )
-    with pytest.raises(CheckpointError, match="use a checkpoint and caches of one suite"):
+    with pytest.raises(ModelMismatchError, match="use a checkpoint and caches of one suite"):
         load_train_script().main(
             [
                 "--train-cache",
@@ -110,6 +113,7 @@ def test_transfer_cache_of_other_models_is_refused(caches, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_no_arguments_runs_the_demo(caches, tmp_path, monkeypatch):
     train, transfer = caches
     calls = []
@@ -118,11 +122,9 @@ def test_no_arguments_runs_the_demo(caches, tmp_path, monkeypatch):
         calls.append(suite_dir)
         return train.path, transfer.path
 
-    import emergence_model.demo
-
-    monkeypatch.setattr(emergence_model.demo, "prepare_demo_caches", fake_prepare_demo_caches)
-    monkeypatch.chdir(tmp_path)
     script = load_train_script()
+    monkeypatch.setattr(script, "prepare_demo_caches", fake_prepare_demo_caches)
+    monkeypatch.chdir(tmp_path)
     panels = script.main(FAST)  # no cache given: the demo
     assert calls == [None]
     assert (tmp_path / "checkpoints" / "demo.ckpt").is_file()

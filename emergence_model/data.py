@@ -1,0 +1,103 @@
+"""The training data: rows of a feature cache, read through its memory map, as Lightning data.
+
+`CacheRows` is a torch Dataset of one cache's rows (small models' log-probs, the target's top
+token and, for the soft loss, the target's log-probs); `CacheDataModule` serves the train /
+validation / test rows of a split (`splits.py`) of one opened cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from emergence_model.cache import FeatureCache
+from emergence_model.model import PredictorConfig
+from emergence_model.splits import Split
+
+
+class CacheRows(Dataset):
+    """Rows of a cache: small models' log-probs (M - 1, V) in the cache dtype, the target's top
+    token, and (for the soft loss) the target's log-probs (V,). A DataLoader worker gets the cache
+    pickled as its path (`FeatureCache.__reduce__`) and opens its own memory map."""
+
+    def __init__(self, cache: FeatureCache, indices: np.ndarray, with_target_logprobs: bool):
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.with_target_logprobs = with_target_logprobs
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.indices[i])
+        logprobs = np.array(self.cache.logprobs[row])  # (M, V), one read of the memory map
+        item = {
+            "logprobs": torch.from_numpy(logprobs[:-1]),
+            "target": torch.tensor(int(self.cache.target_argmax[row])),
+        }
+        if self.with_target_logprobs:
+            item["target_logprobs"] = torch.from_numpy(logprobs[-1])
+        return item
+
+
+def predictor_config_for(cache: FeatureCache, base: PredictorConfig) -> PredictorConfig:
+    """`base` with the cache's small models, their sizes and its vocabulary filled in."""
+    if cache.num_models < 3:
+        raise ValueError(
+            f"{cache.path} holds {cache.num_models} models; the predictor needs at least two "
+            "small models and a target"
+        )
+    return dataclasses.replace(
+        base,
+        num_models=cache.num_models - 1,
+        vocab_size=cache.vocab_size,
+        param_counts=list(cache.param_counts[:-1]),
+        target_param_count=cache.param_counts[-1],
+    )
+
+
+class CacheDataModule(pl.LightningDataModule):
+    """The train / val / test rows of `split` of one opened cache."""
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        split: Split,
+        *,
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        with_target_logprobs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.cache = cache
+        self.train_idx, self.val_idx, self.test_idx = split
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.with_target_logprobs = with_target_logprobs
+
+    def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
+        dataset = CacheRows(self.cache, indices, self.with_target_logprobs)
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_idx, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_idx, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_idx, shuffle=False)

@@ -1,0 +1,35 @@
+"""The offline demo suite: a ladder of small GPT-NeoX models trained here, on CPU, from real text.
+
+Seven models (six small ones and the target), shaped like Pythia's (untied embeddings, rotary
+embeddings on 25% of each head, parallel residual), from 0.14M to 2.6M parameters. As in Pythia,
+every model reads the same tokens in the same order: the batches are a function of the step and the
+seed alone. The text is the English docstrings of the installed standard library, or a file of the
+user's with their own tokenizer. `python -m emergence_model.demo build` trains it (a few minutes on
+2 cores, reused afterwards); `python -m emergence_model.demo caches` also caches its demo-wiki and
+demo-rte prefix sets.
+
+Each model is saved with `save_pretrained` (tokenizer included) in its own directory under the
+suite directory and is loaded back only through `from_pretrained`, exactly like a hub model, so the
+suite goes through the same caching code as Pythia. Building is resumable: finished models are
+skipped, and an interrupted one continues from its last training checkpoint.
+
+    suite.json            configuration, corpus and tokenizer facts, each model's size, loss, time
+    corpus.json           the training and held-out documents (prefixes come from both)
+    tokenizer/            the tokenizer, as `save_pretrained` writes it
+    models/demo-144k/     one `save_pretrained` directory per model (+ training.json)
+    models/X.partial/     an unfinished model's training checkpoint
+    caches/demo-wiki/     feature caches written by `prepare_demo_caches`
+
+One job per module, each importing only those above it:
+
+    config.py       the configuration, the suite directory's layout, reading suite.json
+    corpus.py       the documents: standard-library docstrings or a text file
+    tokenizer.py    the byte-level BPE trained on them, or a tokenizer file of the user's
+    prefix_sets.py  the demo-wiki and demo-rte prefix sets, drawn from the documents
+    pretrain.py     the pretraining loop every model of the ladder goes through
+    build.py        the ladder: plan, train, save and score each model; suite.json
+    caches.py       build the suite, then cache it through the registries and `extract_suite`
+    __main__.py     the command line
+
+This file imports none of them, so that `emergence_model.demo.config` costs no torch.
+"""

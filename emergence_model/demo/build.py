@@ -1,0 +1,271 @@
+"""Building the ladder: plan each model's size, pretrain it, save it like a hub model, score it.
+
+`build_suite` writes suite.json as it goes, so an interrupted build resumes: finished models are
+read, not retrained, and the model being trained continues from its last training checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emergence_model.demo.config import (
+    MODELS_DIR,
+    STATE_FILE,
+    SUITE_FILE,
+    SUITE_FORMAT_VERSION,
+    TOKENIZER_DIR,
+    TRAINING_FILE,
+    VALID_LOSSES_FILE,
+    DemoConfig,
+    Rung,
+    log,
+    read_suite_record,
+    resolve_config,
+    short_count,
+    suite_path,
+)
+from emergence_model.demo.corpus import prepare_corpus
+from emergence_model.demo.pretrain import token_stream, train_model, window_losses, windows
+from emergence_model.demo.tokenizer import prepare_tokenizer
+from emergence_model.files import write_json_atomic
+from emergence_model.lm import count_parameters, gpt_neox_config, logit_rows
+
+
+def neox_config(rung: Rung, tokenizer, seq_len: int):
+    """The Pythia-shaped config of `rung`, for the suite's tokenizer and training length."""
+    return gpt_neox_config(
+        hidden_size=rung.hidden_size,
+        num_layers=rung.num_layers,
+        num_heads=rung.num_heads,
+        vocab_size=len(tokenizer),
+        context_length=max(2048, seq_len),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+@contextlib.contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """Hide transformers' per-file save/load bars, which would bury the training progress."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
+@dataclass
+class RungPlan:
+    """A rung with the facts fixed before training: its name, directory and size."""
+
+    index: int
+    rung: Rung
+    name: str
+    directory: Path
+    param_count: int
+    non_embedding_params: int
+
+
+def plan_ladder(suite_dir: Path, config: DemoConfig, tokenizer) -> list[RungPlan]:
+    from transformers import GPTNeoXForCausalLM
+
+    plans = []
+    for index, rung in enumerate(config.ladder):
+        with torch.device("meta"):
+            model = GPTNeoXForCausalLM(neox_config(rung, tokenizer, config.seq_len))
+        total = count_parameters(model)
+        embeddings = (
+            model.get_input_embeddings().weight.numel()
+            + model.get_output_embeddings().weight.numel()
+        )
+        name = f"demo-{short_count(total)}"
+        if any(p.name == name for p in plans):  # two sizes that round alike
+            name = f"{name}-{index}"
+        plans.append(
+            RungPlan(index, rung, name, suite_dir / MODELS_DIR / name, total, total - embeddings)
+        )
+    sizes = [p.param_count for p in plans]
+    if sizes != sorted(set(sizes)):
+        raise ValueError(f"the ladder's models must grow strictly in size, got {sizes}")
+    return plans
+
+
+def build_rung(
+    plan: RungPlan,
+    config: DemoConfig,
+    tokenizer,
+    train: np.ndarray,
+    valid: np.ndarray,
+    progress: bool = True,
+) -> dict:
+    """Train one model, save it (with the tokenizer) with `save_pretrained`, load it back with
+    `from_pretrained`, and score the reloaded model on the held-out windows. A finished model is
+    read, not retrained; an unfinished one resumes from its checkpoint in `<name>.partial/`.
+    """
+    from transformers import AutoModelForCausalLM, GPTNeoXForCausalLM
+
+    record_path = plan.directory / TRAINING_FILE
+    partial = plan.directory.with_name(plan.name + ".partial")
+    if record_path.exists():
+        shutil.rmtree(partial, ignore_errors=True)  # left by a crash just after the rename
+        return json.loads(record_path.read_text())
+    partial.mkdir(parents=True, exist_ok=True)
+    # The same initial-weight seed for every rung: the models differ only by their shapes.
+    torch.manual_seed(config.seed)
+    model = GPTNeoXForCausalLM(neox_config(plan.rung, tokenizer, config.seq_len))
+    desc = f"{plan.name} ({plan.index + 1}/{len(config.ladder)})"
+    record = train_model(
+        model, train, plan.rung.peak_lr, config, partial / STATE_FILE, desc, progress
+    )
+    tmp = plan.directory.with_name(plan.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _no_transformers_bars():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del model
+        # Scored as every user of the suite will load it: through from_pretrained.
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    losses = window_losses(reloaded, valid)
+    np.save(tmp / VALID_LOSSES_FILE, losses)
+    record = {
+        "name": plan.name,
+        "directory": str(plan.directory.relative_to(plan.directory.parent.parent)),
+        "hidden_size": plan.rung.hidden_size,
+        "num_layers": plan.rung.num_layers,
+        "num_heads": plan.rung.num_heads,
+        "peak_lr": plan.rung.peak_lr,
+        "param_count": count_parameters(reloaded),
+        "non_embedding_params": plan.non_embedding_params,
+        **record,
+        "valid_loss": float(losses.mean()),
+        "valid_tokens": int(valid.shape[0] * (valid.shape[1] - 1)),
+    }
+    write_json_atomic(tmp / TRAINING_FILE, record)
+    os.replace(tmp, plan.directory)
+    shutil.rmtree(partial)
+    log(f"{plan.name}: {record['param_count']:,} parameters, validation loss {losses.mean():.4f}")
+    return record
+
+
+def paired_loss_gap(suite_dir: Path, records: Sequence[dict]) -> dict:
+    """Second largest model's validation loss minus the target's, with a 95% interval."""
+    second, target = (np.load(suite_dir / r["directory"] / VALID_LOSSES_FILE) for r in records[-2:])
+    gap = second - target
+    half = 1.96 * gap.std(ddof=1) / math.sqrt(len(gap)) if len(gap) > 1 else float("nan")
+    return {
+        "loss_gap": float(gap.mean()),
+        "ci95": [float(gap.mean() - half), float(gap.mean() + half)],
+        "windows": len(gap),
+    }
+
+
+def build_suite(
+    suite_dir: str | os.PathLike | None = None,
+    config: DemoConfig | None = None,
+    *,
+    corpus: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build (or finish, or just read) the demo suite in `suite_dir`; returns suite.json's content.
+
+    `corpus`/`tokenizer` are files of the user's (plain text; a tokenizers JSON); by default the
+    corpus is the standard library's docstrings and the tokenizer a BPE trained on them.
+    """
+    suite_dir = suite_path(suite_dir)
+    suite = read_suite_record(suite_dir)
+    config = resolve_config(suite_dir, config, corpus=corpus, tokenizer=tokenizer)
+    models = suite.get("models", [])
+    if suite.get("status") == "complete" and all(
+        (suite_dir / m["directory"] / TRAINING_FILE).exists() for m in models
+    ):
+        return suite
+    started = time.perf_counter()
+    spent = suite.get("build_seconds", 0.0)
+    corpus_data = prepare_corpus(suite_dir, config)
+    tok = prepare_tokenizer(suite_dir, config, corpus_data)
+    plans = plan_ladder(suite_dir, config, tok)
+    import transformers
+
+    suite = {
+        "format_version": SUITE_FORMAT_VERSION,
+        "name": "demo",
+        "status": "building",
+        "config": config.to_json(),
+        "python_version": sys.version.split()[0],
+        "corpus": corpus_data.meta,
+        "tokenizer": {
+            "source": config.tokenizer or "byte-level BPE trained on the corpus",
+            "vocab_size": len(tok),
+            "logit_rows": logit_rows(len(tok)),
+            "sha256": hashlib.sha256(
+                (suite_dir / TOKENIZER_DIR / "tokenizer.json").read_bytes()
+            ).hexdigest(),
+        },
+        "seeds": {"init": config.seed, "batch_order": config.seed},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "models": [],
+        "build_seconds": spent,
+    }
+    write_json_atomic(suite_dir / SUITE_FILE, suite)
+    train = windows(token_stream(tok, corpus_data.train), config.seq_len)
+    valid = windows(token_stream(tok, corpus_data.valid), config.seq_len)
+    valid = valid[: max(1, config.valid_tokens // config.seq_len)]
+    log(
+        f"{len(plans)} models in {suite_dir}: {len(train)} training windows of "
+        f"{config.seq_len} tokens, {config.steps} steps of {config.batch_size} per model"
+    )
+    records = []
+    for plan in plans:
+        records.append(build_rung(plan, config, tok, train, valid, progress))
+        suite["models"] = records
+        suite["build_seconds"] = round(spent + time.perf_counter() - started, 2)
+        write_json_atomic(suite_dir / SUITE_FILE, suite)
+    suite["target_vs_second_largest"] = paired_loss_gap(suite_dir, records)
+    suite["status"] = "complete"
+    suite["completed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    suite["build_seconds"] = round(spent + time.perf_counter() - started, 2)
+    write_json_atomic(suite_dir / SUITE_FILE, suite)
+    gap = suite["target_vs_second_largest"]
+    if gap["ci95"][0] <= 0:
+        log(
+            f"warning: the target is not measurably better than the second largest model "
+            f"(loss gap {gap['loss_gap']:.4f}, 95% interval {gap['ci95']}); train longer"
+        )
+    log(f"suite complete in {suite['build_seconds']:.0f} s of building: {suite_dir}")
+    return suite
+
+
+def summary_table(info: dict) -> str:
+    lines = [f"{'model':<14}{'params':>12}{'non-emb':>11}{'valid loss':>12}{'train s':>9}"]
+    for m in info["models"]:
+        lines.append(
+            f"{m['name']:<14}{m['param_count']:>12,}{m['non_embedding_params']:>11,}"
+            f"{m['valid_loss']:>12.4f}{m['train_seconds']:>9.0f}"
+        )
+    gap = info.get("target_vs_second_largest")
+    if gap:
+        lo, hi = gap["ci95"]
+        lines.append(
+            f"target vs second largest: loss gap {gap['loss_gap']:.4f} [{lo:.4f}, {hi:.4f}]"
+        )
+    lines.append(f"built in {info['build_seconds']:.0f} s; Python {info['python_version']}")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Pretraining: the loop that every model of the ladder goes through, and what it reads.
+
+As in Pythia, every model reads the same tokens in the same order: the corpus is one token stream
+cut into windows, and the batch of a step is a function of the step and the seed alone. The loop
+checkpoints every few steps and resumes from its checkpoint, so an interrupted model continues
+where it stopped and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emergence_model.demo.config import DemoConfig, log
+from emergence_model.files import atomic_file
+
+
+def token_stream(tokenizer, documents: Sequence[str]) -> np.ndarray:
+    """All documents' token ids, each document followed by end-of-text, as one int64 array."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(list(documents), add_special_tokens=False)["input_ids"]
+    return np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int64)
+
+
+def windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
+    """Consecutive, non-overlapping training windows [W, seq_len + 1] (a view, no copy).
+
+    Each window's last token is the next window's first: inputs are [:-1], targets [1:].
+    """
+    count = (len(stream) - 1) // seq_len
+    if count < 1:
+        raise ValueError(
+            f"the corpus has {len(stream)} tokens, fewer than one sequence of {seq_len + 1}; "
+            "give a longer corpus"
+        )
+    return np.lib.stride_tricks.as_strided(
+        stream, shape=(count, seq_len + 1), strides=(seq_len * stream.strides[0], stream.strides[0])
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_windows: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_windows)
+
+
+def batch_windows(step: int, num_windows: int, batch_size: int, seed: int) -> np.ndarray:
+    """Window indices [batch_size] of training step `step`: a function of step and seed only, so
+    every model of the ladder (and a resumed run) reads the same tokens in the same order.
+
+    Each epoch is a fresh permutation of the windows; a batch may straddle two epochs.
+    """
+    flat = step * batch_size + np.arange(batch_size)
+    return np.array(
+        [_epoch_order(num_windows, seed, int(k // num_windows))[k % num_windows] for k in flat]
+    )
+
+
+def learning_rate(step: int, peak_lr: float, config: DemoConfig) -> float:
+    """Linear warm-up to `peak_lr`, then cosine decay to `min_lr_ratio * peak_lr`."""
+    if step < config.warmup_steps:
+        return peak_lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - 1 - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return peak_lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, peak_lr: float, config: DemoConfig):
+    """AdamW (0.9, 0.95); weight decay on matrices only."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": matrices, "weight_decay": config.weight_decay},
+        {"params": others, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+@torch.inference_mode()
+def window_losses(model: torch.nn.Module, valid: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Mean next-token cross-entropy (nats) of each held-out window [W]."""
+    model.eval()
+    losses = []
+    for start in range(0, len(valid), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(valid[start : start + batch_size]))
+        logits = model(input_ids=batch[:, :-1]).logits  # (b, T, V)
+        loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (b, T)
+        losses.append(loss.mean(dim=1).numpy())
+    return np.concatenate(losses)
+
+
+def _chain_digest(digest: str, batch: np.ndarray) -> str:
+    return hashlib.sha256(digest.encode() + batch.tobytes()).hexdigest()
+
+
+def train_model(
+    model: torch.nn.Module,
+    train: np.ndarray,
+    peak_lr: float,
+    config: DemoConfig,
+    state_path: Path,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict:
+    """Train `model` on `config.steps` batches of the windows `train` [W, T+1], resuming from
+    `state_path` if an earlier run left one, and checkpointing there every `checkpoint_every` steps.
+
+    Returns the training record: steps, tokens, the SHA-256 chain of every batch read (equal for
+    all models of a suite), seconds spent (summed over resumed runs) and the last losses.
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = make_optimizer(model, peak_lr, config)
+    step, digest, seconds, recent = 0, "", 0.0, []
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, digest, seconds = state["step"], state["data_sha256"], state["seconds"]
+        log(f"{desc}: resuming at step {step} of {config.steps}")
+    model.train()
+    started = time.perf_counter() - seconds
+    with tqdm(
+        total=config.steps, initial=step, desc=desc, unit="step", disable=not progress, leave=True
+    ) as bar:
+        while step < config.steps:
+            rows = batch_windows(step, len(train), config.batch_size, config.seed)
+            batch = np.ascontiguousarray(train[rows])  # (B, T+1)
+            digest = _chain_digest(digest, batch)
+            lr = learning_rate(step, peak_lr, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            tokens = torch.from_numpy(batch)
+            logits = model(input_ids=tokens[:, :-1]).logits  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            recent = (recent + [loss.item()])[-20:]
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(recent):.3f}", lr=f"{lr:.1e}", refresh=False)
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "data_sha256": digest,
+                    "seconds": time.perf_counter() - started,
+                }
+                with atomic_file(state_path) as f:
+                    torch.save(state, f)
+    return {
+        "steps": config.steps,
+        "tokens_seen": config.steps * config.batch_size * config.seq_len,
+        "data_sha256": digest,
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "final_train_loss": float(np.mean(recent)) if recent else None,
+    }

@@ -1,0 +1,104 @@
+"""Causal language models: loading one like a hub model, counting its parameters, making one.
+
+Every model this package reads, Pythia's or the demo's, is loaded through `from_pretrained`; the
+models it makes itself (the demo ladder, the tests' tiny suite, the extraction benchmark's ladder)
+all come from one Pythia-shaped GPT-NeoX config, `gpt_neox_config`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Logit rows are rounded up to a multiple of this, as Pythia's are (50277 tokens -> 50304 rows).
+LOGIT_ROW_MULTIPLE = 128
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in TORCH_DTYPES:
+        raise ValueError(f"--dtype {name!r} is not one of {', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[name]
+
+
+def load_tokenizer(model_id: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_id, revision=revision)
+
+
+def load_model(
+    model_id: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
+) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_id, revision=revision, dtype=torch_dtype(dtype)
+    )
+    return model.to(device).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Every parameter, both embedding matrices included (as Pythia's model cards count)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_parameters_from_config(model_id: str, revision: str | None = None) -> int:
+    """Parameter count from the config alone: the model is built on the meta device, no weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_id, revision=revision)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return count_parameters(model)
+
+
+def logit_rows(vocab_size: int, extra_rows: int | None = None) -> int:
+    """Rows of the output embedding for `vocab_size` tokens: `vocab_size + extra_rows`, or by
+    default `vocab_size` rounded up to LOGIT_ROW_MULTIPLE. Rows beyond the tokens are padding."""
+    if extra_rows is None:
+        return -(-vocab_size // LOGIT_ROW_MULTIPLE) * LOGIT_ROW_MULTIPLE
+    if extra_rows < 0:
+        raise ValueError(f"extra logit rows must be at least 0, got {extra_rows}")
+    return vocab_size + extra_rows
+
+
+def gpt_neox_config(
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    vocab_size: int,
+    extra_logit_rows: int | None = None,
+    context_length: int = 2048,
+    initializer_range: float = 0.02,
+    eos_token_id: int = 0,
+    pad_token_id: int | None = None,
+):
+    """A Pythia-shaped GPTNeoXConfig: a 4x MLP, rotary embeddings on 25% of each head, parallel
+    attention and MLP, untied input and output embeddings, beginning-of-text = end-of-text.
+
+    `vocab_size` is the tokenizer's length; the model's logit rows are `logit_rows(vocab_size,
+    extra_logit_rows)`. `context_length` is the longest sequence the model accepts.
+    """
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=logit_rows(vocab_size, extra_logit_rows),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=4 * hidden_size,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+        },
+        max_position_embeddings=context_length,
+        initializer_range=initializer_range,
+        tie_word_embeddings=False,
+        use_parallel_residual=True,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        dtype="float32",
+    )

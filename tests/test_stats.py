@@ -1,0 +1,19 @@
+import numpy as np
+import pytest
+
+from emergence_model.stats import bootstrap_ci, mean_with_ci
+
+
+def test_bootstrap_interval_by_hand():
+    assert bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25)
+    values = np.array([0.0, 1.0] * 200)  # mean 0.5, standard error 0.025
+    lo, hi = bootstrap_ci(values, num_bootstrap=2000)
+    assert lo == pytest.approx(0.5 - 1.96 * 0.025, abs=0.01)
+    assert hi == pytest.approx(0.5 + 1.96 * 0.025, abs=0.01)
+    assert bootstrap_ci(values, seed=1) == bootstrap_ci(values, seed=1)
+
+
+def test_mean_with_ci_of_nothing_is_nan():
+    stat = mean_with_ci(np.array([]))
+    assert np.isnan(stat["value"]) and all(np.isnan(stat["ci"]))
+    assert mean_with_ci(np.array([1.0, 1.0, 1.0])) == {"value": 1.0, "ci": [1.0, 1.0]}
