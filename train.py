@@ -76,7 +76,7 @@ def tune_baselines(cache, train_idx: np.ndarray) -> dict:
             rows = train_idx[start : start + FIT_CHUNK_ROWS]
             yield cache.rows(rows)[:, :-1], cache.target_argmax[rows]
 
-    contrastive.fit(chunks(), cache.param_counts[:-1], cache.param_counts[-1])
+    contrastive.fit(chunks(), cache.scales[:-1], cache.scales[-1])
     return {"contrastive": contrastive.params()}
 
 
@@ -165,6 +165,7 @@ def run(
         predictor,
         model_names=names,
         target_name=target,
+        scale_axis=cache.scale_axis,
         baselines=baselines,
         metrics=metrics,
         data={

@@ -2,7 +2,8 @@
 
 A cache is a directory:
 
-    meta.json       model names, parameter counts, target, tokenizer, vocabulary size, source, ...
+    meta.json       model names, parameter counts, scale axis and scales, target, tokenizer,
+                    vocabulary size, source, ...
     prefixes.json   the N prefixes, in row order
     logprobs.npy    [N, M, V] log-probabilities (float16 or float32), read through a memory map
     argmax.npy      [N, M] int32, each model's top token, taken before rounding to the cache dtype
@@ -51,6 +52,9 @@ NORMALISATION_TOLERANCE = {"float16": 0.05, "float32": 1e-3}
 # (4x slower on a 40M-value cache).
 CHUNK_BYTES = 4 * 2**20
 COMMIT_SECONDS = 2.0
+# What a model's scale measures along its ladder: parameters for a ladder of sizes, training tokens
+# for one model's checkpoints along its training. The predictor extrapolates in log scale.
+SCALE_AXES = ("parameters", "tokens")
 REQUIRED_META = (
     "format_version",
     "model_names",
@@ -127,6 +131,9 @@ class FeatureCache:
         self.prefixes = _read_prefixes(self.path, self.meta)
         self.model_names: list[str] = list(self.meta["model_names"])
         self.param_counts: list[int] = [int(p) for p in self.meta["param_counts"]]
+        # Caches from before the scale axis are size ladders: their scales are parameter counts.
+        self.scale_axis: str = self.meta.get("scale_axis", "parameters")
+        self.scales: list[float] = [float(s) for s in self.meta.get("scales", self.param_counts)]
         self.target_name: str = self.meta["target_name"]
         self.vocab_size: int = int(self.meta["vocab_size"])
         self.num_prefixes = len(self.prefixes)
@@ -276,6 +283,24 @@ def _read_meta(path: Path) -> dict:
             f"{meta_path}: target_name {meta['target_name']!r} is not the last model "
             f"{names[-1]!r}; delete the cache and rebuild it"
         )
+    scales = meta.get("scales", counts)
+    if (
+        not isinstance(scales, list)
+        or len(scales) != len(names)
+        or any(
+            isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0
+            for s in scales
+        )
+    ):
+        raise CacheError(
+            f"{meta_path}: scales must be one positive number per model, got {scales!r}; "
+            "delete the cache and rebuild it"
+        )
+    if meta.get("scale_axis", "parameters") not in SCALE_AXES:
+        raise CacheError(
+            f"{meta_path}: scale_axis {meta.get('scale_axis')!r} is not one of {SCALE_AXES}; "
+            "delete the cache and rebuild it"
+        )
     if meta["dtype"] not in CACHE_DTYPES:
         raise CacheError(f"{meta_path}: dtype {meta['dtype']!r} is not one of {CACHE_DTYPES}")
     return meta
@@ -416,6 +441,8 @@ def create_cache(
     prefixes: Sequence[str],
     vocab_size: int,
     tokenizer: str,
+    scales: Sequence[float] | None = None,
+    scale_axis: str = "parameters",
     source: dict | None = None,
     seed: int | None = None,
     dtype: str = "float16",
@@ -441,6 +468,14 @@ def create_cache(
             f"parameter counts must be positive integers, got {list(param_counts)}; "
             "pass --param-counts with one count per model"
         )
+    scales = [float(s) for s in (param_counts if scales is None else scales)]
+    if len(scales) != len(model_names) or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise CacheError(
+            f"scales must be one positive number per model, got {scales}; pass --scales with "
+            "one number per model"
+        )
+    if scale_axis not in SCALE_AXES:
+        raise CacheError(f"scale axis {scale_axis!r} is not one of {', '.join(SCALE_AXES)}")
     if len(set(model_names)) != len(model_names):
         raise CacheError(f"model names repeat in {model_names}; give each model once")
     if not prefixes:
@@ -474,6 +509,8 @@ def create_cache(
         "package_version": _package_version(),
         "model_names": model_names,
         "param_counts": [int(p) for p in param_counts],
+        "scale_axis": scale_axis,
+        "scales": scales,
         "target_name": model_names[-1],
         "tokenizer": str(tokenizer),
         "vocab_size": int(vocab_size),
@@ -532,6 +569,11 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
                 f"{cache.path} has vocabulary size {cache.vocab_size}, {first.path} has "
                 f"{first.vocab_size}; only caches of one tokenizer combine"
             )
+        if cache.scale_axis != first.scale_axis:
+            raise CacheError(
+                f"{cache.path} measures scale in {cache.scale_axis}, {first.path} in "
+                f"{first.scale_axis}; only caches of one kind of ladder combine"
+            )
     same_prefixes = all(c.prefixes == first.prefixes for c in caches)
     same_models = all(c.model_names == first.model_names for c in caches)
     dtype = "float32" if any(c.meta["dtype"] == "float32" for c in caches) else "float16"
@@ -541,6 +583,7 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
         seed=first.meta.get("seed"),
         dtype=dtype,
         extraction={"combined_from": [str(c.path) for c in caches]},
+        scale_axis=first.scale_axis,
     )
     if same_prefixes and same_models:
         raise CacheError("the caches hold the same models and prefixes; nothing to combine")
@@ -552,6 +595,7 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
             out,
             model_names=names,
             param_counts=[p for c in caches for p in c.param_counts],
+            scales=[s for c in caches for s in c.scales],
             prefixes=first.prefixes,
             source=first.meta.get("source", {}),
             **common,
@@ -566,6 +610,7 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
             out,
             model_names=first.model_names,
             param_counts=first.param_counts,
+            scales=first.scales,
             prefixes=[p for c in caches for p in c.prefixes],
             source={"combined": [c.meta.get("source", {}) for c in caches]},
             **common,

@@ -1,8 +1,8 @@
 """Checkpoints: a plain dict that rebuilds the predictor from the file alone.
 
     {"format_version", "package_version",
-     "config" (PredictorConfig as a dict: network shape, sizes, vocabulary, num_heads),
-     "model_names", "param_counts" (small models), "target_name", "target_param_count",
+     "config" (PredictorConfig as a dict: network shape, scales, vocabulary, num_heads),
+     "model_names", "scale_axis", "scales" (small models), "target_name", "target_scale",
      "vocab_size", "state_dict" (one head per cross-fitting fold),
      "baselines" (tuned baseline parameters, e.g. the contrastive beta), "metrics",
      "data" (training cache, its fingerprint, the split: folds, fractions, seed), "train_config"}
@@ -25,14 +25,16 @@ from emergence_model.files import atomic_file
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import NetworkStrategy, check_same_models
 
-CHECKPOINT_FORMAT = 1
+# 2: scales along a declared axis (parameters or training tokens) instead of parameter counts.
+CHECKPOINT_FORMAT = 2
 REQUIRED_KEYS = (
     "format_version",
     "config",
     "model_names",
-    "param_counts",
+    "scale_axis",
+    "scales",
     "target_name",
-    "target_param_count",
+    "target_scale",
     "vocab_size",
     "state_dict",
 )
@@ -63,12 +65,13 @@ def save_checkpoint(
     *,
     model_names: Sequence[str],
     target_name: str,
+    scale_axis: str = "parameters",
     baselines: dict | None = None,
     metrics: dict | None = None,
     data: dict | None = None,
     train_config: dict | None = None,
 ) -> dict:
-    """Write the checkpoint dict for `predictor` (its config carries sizes and vocabulary)."""
+    """Write the checkpoint dict for `predictor` (its config carries scales and vocabulary)."""
     from emergence_model import __version__
 
     cfg = predictor.config
@@ -79,9 +82,10 @@ def save_checkpoint(
         "package_version": __version__,
         "config": plain(dataclasses.asdict(cfg)),
         "model_names": [str(n) for n in model_names],
-        "param_counts": list(cfg.param_counts),
+        "scale_axis": str(scale_axis),
+        "scales": list(cfg.scales),
         "target_name": str(target_name),
-        "target_param_count": int(cfg.target_param_count),
+        "target_scale": float(cfg.target_scale),
         "vocab_size": int(cfg.vocab_size),
         "state_dict": {k: v.detach().cpu().clone() for k, v in predictor.state_dict().items()},
         "baselines": plain(baselines or {}),

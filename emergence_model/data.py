@@ -45,7 +45,7 @@ class CacheRows(Dataset):
 
 
 def predictor_config_for(cache: FeatureCache, base: PredictorConfig) -> PredictorConfig:
-    """`base` with the cache's small models, their sizes and its vocabulary filled in."""
+    """`base` with the cache's small models, their scales and its vocabulary filled in."""
     if cache.num_models < 3:
         raise ValueError(
             f"{cache.path} holds {cache.num_models} models; the predictor needs at least two "
@@ -55,8 +55,8 @@ def predictor_config_for(cache: FeatureCache, base: PredictorConfig) -> Predicto
         base,
         num_models=cache.num_models - 1,
         vocab_size=cache.vocab_size,
-        param_counts=list(cache.param_counts[:-1]),
-        target_param_count=cache.param_counts[-1],
+        scales=list(cache.scales[:-1]),
+        target_scale=cache.scales[-1],
     )
 
 

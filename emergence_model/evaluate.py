@@ -77,8 +77,8 @@ def score_rows(
                   target's top token was among the tokens its MLP scored)
     """
     indices = np.arange(len(cache)) if indices is None else np.asarray(indices, dtype=np.int64)
-    small_counts, target_count = cache.param_counts[:-1], cache.param_counts[-1]
-    largest = int(np.argmax(small_counts))
+    small_scales, target_scale = cache.scales[:-1], cache.scales[-1]
+    largest = int(np.argmax(small_scales))
     columns: dict = {name: {} for name in strategies}
     target_columns: dict = {"token": [], "logprob": [], "small_logprob": []}
     for start in range(0, len(indices), chunk_rows):
@@ -94,7 +94,7 @@ def score_rows(
         )
         target_columns["small_logprob"].append(small_top[:, :, 0].numpy())  # (n, M)
         for name, strategy in strategies.items():
-            scores = torch.from_numpy(strategy.scores(small, small_counts, target_count))
+            scores = torch.from_numpy(strategy.scores(small, small_scales, target_scale))
             out = columns[name]
             guess = scores.argmax(dim=1)
             _append(out, "guess", guess.numpy())

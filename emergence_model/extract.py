@@ -8,6 +8,7 @@ token's position, so padded rows give the same result as rows run alone.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import warnings
 import weakref
@@ -26,7 +27,7 @@ from emergence_model.lm import (
     load_model,
     load_tokenizer,
 )
-from emergence_model.suites import Suite, custom_suite
+from emergence_model.suites import Suite, custom_suite, model_spec
 
 
 @dataclass
@@ -221,12 +222,18 @@ def extract_suite(
     from tqdm.auto import tqdm
 
     config = config or ExtractConfig()
-    suite = (
-        suite_or_model_ids
-        if isinstance(suite_or_model_ids, Suite)
-        else custom_suite(list(suite_or_model_ids), revision)
-    )
-    revision = revision or suite.revision
+    if not isinstance(suite_or_model_ids, Suite):
+        suite = custom_suite(list(suite_or_model_ids), revision)
+    elif revision is None or suite_or_model_ids.revisions == (revision,) * len(
+        suite_or_model_ids.model_ids
+    ):
+        suite = suite_or_model_ids
+    elif suite_or_model_ids.revisions:
+        raise ValueError("the suite's models have their own revisions; drop --revision")
+    else:
+        suite = dataclasses.replace(
+            suite_or_model_ids, revisions=(revision,) * len(suite_or_model_ids.model_ids)
+        )
     device, dtype = config.resolved_device(), config.resolved_dtype()
     model_ids = list(suite.model_ids)
     for model_id in model_ids:
@@ -238,35 +245,38 @@ def extract_suite(
     if len(known) != len(model_ids):
         raise ValueError(f"{len(model_ids)} models but {len(known)} parameter counts")
     counts = [
-        count if count is not None else count_parameters_from_config(model_id, revision)
-        for model_id, count in zip(model_ids, known, strict=True)
+        count if count is not None else count_parameters_from_config(model_id, suite.revision(m))
+        for m, (model_id, count) in enumerate(zip(model_ids, known, strict=True))
     ]
-    tokenizer = load_tokenizer(suite.target_id, revision)
+    target_revision = suite.revision(len(model_ids) - 1)
+    tokenizer = load_tokenizer(suite.target_id, target_revision)
     vocab_size = len(tokenizer)
     token_ids = tokenize_prefixes(tokenizer, prefixes)
     writer = create_cache(
         out_dir,
-        model_names=model_ids,
+        model_names=suite.model_names,
         param_counts=counts,
+        scales=[suite.scale(m, count) for m, count in enumerate(counts)],
+        scale_axis=suite.scale_axis,
         prefixes=prefixes,
         vocab_size=vocab_size,
-        tokenizer=suite.target_id,
+        tokenizer=model_spec(suite.target_id, target_revision),
         source=source,
         seed=seed,
         dtype=config.cache_dtype,
-        extraction=_extraction_meta(suite, revision, device, dtype, config.batch_size),
+        extraction=_extraction_meta(suite, device, dtype, config.batch_size),
     )
     for m, model_id in enumerate(model_ids):
         pending = writer.pending(m)
         if not pending.size:
             continue  # finished in an earlier run: not even loaded
-        model = load_model(model_id, revision=revision, dtype=dtype, device=device)
+        model = load_model(model_id, revision=suite.revision(m), dtype=dtype, device=device)
         try:
             check_model(model, model_id, vocab_size, token_ids, counts[m])
             with tqdm(
                 total=len(prefixes),
                 initial=len(prefixes) - pending.size,
-                desc=Path(model_id).name or model_id,
+                desc=Path(suite.model_names[m]).name or model_id,
                 unit="prefix",
                 disable=not config.progress,
             ) as bar:
@@ -288,14 +298,12 @@ def extract_suite(
     return writer.finalize(verify=verify)
 
 
-def _extraction_meta(
-    suite: Suite, revision: str | None, device: str, dtype: str, batch_size: int
-) -> dict:
+def _extraction_meta(suite: Suite, device: str, dtype: str, batch_size: int) -> dict:
     import transformers
 
     return {
         "suite": suite.name,
-        "revision": revision,
+        "revisions": list(suite.revisions) or None,
         "device": str(device),
         "model_dtype": dtype,
         "batch_size": batch_size,

@@ -64,10 +64,11 @@ class PredictorConfig:
     """Number of small (input) models; set from the cache."""
     vocab_size: int | None = field(default=None, metadata={"cli": False})
     """Vocabulary size; set from the cache."""
-    param_counts: list[int] | None = field(default=None, metadata={"cli": False})
-    """Parameter count of each small model, in the cache's order; set from the cache."""
-    target_param_count: int | None = field(default=None, metadata={"cli": False})
-    """Parameter count of the target model; set from the cache."""
+    scales: list[float] | None = field(default=None, metadata={"cli": False})
+    """Scale of each small model along its ladder (parameters, or training tokens), in the
+    cache's order; set from the cache."""
+    target_scale: float | None = field(default=None, metadata={"cli": False})
+    """Scale of the target model; set from the cache."""
     num_heads: int = field(default=1, metadata={"cli": False})
     """Trained networks whose predictions are averaged (the members of a cross-fitted ensemble)."""
 
@@ -88,26 +89,21 @@ class PredictorConfig:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be at least 1, got {self.num_heads}")
-        if self.param_counts is not None:
-            self.param_counts = [int(p) for p in self.param_counts]
+        if self.scales is not None:
+            self.scales = [float(p) for p in self.scales]
             if self.num_models is None:
-                self.num_models = len(self.param_counts)
-            if len(self.param_counts) != self.num_models:
+                self.num_models = len(self.scales)
+            if len(self.scales) != self.num_models:
+                raise ValueError(f"{len(self.scales)} scales for {self.num_models} models")
+            if not self.scales or min(self.scales) <= 0:
                 raise ValueError(
-                    f"{len(self.param_counts)} param_counts for {self.num_models} models"
+                    f"need at least one small model with a positive scale, got {self.scales}"
                 )
-            if len(self.param_counts) < 2 or min(self.param_counts) <= 0:
-                raise ValueError(
-                    "need at least 2 small models with positive parameter counts, "
-                    f"got {self.param_counts}"
-                )
-            if len(set(self.param_counts)) < 2:
-                raise ValueError(
-                    "small models all have the same parameter count: cannot extrapolate"
-                )
+            if len(self.scales) > 1 and len(set(self.scales)) < 2:
+                raise ValueError("small models all have the same scale: cannot extrapolate")
 
     def require_data_fields(self) -> None:
-        names = ("num_models", "vocab_size", "param_counts", "target_param_count")
+        names = ("num_models", "vocab_size", "scales", "target_scale")
         missing = [n for n in names if getattr(self, n) is None]
         if missing:
             raise ValueError(
@@ -142,17 +138,20 @@ def probs_to_logprobs(probs: torch.Tensor) -> torch.Tensor:
 
 
 def extrapolation_weights(
-    param_counts: list[int], target_param_count: int
+    scales: list[float], target_scale: float
 ) -> tuple[list[float], list[float]]:
     """Per-model weights (slope, extrap): for a token's log-probs x over the small models,
-    sum(slope * x) is the least-squares slope of x against log parameter count and
-    sum(extrap * x) is that line evaluated at the target's log parameter count."""
-    logn = [math.log(p) for p in param_counts]
+    sum(slope * x) is the least-squares slope of x against log scale and sum(extrap * x) is that
+    line evaluated at the target's log scale. One model has no slope: its own value is the line.
+    """
+    logn = [math.log(p) for p in scales]
     mean = sum(logn) / len(logn)
     centered = [v - mean for v in logn]
     denom = sum(c * c for c in centered)
+    if denom == 0:
+        return [0.0] * len(logn), [1.0 / len(logn)] * len(logn)
     slope = [c / denom for c in centered]
-    offset = math.log(target_param_count) - mean
+    offset = math.log(target_scale) - mean
     extrap = [1.0 / len(logn) + s * offset for s in slope]
     return slope, extrap
 
@@ -208,7 +207,7 @@ class PerTokenPredictor(nn.Module):
         super().__init__()
         config.require_data_fields()
         self.config = config
-        slope, extrap = extrapolation_weights(config.param_counts, config.target_param_count)
+        slope, extrap = extrapolation_weights(config.scales, config.target_scale)
         self.register_buffer("slope_weights", torch.tensor(slope), persistent=False)
         self.register_buffer("extrap_weights", torch.tensor(extrap), persistent=False)
         self.heads = nn.ModuleList(TokenHead(config) for _ in range(config.num_heads))

@@ -1,7 +1,7 @@
 """Strategies: ways to guess the target model's next token from the small models.
 
-Every strategy gives log-scores over the vocabulary, `scores(logprobs (N, M, V), param_counts,
-target_param_count) -> (N, V)`, so that evaluation treats them all alike, and is callable with the
+Every strategy gives log-scores over the vocabulary, `scores(logprobs (N, M, V), scales,
+target_scale) -> (N, V)`, so that evaluation treats them all alike, and is callable with the
 original challenge's signature, `strategy(sentences, model_names, target_model_name, probs)`
 -> list of token ids, with `probs` the small models' probabilities (N, M, V) (float16 is fine).
 Where a strategy has a predicted distribution, its scores are normalised log-probabilities
@@ -95,13 +95,13 @@ class Strategy:
 
     name: ClassVar[str] = "strategy"
     gives_distribution: ClassVar[bool] = False
-    needs_param_counts: ClassVar[bool] = False
+    needs_scales: ClassVar[bool] = False
 
     def scores(
         self,
         logprobs: np.ndarray | torch.Tensor,
-        param_counts: Sequence[int] | None = None,
-        target_param_count: int | None = None,
+        scales: Sequence[float] | None = None,
+        target_scale: float | None = None,
     ) -> np.ndarray:
         """(N, M, V) small models' log-probs -> (N, V) log-scores (float32)."""
         x = floor_logprobs(as_tensor(logprobs))
@@ -109,14 +109,14 @@ class Strategy:
             raise ValueError(
                 f"expected log-probs of shape (N, models, vocab), got {tuple(x.shape)}"
             )
-        return self.score_tensor(x, param_counts, target_param_count).numpy()
+        return self.score_tensor(x, scales, target_scale).numpy()
 
     def score_tensor(
-        self, x: torch.Tensor, param_counts: Sequence[int] | None, target_param_count: int | None
+        self, x: torch.Tensor, scales: Sequence[float] | None, target_scale: float | None
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def fit(self, chunks, param_counts: Sequence[int], target_param_count: int) -> dict:
+    def fit(self, chunks, scales: Sequence[float], target_scale: float) -> dict:
         """Tune on (small log-probs (n, M, V), target argmax (n,)) chunks; returns the params."""
         return self.params()
 
@@ -132,19 +132,19 @@ class Strategy:
         probs: np.ndarray | torch.Tensor,
     ) -> list[int]:
         """The challenge's signature: probs (N, M, V) of the small models -> N token ids."""
-        param_counts, target = (None, None)
-        if self.needs_param_counts:
-            param_counts, target = challenge_param_counts(model_names, target_model_name)
-        return self.score_probs(as_tensor(probs), param_counts, target).argmax(dim=1).tolist()
+        scales, target = (None, None)
+        if self.needs_scales:
+            scales, target = challenge_param_counts(model_names, target_model_name)
+        return self.score_probs(as_tensor(probs), scales, target).argmax(dim=1).tolist()
 
     def score_probs(
         self,
         probs: torch.Tensor,
-        param_counts: Sequence[int] | None,
-        target_param_count: int | None,
+        scales: Sequence[float] | None,
+        target_scale: float | None,
     ) -> torch.Tensor:
         """Scores from probabilities (N, M, V); strategies with a cheaper path override it."""
-        return self.score_tensor(probs_to_logprobs(probs), param_counts, target_param_count)
+        return self.score_tensor(probs_to_logprobs(probs), scales, target_scale)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params().items())
@@ -155,7 +155,7 @@ class Strategy:
 class TokenZero(Strategy):
     """Always token 0 (the original challenge's floor); later ids rank below it."""
 
-    def score_tensor(self, x, param_counts, target_param_count):
+    def score_tensor(self, x, scales, target_scale):
         n, _, v = x.shape
         return -torch.arange(v, dtype=torch.float32).expand(n, v).clone()
 
@@ -167,7 +167,7 @@ class RandomToken(Strategy):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def score_tensor(self, x, param_counts, target_param_count):
+    def score_tensor(self, x, scales, target_scale):
         n, _, v = x.shape
         generator = torch.Generator().manual_seed(self.seed)
         return torch.rand(n, v, generator=generator)
@@ -182,10 +182,10 @@ class MeanProbability(Strategy):
 
     gives_distribution = True
 
-    def score_tensor(self, x, param_counts, target_param_count):
+    def score_tensor(self, x, scales, target_scale):
         return torch.logsumexp(x, dim=1) - np.log(x.shape[1])
 
-    def score_probs(self, probs, param_counts, target_param_count):
+    def score_probs(self, probs, scales, target_scale):
         # the same as from floored log-probs, without a log of every probability
         return torch.log(probs.float().clamp_min(PROB_FLOOR).mean(dim=1))
 
@@ -196,16 +196,16 @@ class LargestModel(Strategy):
 
     gives_distribution = True
 
-    def score_tensor(self, x, param_counts, target_param_count):
-        return torch.log_softmax(x[:, largest_index(param_counts, x.shape[1])], dim=1)
+    def score_tensor(self, x, scales, target_scale):
+        return torch.log_softmax(x[:, largest_index(scales, x.shape[1])], dim=1)
 
 
-def largest_index(param_counts: Sequence[int] | None, num_models: int) -> int:
-    return num_models - 1 if param_counts is None else int(np.argmax(param_counts))
+def largest_index(scales: Sequence[float] | None, num_models: int) -> int:
+    return num_models - 1 if scales is None else int(np.argmax(scales))
 
 
-def smallest_index(param_counts: Sequence[int] | None) -> int:
-    return 0 if param_counts is None else int(np.argmin(param_counts))
+def smallest_index(scales: Sequence[float] | None) -> int:
+    return 0 if scales is None else int(np.argmin(scales))
 
 
 @register("extrapolate")
@@ -214,16 +214,18 @@ class LogLinearExtrapolation(Strategy):
     small models, evaluated at the target's size (renormalised)."""
 
     gives_distribution = True
-    needs_param_counts = True
+    needs_scales = True
 
-    def score_tensor(self, x, param_counts, target_param_count):
-        if param_counts is None or target_param_count is None:
-            raise ValueError("extrapolate needs the parameter counts of the models")
-        logn = torch.log(torch.tensor([float(p) for p in param_counts]))
+    def score_tensor(self, x, scales, target_scale):
+        if scales is None or target_scale is None:
+            raise ValueError("extrapolate needs the scales (e.g. parameter counts) of the models")
+        logn = torch.log(torch.tensor([float(p) for p in scales]))
+        if len(set(scales)) < 2:  # one model, or one scale: nothing to extrapolate along
+            return torch.log_softmax(x.mean(dim=1), dim=1)
         centered = logn - logn.mean()
         slope = torch.einsum("m,nmv->nv", centered, x - x.mean(dim=1, keepdim=True))
         slope = slope / centered.square().sum()
-        at_target = x.mean(dim=1) + slope * (np.log(float(target_param_count)) - logn.mean())
+        at_target = x.mean(dim=1) + slope * (np.log(float(target_scale)) - logn.mean())
         return torch.log_softmax(at_target, dim=1)
 
 
@@ -238,16 +240,16 @@ class ContrastiveExtrapolation(Strategy):
     def __init__(self, beta: float = 0.5) -> None:
         self.beta = float(beta)
 
-    def score_tensor(self, x, param_counts, target_param_count):
-        return contrastive_logits(x, param_counts, self.beta).log_softmax(dim=1)
+    def score_tensor(self, x, scales, target_scale):
+        return contrastive_logits(x, scales, self.beta).log_softmax(dim=1)
 
-    def fit(self, chunks, param_counts, target_param_count) -> dict:
+    def fit(self, chunks, scales, target_scale) -> dict:
         correct = np.zeros(len(self.BETAS))
         for logprobs, target in chunks:
             x = floor_logprobs(as_tensor(logprobs))
             target = as_tensor(target).long()
             for j, beta in enumerate(self.BETAS):
-                guess = contrastive_logits(x, param_counts, beta).argmax(dim=1)
+                guess = contrastive_logits(x, scales, beta).argmax(dim=1)
                 correct[j] += (guess == target).sum().item()
         self.beta = float(self.BETAS[int(np.argmax(correct))])  # ties: the smallest beta
         return self.params()
@@ -256,9 +258,9 @@ class ContrastiveExtrapolation(Strategy):
         return {"beta": self.beta}
 
 
-def contrastive_logits(x: torch.Tensor, param_counts, beta: float) -> torch.Tensor:
-    largest = x[:, largest_index(param_counts, x.shape[1])]
-    smallest = x[:, smallest_index(param_counts)]
+def contrastive_logits(x: torch.Tensor, scales, beta: float) -> torch.Tensor:
+    largest = x[:, largest_index(scales, x.shape[1])]
+    smallest = x[:, smallest_index(scales)]
     return largest + beta * (largest - smallest)
 
 
@@ -280,12 +282,12 @@ class NetworkStrategy(Strategy):
         self.target_name = target_name
         self.chunk_rows = chunk_rows
 
-    def score_tensor(self, x, param_counts, target_param_count):
+    def score_tensor(self, x, scales, target_scale):
         cfg = self.predictor.config
-        if param_counts is not None and list(param_counts) != list(cfg.param_counts):
+        if scales is not None and list(scales) != list(cfg.scales):
             raise ValueError(
-                f"the network was trained on models of {cfg.param_counts} parameters, got "
-                f"{list(param_counts)}: use a checkpoint trained on this suite"
+                f"the network was trained on small models of scales {cfg.scales}, got "
+                f"{list(scales)}: use a checkpoint trained on this suite"
             )
         return self.predictor.log_probs(x, chunk_rows=self.chunk_rows)
 

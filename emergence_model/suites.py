@@ -9,12 +9,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from emergence_model.cache import SCALE_AXES
 from emergence_model.demo.config import read_suite_record, short_count, suite_path
 
 
 @dataclass(frozen=True)
 class Suite:
-    """A family of models of one tokenizer, smallest first, the target last."""
+    """A family of models of one tokenizer along a scale, smallest first, the target last.
+
+    A ladder of sizes (Pythia 70m ... 12b) has parameter counts for scales; a ladder of one
+    model's training checkpoints (hub revisions such as Pythia's step1000) has the training
+    tokens each checkpoint has seen. The predictor extrapolates along either in log scale.
+    """
 
     name: str
     """Registry name, or "custom" for a list given on the command line."""
@@ -22,22 +28,86 @@ class Suite:
     """Hub ids or local `save_pretrained` directories; the last one is the target."""
     param_counts: tuple[int | None, ...]
     """Parameter count of each model where known without loading it (None: counted at load)."""
-    revision: str | None = None
-    """Hub revision for every model, e.g. Pythia's training checkpoint "step143000"."""
+    revisions: tuple[str | None, ...] = ()
+    """Hub revision of each model, e.g. Pythia's training checkpoint "step1000" (empty: none)."""
+    scale_axis: str = "parameters"
+    """What the scales measure: "parameters" (a ladder of sizes) or "tokens" (of training)."""
+    scales: tuple[float | None, ...] = ()
+    """Each model's scale along the axis (empty or None: its parameter count)."""
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not self.model_ids:
+        n = len(self.model_ids)
+        if not n:
             raise ValueError(f"suite {self.name!r} has no models; give at least one")
-        if len(self.param_counts) != len(self.model_ids):
+        for what, values in (
+            ("parameter counts", self.param_counts),
+            ("revisions", self.revisions),
+            ("scales", self.scales),
+        ):
+            if values and len(values) != n:
+                raise ValueError(f"suite {self.name!r}: {n} models but {len(values)} {what}")
+        if self.scale_axis not in SCALE_AXES:
             raise ValueError(
-                f"suite {self.name!r}: {len(self.model_ids)} models but "
-                f"{len(self.param_counts)} parameter counts"
+                f"--scale-axis {self.scale_axis!r} is not one of {', '.join(SCALE_AXES)}"
             )
+        if self.scale_axis != "parameters" and (
+            not self.scales or any(s is None for s in self.scales)
+        ):
+            raise ValueError(
+                f"suite {self.name!r} measures scale in {self.scale_axis}: give every model's "
+                "scale (--scales), or use Pythia's stepN revisions, whose tokens are known"
+            )
+        if any(s is not None and s <= 0 for s in self.scales):
+            raise ValueError(f"suite {self.name!r}: scales must be positive, got {self.scales}")
 
     @property
     def target_id(self) -> str:
         return self.model_ids[-1]
+
+    def revision(self, index: int) -> str | None:
+        """Hub revision of model `index` (None: the default branch)."""
+        return self.revisions[index] if self.revisions else None
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """What a cache calls each model: its id, with "@revision" where it has one."""
+        return tuple(
+            model_spec(model_id, self.revision(i)) for i, model_id in enumerate(self.model_ids)
+        )
+
+    def scale(self, index: int, param_count: int) -> float:
+        """Model `index`'s scale, given its parameter count (the scale of a ladder of sizes)."""
+        known = self.scales[index] if self.scales else None
+        return float(param_count if known is None else known)
+
+
+# Pythia's batches: 1024 sequences of 2048 tokens a step (its model cards).
+PYTHIA_TOKENS_PER_STEP = 2_097_152
+
+
+def model_spec(model_id: str, revision: str | None) -> str:
+    """ "org/name@revision", or the id alone without a revision."""
+    return f"{model_id}@{revision}" if revision else model_id
+
+
+def parse_model_spec(spec: str) -> tuple[str, str | None]:
+    """ "EleutherAI/pythia-1b@step1000" -> ("EleutherAI/pythia-1b", "step1000"); a local
+    directory (which may hold an @ in its path) or a plain id has no revision."""
+    spec = spec.strip()
+    if "@" not in spec or Path(spec).expanduser().is_dir():
+        return spec, None
+    model_id, _, revision = spec.rpartition("@")
+    if not model_id or not revision:
+        raise ValueError(f"model {spec!r} should look like ORG/NAME@REVISION, e.g. @step1000")
+    return model_id, revision
+
+
+def pythia_training_tokens(revision: str | None) -> int | None:
+    """Tokens a Pythia checkpoint has seen: stepN -> N x 2,097,152; None if not a step."""
+    if revision is None or not revision.startswith("step") or not revision[4:].isdigit():
+        return None
+    return int(revision[4:]) * PYTHIA_TOKENS_PER_STEP
 
 
 # Total parameters (both embedding matrices included), from the suite's own configs.
@@ -105,7 +175,7 @@ def _pythia(name: str, suffix: str, revision: str | None, description: str) -> S
         name=name,
         model_ids=ids,
         param_counts=tuple(param_count_for(i) for i in ids),
-        revision=revision,
+        revisions=(revision,) * len(ids) if revision else (),
         description=description,
     )
 
@@ -140,7 +210,6 @@ def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
         name="demo",
         model_ids=tuple(str(suite_dir / m["directory"]) for m in models),
         param_counts=tuple(m["param_count"] for m in models),
-        revision=None,
         description=(
             f"{len(models)} GPT-NeoX models ({short_count(models[0]['param_count'])} "
             f"to {short_count(models[-1]['param_count'])}) trained on "
@@ -149,9 +218,67 @@ def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
     )
 
 
+# Pythia-1b's checkpoints doubling from step 1000 (2.1B tokens), the final one the target.
+PYTHIA_STEPS_LADDER = (1000, 2000, 4000, 8000, 16000, 32000, 143000)
+
+
+def pythia_1b_steps(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
+    """Pythia-1b along its training: step1000 ... step32000, the target the final step143000."""
+    if revision is not None:
+        raise ValueError("pythia-1b-steps is a ladder of revisions; drop --revision")
+    return custom_suite(
+        [f"EleutherAI/pythia-1b@step{step}" for step in PYTHIA_STEPS_LADDER],
+        name="pythia-1b-steps",
+        description=pythia_1b_steps.__doc__,
+    )
+
+
+def custom_suite(
+    model_specs: Sequence[str],
+    revision: str | None = None,
+    *,
+    scale_axis: str | None = None,
+    scales: Sequence[float] | None = None,
+    name: str = "custom",
+    description: str = "models given with --models",
+) -> Suite:
+    """A suite from hub ids or local directories, each optionally "@REVISION" (`--models
+    A,B,...,TARGET`); `revision` applies to those without one.
+
+    One model at several revisions is a ladder along training time: its scale axis is "tokens",
+    known for Pythia's stepN revisions; anything else is a ladder of sizes unless told."""
+    parsed = [parse_model_spec(m) for m in model_specs if m.strip()]
+    ids = tuple(model_id for model_id, _ in parsed)
+    revisions = tuple(rev or revision for _, rev in parsed)
+    if scale_axis is None:
+        one_model = len(set(ids)) == 1 and len(ids) > 1
+        scale_axis = "tokens" if one_model and len(set(revisions)) == len(ids) else "parameters"
+    if scales is None and scale_axis == "tokens":
+        tokens = [
+            pythia_training_tokens(r) if param_count_for(i) else None
+            for i, r in zip(ids, revisions, strict=True)
+        ]
+        if 0 in tokens:
+            raise ValueError(
+                "step0 has seen no training tokens, so it has no place on a log scale; start "
+                "the ladder at step1 or later"
+            )
+        scales = tokens
+    return Suite(
+        name=name,
+        model_ids=ids,
+        param_counts=tuple(param_count_for(m) for m in ids),
+        revisions=revisions if any(revisions) else (),
+        scale_axis=scale_axis,
+        scales=tuple(scales) if scales is not None else (),
+        description=description,
+    )
+
+
 SUITES: dict[str, Callable[..., Suite]] = {
     "pythia": pythia,
     "pythia-deduped": pythia_deduped,
+    "pythia-1b-steps": pythia_1b_steps,
     "demo": demo,
 }
 
@@ -162,18 +289,6 @@ def get_suite(name: str, *, revision: str | None = None, suite_dir: Path | None 
     return SUITES[name](revision=revision, suite_dir=suite_dir)
 
 
-def custom_suite(model_ids: list[str], revision: str | None = None) -> Suite:
-    """A suite from a list of hub ids or local directories (`--models A,B,...,TARGET`)."""
-    model_ids = [m.strip() for m in model_ids if m.strip()]
-    return Suite(
-        name="custom",
-        model_ids=tuple(model_ids),
-        param_counts=tuple(param_count_for(m) for m in model_ids),
-        revision=revision,
-        description="models given with --models",
-    )
-
-
 @dataclass
 class SuiteConfig:
     """Which models are cached (cache_features.py's model flags)."""
@@ -181,19 +296,30 @@ class SuiteConfig:
     suite: str | None = None
     """A registered suite of models (listed below)."""
     models: str | None = None
-    """Comma-separated hub ids or local save_pretrained dirs, smallest first, target last."""
+    """Comma-separated hub ids or local save_pretrained dirs, smallest first, target last; each
+    may name a revision, ORG/NAME@REVISION (e.g. EleutherAI/pythia-1b@step1000)."""
     revision: str | None = None
-    """Hub revision of every model, e.g. step143000 (Pythia)."""
+    """Hub revision of every model without its own, e.g. step143000 (Pythia)."""
     param_counts: str | None = None
     """Comma-separated parameter counts, one per model, for models that are not Pythia."""
+    scale_axis: str | None = None
+    """What the ladder's scale is: parameters (sizes) or tokens (training checkpoints); default:
+    tokens for one model at several revisions, else parameters."""
+    scales: str | None = None
+    """Comma-separated scale of each model along --scale-axis (default: parameter counts; the
+    training tokens of Pythia's stepN revisions)."""
     suite_dir: Path | None = None
     """Where the demo suite lives (default: the user cache dir)."""
 
     def __post_init__(self) -> None:
-        self.counts()  # refuse malformed counts before anything runs
+        self.counts()  # refuse malformed numbers before anything runs
+        self.scale_values()
 
     def counts(self) -> list[int] | None:
         return parse_int_list(self.param_counts, "--param-counts")
+
+    def scale_values(self) -> list[int] | None:
+        return parse_int_list(self.scales, "--scales")
 
     def resolve(self) -> Suite:
         """The chosen suite: exactly one of --suite and --models."""
@@ -202,7 +328,14 @@ class SuiteConfig:
                 "give exactly one of --suite and --models (or another job, see --help)"
             )
         if self.models is not None:
-            return custom_suite(self.models.split(","), self.revision)
+            return custom_suite(
+                self.models.split(","),
+                self.revision,
+                scale_axis=self.scale_axis,
+                scales=self.scale_values(),
+            )
+        if self.scale_axis is not None or self.scales is not None:
+            raise ValueError("--scale-axis and --scales go with --models; a suite has its own")
         return get_suite(self.suite, revision=self.revision, suite_dir=self.suite_dir)
 
 

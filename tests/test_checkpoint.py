@@ -24,8 +24,8 @@ def checkpoint_path(tmp_path):
         hidden_size=16,
         num_candidates=6,
         vocab_size=40,
-        param_counts=[PYTHIA_PARAM_COUNTS[n.split("/")[1]] for n in NAMES],
-        target_param_count=PYTHIA_PARAM_COUNTS["pythia-12b"],
+        scales=[PYTHIA_PARAM_COUNTS[n.split("/")[1]] for n in NAMES],
+        target_scale=PYTHIA_PARAM_COUNTS["pythia-12b"],
     )
     torch.manual_seed(0)
     predictor = PerTokenPredictor(config)

@@ -19,8 +19,8 @@ def test_data_module_reads_rows_of_the_cache(tiny_cache):
     assert batch["target_logprobs"].shape == (4, v)
     config = predictor_config_for(tiny_cache, PredictorConfig())
     assert config.num_models == m - 1 and config.vocab_size == v
-    assert config.param_counts == tiny_cache.param_counts[:-1]
-    assert config.target_param_count == tiny_cache.param_counts[-1]
+    assert config.scales == tiny_cache.param_counts[:-1] == tiny_cache.scales[:-1]
+    assert config.target_scale == tiny_cache.param_counts[-1]
 
 
 def test_rows_hold_the_cache_row_and_pickle_as_the_cache_path(tiny_cache):

@@ -20,7 +20,7 @@ def cache(tmp_path_factory):
 def test_summary_of_hand_made_rows():
     # 10 prefixes; the network is right on 9, the best baseline on 5, the other on 3;
     # easy prefixes (the largest small model agrees with the target) are the first 4
-    config = PredictorConfig(vocab_size=4, param_counts=[1, 2], target_param_count=4)
+    config = PredictorConfig(vocab_size=4, scales=[1, 2], target_scale=4)
     strategies = {
         "mean-prob": MeanProbability(),
         "largest": MeanProbability(),
@@ -80,8 +80,8 @@ def test_cli_scores_held_out_rows_of_the_training_cache_and_writes_reports(cache
     config = PredictorConfig(
         hidden_size=8,
         vocab_size=cache.vocab_size,
-        param_counts=cache.param_counts[:-1],
-        target_param_count=cache.param_counts[-1],
+        scales=cache.scales[:-1],
+        target_scale=cache.scales[-1],
         num_heads=folds,
     )
     split = {"folds": folds, "val_fraction": 0.1, "test_fraction": 0.3, "seed": 2}

@@ -17,7 +17,7 @@ PARAMS = [1_000_000, 2_000_000, 4_000_000]
 
 def make_predictor(vocab_size: int = 50, **kwargs) -> PerTokenPredictor:
     config = PredictorConfig(
-        vocab_size=vocab_size, param_counts=PARAMS, target_param_count=32_000_000, **kwargs
+        vocab_size=vocab_size, scales=PARAMS, target_scale=32_000_000, **kwargs
     )
     return PerTokenPredictor(config)
 
@@ -69,10 +69,10 @@ def test_config_names_the_flag_to_fix(kwargs, flag):
 
 
 def test_config_checks_sizes():
-    with pytest.raises(ValueError, match="3 param_counts for 2 models"):
-        PredictorConfig(num_models=2, param_counts=PARAMS)
-    with pytest.raises(ValueError, match="same parameter count"):
-        PredictorConfig(param_counts=[5, 5])
+    with pytest.raises(ValueError, match="3 scales for 2 models"):
+        PredictorConfig(num_models=2, scales=PARAMS)
+    with pytest.raises(ValueError, match="same scale"):
+        PredictorConfig(scales=[5, 5])
     with pytest.raises(ValueError, match="take them from the cache"):
         PerTokenPredictor(PredictorConfig())
 

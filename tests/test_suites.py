@@ -6,12 +6,15 @@ from tiny_demo import model_dirs, suite_record
 
 from emergence_model.suites import (
     PYTHIA_PARAM_COUNTS,
+    PYTHIA_TOKENS_PER_STEP,
     SUITES,
     Suite,
+    SuiteConfig,
     custom_suite,
     describe_suites,
     get_suite,
     param_count_for,
+    parse_model_spec,
 )
 
 
@@ -35,10 +38,35 @@ def test_param_count_for_unknown_model_is_none():
     assert param_count_for("/tmp/tiny-neox-0") is None
 
 
-def test_pythia_table_matches_the_model_cards():
-    assert PYTHIA_PARAM_COUNTS["pythia-12b"] == 11_846_072_320
-    assert PYTHIA_PARAM_COUNTS["pythia-1.4b"] == 1_414_647_808
-    assert list(PYTHIA_PARAM_COUNTS.values()) == sorted(PYTHIA_PARAM_COUNTS.values())
+# (layers, d_model, heads, logit rows) from each model's published config.
+PYTHIA_SHAPES = {
+    "pythia-70m": (6, 512, 8, 50304),
+    "pythia-160m": (12, 768, 12, 50304),
+    "pythia-410m": (24, 1024, 16, 50304),
+    "pythia-1b": (16, 2048, 8, 50304),
+    "pythia-1.4b": (24, 2048, 16, 50304),
+    "pythia-2.8b": (32, 2560, 32, 50304),
+    "pythia-6.9b": (32, 4096, 32, 50432),
+    "pythia-12b": (36, 5120, 40, 50688),
+}
+
+
+@pytest.mark.parametrize("name", list(PYTHIA_SHAPES))
+def test_pythia_counts_are_those_of_the_architecture(name):
+    """The table's counts are what a GPT-NeoX of each published shape holds, counted on the meta
+    device (no weights): a wrong digit in the table fails here."""
+    import torch
+    from transformers import GPTNeoXForCausalLM
+
+    from emergence_model.lm import count_parameters, gpt_neox_config
+
+    layers, width, heads, rows = PYTHIA_SHAPES[name]
+    config = gpt_neox_config(
+        hidden_size=width, num_layers=layers, num_heads=heads, vocab_size=rows, extra_logit_rows=0
+    )
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(config)
+    assert count_parameters(model) == PYTHIA_PARAM_COUNTS[name]
 
 
 def test_pythia_suite_is_the_challenge_ladder_with_the_12b_last():
@@ -47,7 +75,9 @@ def test_pythia_suite_is_the_challenge_ladder_with_the_12b_last():
     assert suite.target_id == "EleutherAI/pythia-12b"
     assert len(suite.model_ids) == 7 and "EleutherAI/pythia-6.9b" not in suite.model_ids
     assert suite.param_counts == tuple(sorted(suite.param_counts))
-    assert suite.revision == "step143000"
+    assert set(suite.revisions) == {"step143000"} and suite.scale_axis == "parameters"
+    assert suite.model_names[0] == "EleutherAI/pythia-70m@step143000"
+    assert get_suite("pythia").model_names == suite.model_ids  # no revision, no "@"
 
 
 def test_deduped_suite():
@@ -81,7 +111,7 @@ def test_the_demo_suite_must_be_built_first(tmp_path):
 @pytest.mark.slow
 def test_demo_suite_is_the_built_suites_local_dirs(demo_suite_dir, tmp_path):
     suite = get_suite("demo", suite_dir=demo_suite_dir)
-    assert suite.name == "demo" and suite.revision is None
+    assert suite.name == "demo" and suite.revisions == ()
     assert [Path(m) for m in suite.model_ids] == model_dirs(demo_suite_dir)
     info = suite_record(demo_suite_dir)
     assert list(suite.param_counts) == [m["param_count"] for m in info["models"]]
@@ -104,3 +134,50 @@ def test_suite_validation():
         Suite(name="x", model_ids=(), param_counts=())
     with pytest.raises(ValueError, match="2 models but 1 parameter counts"):
         Suite(name="x", model_ids=("a", "b"), param_counts=(1,))
+
+
+def test_model_specs_name_their_revision():
+    assert parse_model_spec("EleutherAI/pythia-1b@step1000") == ("EleutherAI/pythia-1b", "step1000")
+    assert parse_model_spec(" gpt2 ") == ("gpt2", None)
+    with pytest.raises(ValueError, match="ORG/NAME@REVISION"):
+        parse_model_spec("EleutherAI/pythia-1b@")
+
+
+def test_a_local_directory_with_an_at_sign_is_not_a_revision(tmp_path):
+    model_dir = tmp_path / "runs@2"
+    model_dir.mkdir()
+    assert parse_model_spec(str(model_dir)) == (str(model_dir), None)
+
+
+def test_one_model_at_several_revisions_is_a_ladder_along_training_tokens():
+    suite = custom_suite(["EleutherAI/pythia-1b@step1000", "EleutherAI/pythia-1b@step143000"])
+    assert suite.scale_axis == "tokens"
+    assert suite.scales == (1000 * PYTHIA_TOKENS_PER_STEP, 143000 * PYTHIA_TOKENS_PER_STEP)
+    assert suite.model_names == ("EleutherAI/pythia-1b@step1000", "EleutherAI/pythia-1b@step143000")
+    assert suite.revision(0) == "step1000" and suite.target_id == "EleutherAI/pythia-1b"
+    with pytest.raises(ValueError, match="step0 has seen no training tokens"):
+        custom_suite(["EleutherAI/pythia-1b@step0", "EleutherAI/pythia-1b@step1"])
+    with pytest.raises(ValueError, match="--scales"):
+        custom_suite(["/m@1", "/m@2"], scale_axis="tokens")
+    sizes = custom_suite(["/m", "/n"], scales=[3, 9])
+    assert sizes.scale_axis == "parameters" and sizes.scale(1, 100) == 9.0
+
+
+def test_the_registered_time_ladder_is_pythia_1b_along_its_steps():
+    suite = get_suite("pythia-1b-steps")
+    assert suite.scale_axis == "tokens" and len(set(suite.model_ids)) == 1
+    assert list(suite.scales) == sorted(suite.scales)
+    assert suite.revisions[-1] == "step143000"
+    with pytest.raises(ValueError, match="drop --revision"):
+        get_suite("pythia-1b-steps", revision="main")
+
+
+def test_suite_config_parses_its_flags():
+    config = SuiteConfig(models="a,b", scales="1,2_000")
+    assert config.resolve().scales == (1.0, 2000.0)
+    with pytest.raises(ValueError, match="--scales must be comma-separated integers"):
+        SuiteConfig(models="a,b", scales="1,x")
+    with pytest.raises(ValueError, match="exactly one of --suite and --models"):
+        SuiteConfig().resolve()
+    with pytest.raises(ValueError, match="go with --models"):
+        SuiteConfig(suite="pythia", scales="1,2").resolve()
