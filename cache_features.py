@@ -19,7 +19,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from emergence_model.cache import FeatureCache, combine_caches, open_cache
+from emergence_model.cache import (
+    FeatureCache,
+    check_cache_destination,
+    check_output_file,
+    combine_caches,
+    open_cache,
+)
 from emergence_model.challenge import export_challenge_pickle, import_challenge_pickle
 from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
 from emergence_model.extract import ExtractConfig, extract_suite
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     suite_config = config_from_args(SuiteConfig, args)
     extract_config = config_from_args(ExtractConfig, args)
     if args.from_pickle is not None:
+        check_cache_destination(args.out)
         cache = import_challenge_pickle(
             args.from_pickle,
             args.out,
@@ -99,7 +106,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
         )
         return [f"imported {describe(cache)}"]
     if args.export_pickle is not None:
+        check_output_file(args.out)
         return [f"wrote {export_challenge_pickle(args.export_pickle, args.out)}"]
+    # Every job below writes a cache at --out: refuse a path that cannot hold one before any
+    # prefix or model is loaded.
+    check_cache_destination(args.out)
     if args.combine is not None:
         return [f"combined {describe(combine_caches(args.combine, args.out))}"]
     prefix_config = config_from_args(PrefixConfig, args)

@@ -10,11 +10,12 @@ In-domain results cover every prefix of the training cache, each scored by the o
 --folds networks that never saw it, in training or in choosing its checkpoint (cross-fitting;
 --folds 1: one network and --test-fraction of the prefixes held out); baselines with a parameter
 are tuned on the same training prefixes. Transfer results are on the whole transfer cache, scored
-by the ensemble of the networks, which is what the checkpoint holds. The leaderboard goes to the
-screen and to RUN_DIR/report (results.json, results.md, agreement.png), Lightning's logs and
-checkpoints to RUN_DIR/fold-K, the resolved configuration next to the checkpoint
-(NAME.config.json). Use the checkpoint in the original challenge with
-`emergence_model.load_strategy(path)`.
+by the ensemble of the networks, which is what the checkpoint holds (any prefix it shares with the
+training cache by the network that never saw it). The leaderboard goes to the screen and to
+RUN_DIR/report (results.json, results.md, agreement.png), Lightning's logs and checkpoints to
+RUN_DIR/fold-K, the resolved configuration next to the checkpoint (NAME.config.json); RUN_DIR is
+runs/NAME beside the checkpoint unless --run-dir says otherwise. Use the checkpoint in the
+original challenge with `emergence_model.load_strategy(path)`.
 """
 
 from __future__ import annotations
@@ -22,19 +23,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from emergence_model.cache import open_cache
+from emergence_model.cache import check_cache_destination, check_output_file, open_cache
 from emergence_model.checkpoint import save_checkpoint
 from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
+from emergence_model.data import predictor_config_for
 from emergence_model.demo.caches import prepare_demo_caches
-from emergence_model.evaluate import EvalConfig, evaluate_cache, make_baselines
+from emergence_model.evaluate import (
+    NOT_TRAINED,
+    EvalConfig,
+    describe_folds,
+    evaluate_cache,
+    fold_parts,
+    held_out_by,
+    make_baselines,
+    training_folds,
+)
 from emergence_model.model import PredictorConfig
 from emergence_model.report import format_table, write_reports
+from emergence_model.splits import fold_splits
 from emergence_model.strategies import (
     FIT_CHUNK_ROWS,
     ContrastiveExtrapolation,
@@ -59,7 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--transfer-cache", action="append", default=[], help="cache scored whole (repeatable)"
     )
     parser.add_argument("--out", help="checkpoint path (default: checkpoints/<train cache>.ckpt)")
-    parser.add_argument("--run-dir", help="logs and reports (default: runs/<checkpoint name>)")
+    parser.add_argument(
+        "--run-dir", help="logs and reports (default: runs/NAME beside the checkpoint NAME.ckpt)"
+    )
     parser.add_argument("--suite-dir", help="demo only: where the demo suite is built and kept")
     add_config_arguments(parser, PredictorConfig, "network (PredictorConfig)")
     add_config_arguments(parser, TrainConfig, "training (TrainConfig)")
@@ -89,9 +105,13 @@ def run(
     run_dir: str | Path | None = None,
     eval_config: EvalConfig | None = None,
 ) -> dict:
-    """Train, evaluate in-domain and on transfer, save the checkpoint; returns the summaries."""
-    out = Path(out)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / out.stem
+    """Train, evaluate in-domain and on transfer, save the checkpoint; returns the summaries.
+
+    Everything that can be checked is checked before anything is written: the caches, the
+    output paths, the hardware, the network's shape against the cache and the split."""
+    out = check_output_file(out, "--out")
+    run_dir = check_cache_destination(run_dir or default_run_dir(out), "--run-dir")
+    check_hardware(train_config)
     cache = open_cache(train_cache)
     transfers = [open_cache(p) for p in transfer_caches]
     eval_config = eval_config or EvalConfig()
@@ -104,6 +124,9 @@ def run(
             what=f"training cache {cache.path}",
             where=f"transfer cache {other.path}",
         )
+    predictor_config_for(cache, predictor_config)  # at least two small models and a target
+    c = train_config
+    fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)  # enough rows
     predictor, splits, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir)
     if rank_zero_only.rank != 0:
         return {}  # with several GPUs, the other processes of Lightning's DDP stop here
@@ -151,8 +174,18 @@ def run(
         **make_baselines(params=baselines),
         "network": NetworkStrategy(predictor, names, target),
     }
+    # A transfer cache may share prefixes with the training cache: those are scored by the fold's
+    # network that never saw them, as in-domain, and the summary says so.
+    prefix_folds = held_out_by(cache.prefixes, splits)
     for other in transfers:
-        summary = evaluate_cache(other, [(None, strategies)], **evaluation)
+        seen = training_folds(other.prefixes, {"data": {"prefix_folds": prefix_folds}})
+        if (seen == NOT_TRAINED).all():
+            summary = evaluate_cache(other, [(None, strategies)], **evaluation)
+        else:
+            parts = fold_parts(predictor, names, target, make_baselines(params=baselines), seen)
+            description, notes = describe_folds(seen, f"{out.name}'s training prefixes")
+            summary = evaluate_cache(other, parts, rows_description=description, **evaluation)
+            summary["notes"] = notes
         panels.append((f"transfer ({other.path.name})", summary))
     for title, summary in panels:
         print()
@@ -171,6 +204,8 @@ def run(
         data={
             "train_cache": str(cache.path),
             "fingerprint": cache.fingerprint,
+            # which network never saw each training prefix: evaluation finds them in any cache
+            "prefix_folds": prefix_folds,
             "split": {
                 "folds": folds,
                 "val_fraction": train_config.val_fraction,
@@ -187,15 +222,69 @@ def run(
     return dict(panels)
 
 
+def default_run_dir(out: Path) -> Path:
+    """Where a checkpoint's logs, fold networks and reports go: runs/NAME beside it, so that
+    checkpoints of one name in two directories never share a run."""
+    return out.parent / "runs" / out.stem
+
+
+def check_hardware(config: TrainConfig) -> None:
+    """Refuse an accelerator this machine lacks, or a device count or precision Lightning would
+    refuse, before anything is built or written."""
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+
+    accelerator = config.accelerator
+    known = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
+    if accelerator not in known:
+        raise ValueError(f"--accelerator {accelerator!r} is not one of {', '.join(sorted(known))}")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available() and not (
+            accelerator == "gpu" and torch.backends.mps.is_available()
+        ):
+            raise ValueError(
+                f"--accelerator {accelerator}: torch sees no GPU on this machine (a CPU build of "
+                "torch, no driver, or CUDA_VISIBLE_DEVICES hides it); use --accelerator cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if config.devices.isdigit() and int(config.devices) > max(count, 1):
+            raise ValueError(
+                f"--devices {config.devices}: this machine has {count} GPU(s); use --devices "
+                f"{count} or fewer"
+            )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--accelerator mps: MPS is not available here; use --accelerator cpu")
+    if config.devices.isdigit() and int(config.devices) == 0:
+        raise ValueError("--devices 0 trains on nothing; give at least 1 (or auto)")
+    try:
+        from lightning_fabric.connector import _PRECISION_INPUT
+    except ImportError:  # another Lightning: it checks --precision itself
+        return
+    allowed = {str(a) for a in _flat_literal(_PRECISION_INPUT)}
+    if allowed and config.precision not in allowed:
+        raise ValueError(
+            f"--precision {config.precision!r} is not one of {', '.join(sorted(allowed))}"
+        )
+
+
+def _flat_literal(hint) -> list:
+    args = typing.get_args(hint)
+    return [v for a in args for v in (_flat_literal(a) if typing.get_args(a) else [a])]
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Every flag is checked before the demo suite or its caches are built (minutes).
     predictor_config = config_from_args(PredictorConfig, args)
     train_config = config_from_args(TrainConfig, args)
+    eval_config = config_from_args(EvalConfig, args)
+    check_hardware(train_config)
     train_cache, transfer_caches, out = args.train_cache, args.transfer_cache, args.out
     if train_cache is None:
+        out = Path(out or DEMO_CHECKPOINT)
+        check_output_file(out, "--out")
+        check_cache_destination(args.run_dir or default_run_dir(out), "--run-dir")
         train_cache, transfer = prepare_demo_caches(suite_dir=args.suite_dir)
         transfer_caches = [*transfer_caches, transfer]
-        out = out or DEMO_CHECKPOINT
     out = out or Path("checkpoints") / f"{Path(train_cache).name}.ckpt"
     return run(
         train_cache,
@@ -204,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         predictor_config,
         train_config,
         run_dir=args.run_dir,
-        eval_config=config_from_args(EvalConfig, args),
+        eval_config=eval_config,
     )
 
 

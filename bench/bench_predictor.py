@@ -58,8 +58,8 @@ def main() -> None:
     small, target = NAMES[:-1], NAMES[-1]
     config = PredictorConfig(
         vocab_size=args.vocab,
-        param_counts=[PYTHIA_PARAM_COUNTS[n] for n in small],
-        target_param_count=PYTHIA_PARAM_COUNTS[target],
+        scales=[PYTHIA_PARAM_COUNTS[n] for n in small],
+        target_scale=PYTHIA_PARAM_COUNTS[target],
         num_heads=args.heads,
     )
     network = NetworkStrategy(PerTokenPredictor(config), small, target)
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"input: probs float16 {list(probs.shape)}, torch threads {torch.get_num_threads()}")
     print(
         f"network: {config.num_heads} heads of {config.hidden_size} hidden x {config.num_layers} "
-        f"layers, {config.num_candidates} candidates, "
+        f"layers, {config.base} base, {config.num_candidates} candidates, "
         f"{sum(p.numel() for p in network.predictor.parameters())} parameters"
     )
     print(f"mean-prob baseline: {1000 * mean_s:8.1f} ms (median of {args.repeats})")

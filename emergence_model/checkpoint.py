@@ -1,7 +1,8 @@
 """Checkpoints: a plain dict that rebuilds the predictor from the file alone.
 
     {"format_version", "package_version",
-     "config" (PredictorConfig as a dict: network shape, scales, vocabulary, num_heads),
+     "config" (PredictorConfig as a dict: network shape, base, features, scales, vocabulary,
+        num_heads),
      "model_names", "scale_axis", "scales" (small models), "target_name", "target_scale",
      "vocab_size", "state_dict" (one head per cross-fitting fold),
      "baselines" (tuned baseline parameters, e.g. the contrastive beta), "metrics",
@@ -26,7 +27,8 @@ from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import NetworkStrategy, check_same_models
 
 # 2: scales along a declared axis (parameters or training tokens) instead of parameter counts.
-CHECKPOINT_FORMAT = 2
+# 3: the gated base, token embeddings and the distribution output (two outputs per head).
+CHECKPOINT_FORMAT = 3
 REQUIRED_KEYS = (
     "format_version",
     "config",
@@ -123,18 +125,74 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         )
     if checkpoint["format_version"] != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{path} has checkpoint format {checkpoint['format_version']}, this package reads "
+            f"{path} has checkpoint format {checkpoint['format_version']!r}, this package reads "
             f"{CHECKPOINT_FORMAT}: retrain it with this version"
         )
+    problem = _checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}; the file is damaged or not from train.py")
+    build_predictor(checkpoint, where=str(path))  # a config and weights that do not fit: now
     return checkpoint
 
 
-def build_predictor(checkpoint: dict) -> PerTokenPredictor:
-    """The network of a loaded checkpoint, in eval mode on the CPU."""
+def _checkpoint_problem(checkpoint: dict) -> str | None:
+    """What is wrong with the types of a checkpoint's entries, or None."""
+    names = checkpoint["model_names"]
+    expected = [
+        ("config", dict),
+        ("state_dict", dict),
+        ("target_name", str),
+        ("scale_axis", str),
+        ("data", dict),
+        ("baselines", dict),
+        ("metrics", dict),
+    ]
+    for key, kind in expected:
+        if key in checkpoint and not isinstance(checkpoint[key], kind):
+            return f"{key} is {type(checkpoint[key]).__name__}, not {kind.__name__}"
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "model_names is not a non-empty list of names"
+    vocab = checkpoint["vocab_size"]
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        return f"vocab_size is {vocab!r}, not a positive integer"
+    if not all(isinstance(v, torch.Tensor) for v in checkpoint["state_dict"].values()):
+        return "state_dict holds something other than tensors"
+    if not all(isinstance(v, dict) for v in checkpoint.get("baselines", {}).values()):
+        return "baselines holds something other than parameter dicts"
+    folds = checkpoint.get("data", {}).get("prefix_folds", {})
+    if not isinstance(folds, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in folds.items()
+    ):
+        return "data.prefix_folds is not a map of prefix digests to folds"
+    return None
+
+
+def build_predictor(checkpoint: dict, where: str = "the checkpoint") -> PerTokenPredictor:
+    """The network of a loaded checkpoint, in eval mode on the CPU; CheckpointError in one line
+    (naming `where`) if its config does not make a network or its weights do not fit it."""
     fields = {f.name for f in dataclasses.fields(PredictorConfig)}
-    config = PredictorConfig(**{k: v for k, v in checkpoint["config"].items() if k in fields})
-    predictor = PerTokenPredictor(config)
-    predictor.load_state_dict(checkpoint["state_dict"])
+    if not isinstance(checkpoint.get("config"), dict):
+        raise CheckpointError(f"{where}: its config is not a dict; retrain it with train.py")
+    try:
+        config = PredictorConfig(**{k: v for k, v in checkpoint["config"].items() if k in fields})
+        predictor = PerTokenPredictor(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{where}: its config does not make a network ({' '.join(str(e).split())}); "
+            "retrain it with train.py"
+        ) from None
+    if config.num_models != len(checkpoint["model_names"]):
+        raise CheckpointError(
+            f"{where}: its config has {config.num_models} small models but it names "
+            f"{len(checkpoint['model_names'])}; retrain it with train.py"
+        )
+    try:
+        predictor.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{where}: its weights do not fit its config ({first}); retrain it with train.py"
+        ) from None
     return predictor.eval()
 
 

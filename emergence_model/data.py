@@ -46,10 +46,10 @@ class CacheRows(Dataset):
 
 def predictor_config_for(cache: FeatureCache, base: PredictorConfig) -> PredictorConfig:
     """`base` with the cache's small models, their scales and its vocabulary filled in."""
-    if cache.num_models < 3:
+    if cache.num_models < 2:
         raise ValueError(
-            f"{cache.path} holds {cache.num_models} models; the predictor needs at least two "
-            "small models and a target"
+            f"{cache.path} holds {cache.num_models} model; the predictor needs at least one "
+            "small model and a target"
         )
     return dataclasses.replace(
         base,

@@ -8,9 +8,11 @@ of the target's top token and KL(target || predicted) where the strategy has a d
 with a 95% bootstrap interval over prefixes; the share of easy prefixes (the largest small model
 already agrees with the target) and agreement on the hard rest; and a paired bootstrap interval of
 (network - best baseline) top-1, so that "beats the best baseline" can be checked (the best
-baseline is picked on the very rows scored, which favours the baseline). When the cache is the
-one a checkpoint was trained on, every prefix is scored only by a network that never saw it: the
-fold's head of a cross-fitted checkpoint, or the held-out test prefixes with --folds 1.
+baseline is picked on the very rows scored, which favours the baseline). A prefix the checkpoint
+was trained on (it records which fold held out each of its training prefixes), in its own training
+cache or in any other, is scored only by a network that never saw it: the fold's head of a
+cross-fitted checkpoint; with --folds 1, prefixes the one network saw are left out. The summary's
+"rows" and "notes" say how many were scored which way.
 
 The cache is read in chunks of rows, so a 20k x 7 x 50277 cache never sits in memory whole.
 Writes a table on screen and, with --out, results.json, results.md and agreement.png (report.py).
@@ -27,17 +29,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emergence_model.cache import FeatureCache, open_cache
-from emergence_model.checkpoint import build_predictor, check_compatible, load_checkpoint
+from emergence_model.cache import (
+    FeatureCache,
+    check_cache_destination,
+    open_cache,
+    prefix_digest,
+    rows_fingerprint,
+)
+from emergence_model.checkpoint import (
+    CheckpointError,
+    build_predictor,
+    check_compatible,
+    load_checkpoint,
+)
 from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
-from emergence_model.model import floor_logprobs
+from emergence_model.model import PerTokenPredictor, floor_logprobs
 from emergence_model.report import format_table, write_reports
 from emergence_model.speculative import sampled_acceptance
 from emergence_model.splits import fold_splits
 from emergence_model.stats import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
 from emergence_model.strategies import STRATEGIES, NetworkStrategy, Strategy, baseline_names
 
-METRICS = ("top1", "top5", "loglik", "kl")
+METRICS = ("top1", "top5", "loglik", "kl", "accept")
+# Distribution metrics compared paired with the best baseline on each: lower is better for KL.
+DISTRIBUTION_METRICS = {"kl": min, "accept": max}
 
 
 @dataclass
@@ -58,6 +73,7 @@ class EvalConfig:
             raise ValueError(f"--chunk-rows must be at least 1, got {self.chunk_rows}")
 
 
+@torch.no_grad()
 def score_rows(
     cache: FeatureCache,
     strategies: dict[str, Strategy],
@@ -86,15 +102,15 @@ def score_rows(
         rows = torch.from_numpy(cache.rows(chunk))  # (n, M + 1, V)
         target = torch.from_numpy(cache.target_argmax[chunk])  # (n,)
         target_logp = torch.log_softmax(rows[:, -1], dim=1)  # (n, V)
-        small = rows[:, :-1]
+        target_p = target_logp.exp()
+        neg_entropy = (target_p * target_logp).sum(dim=1)  # KL = this - sum p log q
+        small = floor_logprobs(rows[:, :-1])  # floored once for every strategy
         target_columns["token"].append(target.numpy())
         target_columns["logprob"].append(target_logp.gather(1, target[:, None])[:, 0].numpy())
-        small_top = floor_logprobs(small).gather(
-            2, target[:, None, None].expand(-1, small.shape[1], 1)
-        )
+        small_top = small.gather(2, target[:, None, None].expand(-1, small.shape[1], 1))
         target_columns["small_logprob"].append(small_top[:, :, 0].numpy())  # (n, M)
         for name, strategy in strategies.items():
-            scores = torch.from_numpy(strategy.scores(small, small_scales, target_scale))
+            scores = strategy.score_tensor(small, small_scales, target_scale)  # (n, V)
             out = columns[name]
             guess = scores.argmax(dim=1)
             _append(out, "guess", guess.numpy())
@@ -103,13 +119,13 @@ def score_rows(
             _append(out, "top5", (top5 == target[:, None]).any(dim=1).numpy())
             if strategy.gives_distribution:
                 _append(out, "loglik", scores.gather(1, target[:, None]).squeeze(1).numpy())
-                kl = (target_logp.exp() * (target_logp - scores)).sum(dim=1)
-                _append(out, "kl", kl.numpy())
-                _append(out, "accept", sampled_acceptance(target_logp, scores).numpy())
+                _append(out, "kl", (neg_entropy - (target_p * scores).sum(dim=1)).numpy())
+                accept = sampled_acceptance(target_logp, scores, normalized=True)
+                _append(out, "accept", accept.numpy())
                 _append(out, "confidence", scores.amax(dim=1).exp().numpy())
             if isinstance(strategy, NetworkStrategy):
                 k = strategy.predictor.config.candidates_for(cache.vocab_size)
-                mean = torch.logsumexp(floor_logprobs(small), dim=1)
+                mean = torch.logsumexp(small, dim=1)
                 hits = (mean.topk(k, dim=1).indices == target[:, None]).any(dim=1)
                 _append(out, "in_candidates", hits.numpy())
     target_arrays = {k: np.concatenate(v) for k, v in target_columns.items()}
@@ -190,6 +206,17 @@ def summarize(
                 },
                 "beats_best_baseline": bool(lo > 0),
             }
+            for metric, pick in DISTRIBUTION_METRICS.items():
+                have = [s for s in baselines if metric in per_row["strategies"][s]]
+                if metric not in per_row["strategies"][net] or not have:
+                    continue
+                ref = pick(have, key=lambda s: summary["strategies"][s][metric]["value"])
+                gap = per_row["strategies"][net][metric] - per_row["strategies"][ref][metric]
+                summary["comparisons"][net][f"{metric}_diff"] = {
+                    "baseline": ref,
+                    "value": float(gap.mean()),
+                    "ci": list(bootstrap_ci(gap, num_bootstrap, seed)),
+                }
     return summary
 
 
@@ -247,29 +274,118 @@ def trained_on(cache: FeatureCache, checkpoint: dict) -> bool:
     return checkpoint.get("data", {}).get("fingerprint") == cache.fingerprint
 
 
-def cross_fit_parts(
-    cache: FeatureCache, checkpoint: dict, baselines: dict[str, Strategy]
-) -> list[tuple[np.ndarray, dict[str, Strategy]]]:
-    """For the checkpoint's own training cache: per fold, its held-out rows with the baselines
-    and the network (head) that never saw them."""
-    split = checkpoint["data"]["split"]
-    splits = fold_splits(
-        cache.prefixes,
-        split.get("folds", 1),
-        split["val_fraction"],
-        split["test_fraction"],
-        split["seed"],
-    )
-    predictor = build_predictor(checkpoint)
-    if len(predictor.heads) != len(splits):
-        raise ValueError(
-            f"checkpoint has {len(predictor.heads)} networks for {len(splits)} folds; retrain it"
+# training_folds's codes for a row that no network saw, and for one that every network saw
+NOT_TRAINED, SEEN_BY_ALL = -2, -1
+
+
+def held_out_by(prefixes: Sequence[str], splits: Sequence) -> dict[str, int]:
+    """Each training prefix's digest -> the fold whose network never saw it (its test part), or
+    SEEN_BY_ALL (--folds 1: the prefixes the one network trained or validated on). A checkpoint
+    keeps this as data["prefix_folds"], so that evaluation knows its training prefixes in any
+    cache."""
+    folds = {prefix_digest(text): SEEN_BY_ALL for text in prefixes}
+    for k, (_, _, test) in enumerate(splits):
+        for i in test:
+            folds[prefix_digest(prefixes[i])] = k
+    return folds
+
+
+def training_folds(prefixes: Sequence[str], checkpoint: dict) -> np.ndarray | None:
+    """Per prefix: the fold whose network never saw it (0..K-1), SEEN_BY_ALL, or NOT_TRAINED if
+    the checkpoint never trained on it; None if the checkpoint does not record its training
+    prefixes (checkpoints from before data["prefix_folds"], on any cache but their own)."""
+    data = checkpoint.get("data") or {}
+    recorded = data.get("prefix_folds")
+    if (
+        recorded is None
+        and "split" in data
+        and data.get("fingerprint")
+        == rows_fingerprint(checkpoint["model_names"] + [checkpoint["target_name"]], prefixes)
+    ):
+        split = data["split"]
+        splits = fold_splits(
+            prefixes,
+            split.get("folds", 1),
+            split["val_fraction"],
+            split["test_fraction"],
+            split["seed"],
         )
-    names, target = checkpoint["model_names"], checkpoint["target_name"]
-    return [
-        (test, {**baselines, "network": NetworkStrategy(predictor.member(k), names, target)})
-        for k, (_, _, test) in enumerate(splits)
-    ]
+        recorded = held_out_by(prefixes, splits)
+    if recorded is None:
+        return None
+    return np.array([recorded.get(prefix_digest(p), NOT_TRAINED) for p in prefixes], np.int64)
+
+
+def fold_parts(
+    predictor: PerTokenPredictor,
+    model_names: Sequence[str],
+    target_name: str,
+    baselines: dict[str, Strategy],
+    folds: np.ndarray,
+) -> list[tuple[np.ndarray, dict[str, Strategy]]]:
+    """Rows no network saw, scored by the whole ensemble, then each fold's rows by the one
+    network that never saw them (`folds` from `training_folds`); rows every network saw are left
+    out. Parts without rows are dropped."""
+    heads = len(predictor.heads)
+    if folds.size and folds.max() >= heads:
+        raise ValueError(
+            f"the checkpoint records {int(folds.max()) + 1} folds but holds {heads} networks; "
+            "retrain it"
+        )
+    members = [(NOT_TRAINED, predictor)] + [(k, predictor.member(k)) for k in range(heads)]
+    parts = []
+    for code, network in members:
+        rows = np.flatnonzero(folds == code)
+        if rows.size:
+            strategy = NetworkStrategy(network, model_names, target_name)
+            parts.append((rows, {**baselines, "network": strategy}))
+    return parts
+
+
+def describe_folds(folds: np.ndarray, trained: str) -> tuple[str, list[str]]:
+    """The summary's "rows" and "notes" for rows scored with `fold_parts`; `trained` names the
+    network's training data (e.g. "demo.ckpt's training prefixes")."""
+    unseen = int((folds == NOT_TRAINED).sum())
+    shared = int((folds >= 0).sum())
+    excluded = int((folds == SEEN_BY_ALL).sum())
+    if unseen == 0:
+        rows = f"held-out prefixes of {trained}, each scored by the network that never saw it"
+    else:
+        rows = (
+            f"{unseen} prefixes outside {trained}, scored by the whole ensemble, and {shared} "
+            "shared with it, each scored by the fold's network that never saw it"
+        )
+    notes = []
+    if shared and unseen:
+        notes.append(
+            f"{shared} of these prefixes are also in {trained}: each was scored by the one "
+            "network that never saw it"
+        )
+    if excluded:
+        notes.append(
+            f"{excluded} prefixes of this cache were seen by every network in training "
+            "(--folds 1) and are left out; --all-rows scores them anyway"
+        )
+    return rows, notes
+
+
+def cross_fit_parts(
+    cache: FeatureCache,
+    checkpoint: dict,
+    baselines: dict[str, Strategy],
+    folds: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, dict[str, Strategy]]]:
+    """For a cache that shares prefixes with the checkpoint's training data (its own training
+    cache, a superset, another dataset with some of its prefixes): `fold_parts` with the
+    checkpoint's networks (`folds` from `training_folds` unless given)."""
+    if folds is None:
+        folds = training_folds(cache.prefixes, checkpoint)
+    if folds is None:
+        folds = np.full(len(cache), NOT_TRAINED, dtype=np.int64)
+    predictor = build_predictor(checkpoint)
+    return fold_parts(
+        predictor, checkpoint["model_names"], checkpoint["target_name"], baselines, folds
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -293,11 +409,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--all-rows",
         action="store_true",
-        help="score every prefix with the whole network even on its own training cache",
+        help="score every prefix with the whole network, even those it was trained on",
     )
     add_config_arguments(parser, EvalConfig, "scoring (EvalConfig)")
     args = parser.parse_args(argv)
     config = config_from_args(EvalConfig, args)
+    if args.out:
+        check_cache_destination(args.out)
 
     cache = open_cache(args.cache)
     checkpoints = [(Path(p), load_checkpoint(p)) for p in args.checkpoint]
@@ -310,16 +428,38 @@ def main(argv: Sequence[str] | None = None) -> dict:
             target_name=cache.target_name,
         )
     names = args.strategies.split(",") if args.strategies else None
-    baselines = make_baselines(names, checkpoints[0][1].get("baselines") if checkpoints else None)
-    own = [path for path, c in checkpoints if trained_on(cache, c)]
-    if own and not args.all_rows:
+    try:
+        baselines = make_baselines(
+            names, checkpoints[0][1].get("baselines") if checkpoints else None
+        )
+    except TypeError as e:
+        raise CheckpointError(
+            f"{checkpoints[0][0]} holds baseline parameters this version does not take ({e}); "
+            "retrain it"
+        ) from None
+    folds = {path: training_folds(cache.prefixes, c) for path, c in checkpoints}
+    shared = [path for path, f in folds.items() if f is not None and (f != NOT_TRAINED).any()]
+    notes = [
+        f"{path.name} does not record its training prefixes: prefixes it was trained on are not "
+        "detected here (retrain it with this version)"
+        for path, f in folds.items()
+        if f is None
+    ]
+    if shared and not args.all_rows:
         if len(checkpoints) > 1:
             parser.error(
-                f"{own[0]} was trained on this cache: evaluate it alone (on its held-out "
-                "prefixes) or pass --all-rows"
+                f"{shared[0]} was trained on prefixes of this cache: evaluate it alone (each "
+                "prefix by the network that never saw it) or pass --all-rows"
             )
-        parts = cross_fit_parts(cache, checkpoints[0][1], baselines)
-        description = f"held-out prefixes of {own[0].name}'s training cache"
+        path, checkpoint = checkpoints[0]
+        parts = cross_fit_parts(cache, checkpoint, baselines, folds[path])
+        if not parts:
+            raise ValueError(
+                f"every prefix of {cache.path} was seen by every network of {path} in training: "
+                "nothing is left to score fairly; pass --all-rows to score them anyway"
+            )
+        description, more = describe_folds(folds[path], f"{path.name}'s training prefixes")
+        notes += more
     else:
         strategies = dict(baselines)
         for path, c in checkpoints:
@@ -327,6 +467,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             predictor = build_predictor(c)
             strategies[key] = NetworkStrategy(predictor, c["model_names"], c["target_name"])
         parts, description = [(None, strategies)], "all prefixes"
+        for path in shared:
+            seen = int((folds[path] != NOT_TRAINED).sum())
+            description = "all prefixes, --all-rows"
+            notes.append(
+                f"{seen} prefixes are in {path.name}'s training prefixes and were scored by "
+                "networks that saw them (--all-rows)"
+            )
     summary = evaluate_cache(
         cache,
         parts,
@@ -335,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         num_bootstrap=config.bootstrap,
         seed=config.bootstrap_seed,
     )
+    summary["notes"] = notes
     title = Path(args.cache).name
     print(format_table(summary, title))
     if args.out:

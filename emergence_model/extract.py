@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
+import json
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -19,11 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emergence_model.cache import CACHE_DTYPES, CacheError, FeatureCache, create_cache
+from emergence_model.cache import (
+    CACHE_DTYPES,
+    CacheError,
+    FeatureCache,
+    check_cache_destination,
+    create_cache,
+)
 from emergence_model.lm import (
     TORCH_DTYPES,
     count_parameters,
     count_parameters_from_config,
+    load_config,
     load_model,
     load_tokenizer,
 )
@@ -47,6 +56,8 @@ class ExtractConfig:
     """Show a progress bar per model."""
 
     def __post_init__(self) -> None:
+        if self.device is not None:
+            check_device(self.device)
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype is not None and self.dtype not in TORCH_DTYPES:
@@ -61,6 +72,30 @@ class ExtractConfig:
 
     def resolved_dtype(self) -> str:
         return self.dtype or default_dtype(self.resolved_device())
+
+
+def check_device(device: str) -> None:
+    """Refuse a device that is not one, or that this machine lacks, before anything runs."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: torch sees no CUDA GPU on this machine (a CPU build of "
+                "torch, no driver, or CUDA_VISIBLE_DEVICES hides them); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU(s), from 0")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif parsed.type != "cpu":
+        raise ValueError(f"--device {device!r}: models run on cpu, cuda, cuda:N or mps")
 
 
 def default_device() -> str:
@@ -172,6 +207,37 @@ def next_token_logprobs(
     return out
 
 
+def context_length(config) -> int | None:
+    """The longest sequence a model's config accepts (None if it does not say)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_fits(
+    model_id: str,
+    rows: int,
+    context: int | None,
+    vocab_size: int,
+    token_ids: Sequence[Sequence[int]],
+) -> None:
+    """Refuse a model whose logit rows or context cannot score these prefixes."""
+    if rows < vocab_size:
+        raise CacheError(
+            f"{model_id} has {rows} logit rows but the target's tokenizer has {vocab_size} tokens; "
+            "all models of a suite must share one tokenizer"
+        )
+    longest = max(len(ids) for ids in token_ids)
+    if context is not None and longest > context:
+        first = next(i for i, ids in enumerate(token_ids) if len(ids) == longest)
+        raise CacheError(
+            f"prefix {first} has {longest} tokens, more than {model_id}'s context of {context}; "
+            "shorten the prefixes"
+        )
+
+
 def check_model(
     model: torch.nn.Module,
     model_id: str,
@@ -181,18 +247,7 @@ def check_model(
 ) -> None:
     """Refuse a model that cannot score these prefixes; warn if its size is not the recorded one."""
     rows = model.get_output_embeddings().weight.shape[0]
-    if rows < vocab_size:
-        raise CacheError(
-            f"{model_id} has {rows} logit rows but the target's tokenizer has {vocab_size} tokens; "
-            "all models of a suite must share one tokenizer"
-        )
-    context = getattr(model.config, "max_position_embeddings", None)
-    longest = max(len(ids) for ids in token_ids)
-    if context is not None and longest > context:
-        raise CacheError(
-            f"a prefix has {longest} tokens, more than {model_id}'s context of {context}; "
-            "shorten the prefixes"
-        )
+    check_fits(model_id, rows, context_length(model.config), vocab_size, token_ids)
     loaded = count_parameters(model)
     if loaded != param_count:
         warnings.warn(
@@ -200,6 +255,24 @@ def check_model(
             "--param-counts or the model path",
             stacklevel=3,
         )
+
+
+# Config entries that say where or how a model was saved, not what it computes.
+_CONFIG_NOISE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash")
+
+
+def config_fingerprint(config) -> str:
+    """A digest of what a model's config says it computes: a resume refuses a cache whose
+    models' configs changed since it was started."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOISE}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of a tokenizer's vocabulary (token -> id): one tokenizer, wherever its copy is."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
 def extract_suite(
@@ -222,6 +295,7 @@ def extract_suite(
     from tqdm.auto import tqdm
 
     config = config or ExtractConfig()
+    check_cache_destination(out_dir)
     if not isinstance(suite_or_model_ids, Suite):
         suite = custom_suite(list(suite_or_model_ids), revision)
     elif revision is None or suite_or_model_ids.revisions == (revision,) * len(
@@ -252,6 +326,19 @@ def extract_suite(
     tokenizer = load_tokenizer(suite.target_id, target_revision)
     vocab_size = len(tokenizer)
     token_ids = tokenize_prefixes(tokenizer, prefixes)
+    # Every model's config, before anything is written: a prefix too long for a context or a
+    # model of another tokenizer is refused now, not after hours of the models before it.
+    fingerprints = []
+    for m, model_id in enumerate(model_ids):
+        model_config = load_config(model_id, suite.revision(m))
+        rows = getattr(model_config, "vocab_size", None)
+        if isinstance(rows, int):
+            check_fits(model_id, rows, context_length(model_config), vocab_size, token_ids)
+        fingerprints.append(config_fingerprint(model_config))
+    extraction = _extraction_meta(suite, device, dtype, config.batch_size)
+    extraction.update(
+        model_configs=fingerprints, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)
+    )
     writer = create_cache(
         out_dir,
         model_names=suite.model_names,
@@ -264,7 +351,7 @@ def extract_suite(
         source=source,
         seed=seed,
         dtype=config.cache_dtype,
-        extraction=_extraction_meta(suite, device, dtype, config.batch_size),
+        extraction=extraction,
     )
     for m, model_id in enumerate(model_ids):
         pending = writer.pending(m)

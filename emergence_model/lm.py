@@ -7,6 +7,9 @@ all come from one Pythia-shaped GPT-NeoX config, `gpt_neox_config`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -20,10 +23,43 @@ def torch_dtype(name: str) -> torch.dtype:
     return TORCH_DTYPES[name]
 
 
+class ModelLoadError(ValueError):
+    """A model, config or tokenizer that cannot be loaded; the message names it, in one line."""
+
+
+@contextmanager
+def _loading(what: str, model_id: str, revision: str | None) -> Iterator[None]:
+    """Turn the loaders' errors (often paragraphs) into one line naming what failed to load."""
+    name = f"{model_id}@{revision}" if revision else model_id
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise ModelLoadError(
+            f"not enough memory to load {name}; try --dtype bfloat16 or a larger device"
+        ) from None
+    except (OSError, ValueError, KeyError) as e:
+        text = " ".join(str(e).split()) or type(e).__name__
+        if len(text) > 300:
+            text = text[:297] + "..."
+        raise ModelLoadError(
+            f"cannot load the {what} of {name}: {text}; check the model id, --revision and "
+            "the network (or a local save_pretrained directory)"
+        ) from None
+
+
 def load_tokenizer(model_id: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_id, revision=revision)
+    with _loading("tokenizer", model_id, revision):
+        return AutoTokenizer.from_pretrained(model_id, revision=revision)
+
+
+def load_config(model_id: str, revision: str | None = None):
+    """A model's config alone (no weights): its context length, logit rows and identity."""
+    from transformers import AutoConfig
+
+    with _loading("config", model_id, revision):
+        return AutoConfig.from_pretrained(model_id, revision=revision)
 
 
 def load_model(
@@ -31,10 +67,10 @@ def load_model(
 ) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_id, revision=revision, dtype=torch_dtype(dtype)
-    )
-    return model.to(device).eval()
+    dtype = torch_dtype(dtype)
+    with _loading("weights", model_id, revision):
+        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=dtype)
+        return model.to(device).eval()
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -44,9 +80,9 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def count_parameters_from_config(model_id: str, revision: str | None = None) -> int:
     """Parameter count from the config alone: the model is built on the meta device, no weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_id, revision=revision)
+    config = load_config(model_id, revision)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return count_parameters(model)

@@ -1,25 +1,29 @@
 """The per-token predictor: small models' next-token distributions in, the target's out.
 
-Every token is scored by the same small MLP from that token's trajectory across the small
-models (its log-prob under each, with the models' sizes known through the log-linear
-extrapolation of that trajectory to the target's size and its slope) and from per-prefix
-context that one trajectory lacks (each model's top log-prob and collision entropy, the token's
-gap to each model's top log-prob and its rank among the candidates). A softmax over the
-vocabulary is the predicted distribution of the target model.
+Three steps, each one small module, the same weights for every token of the vocabulary:
 
-The network corrects the mean-probability baseline: a token's logit is the log of its mean
-probability plus the MLP's correction, bounded to `max_correction` nats so that the network can
-overturn the ensemble's close calls but not its confident ones (one small model's quirk then
-cannot carry it away on text unlike its training data). The MLP's output layer starts at zero,
-so an untrained network is the mean-probability baseline.
-
-Only the `num_candidates` most probable tokens under the mean go through the MLP; every other
-token keeps its log mean probability plus one per-prefix offset. The target's top token is a
-candidate in practice (the evaluation reports how often), and scoring a [100, 6, 50277] batch
-stays a few passes over the input on a CPU (an MLP over all 5M tokens takes seconds).
+1. A base log-distribution over the whole vocabulary: a per-prefix weighting of the guides, each
+   small model's log-probabilities and the log of their mean probability (`base="gated"`). The
+   weights come from a small MLP of per-prefix context (each model's top log-probability,
+   entropy, top-2 margin and collision entropy, and the same of the mean), so the network learns
+   which guide to trust on which prefix: the largest model where it leads the ladder, the mean
+   where one model's quirk would carry it away, an extrapolation along the ladder (a weighting
+   that grows with size) where the trend holds. It starts as the mean-probability baseline.
+2. A correction of the `num_candidates` most probable tokens under the mean: an MLP reads each
+   candidate's trajectory across the small models (its log-prob, its gap to each model's top and
+   its rank under each), the trend (its log-linear extrapolation in log scale to the target's and
+   the slope), its base value, the per-prefix context and a learned embedding of the token's
+   identity (the target's habits are token-specific). Every other token keeps its base plus one
+   per-prefix offset. Candidates hold the target's top token on 99.9-100% of the demo's prefixes,
+   and scoring a [100, 6, 50277] batch stays a few passes over the input on a CPU.
+3. Two outputs of that MLP: `logits`, trained on the target's top token, rank the tokens (the
+   guess); the distribution, trained on KL to the target's whole distribution, is the predicted
+   distribution of the target, with the guess made its mode so that its top-1 is the guess's.
+   Both start at zero, so an untrained network is the mean-probability baseline.
 
 The features do not depend on learned weights, so several trained networks (`heads`, e.g. the
-members of a cross-fitted ensemble) share them and cost little more than one.
+members of a cross-fitted ensemble) share them and cost little more than one. Any number of
+small models works: with one, or with equal scales, there is no trend and its features are zero.
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ from emergence_model.cache import LOG_PROB_FLOOR, PROB_FLOOR
 
 # Log-probs and gaps are divided by this so that features are O(1).
 _LOGPROB_SCALE = 8.0
+# The guess is made the distribution's mode by this margin (nats) over the next token.
+_MODE_MARGIN = 1e-3
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+BASES = ("gated", "mean", "largest", "extrapolate")
+FEATURE_GROUPS = ("trajectory", "trend", "context")
 
 
 @dataclass
@@ -45,19 +53,27 @@ class PredictorConfig:
     """Shape and hyperparameters of `PerTokenPredictor`."""
 
     hidden_size: int = 32
-    """Width of the shared per-token MLP."""
+    """Width of the shared per-token MLP (and of the per-prefix guide weighting)."""
     num_layers: int = 1
     """Hidden layers of the per-token MLP."""
     activation: str = "silu"
-    """Activation of the MLP: relu, silu or gelu."""
+    """Activation of the MLPs: relu, silu or gelu."""
+    base: str = "gated"
+    """What the per-token correction is added to: gated (per-prefix learned weights of each small
+    model's log-prob and the log mean-prob), mean, largest or extrapolate."""
     num_candidates: int = 64
-    """Tokens per prefix scored by the MLP: the most probable under the mean of the small models
-    (0: every token, slow on a 50k vocabulary)."""
-    max_correction: float = 1.0
-    """Bound on the MLP's change to a token's log mean probability, in nats (c * tanh(raw / c));
-    0: unbounded."""
-    context: bool = True
-    """Give the MLP per-prefix context (each model's top log-prob and collision entropy)."""
+    """Tokens per prefix corrected by the MLP: the most probable under the mean of the small
+    models (0: every token, slow on a 50k vocabulary)."""
+    max_correction: float = 0.0
+    """Bound on the MLP's change to a token's base log-prob, in nats (c * tanh(raw / c)); 0:
+    unbounded."""
+    features: str = "trajectory,trend,context"
+    """Feature groups the MLP reads, comma-separated: trajectory (each model's log-prob, gap to
+    its top, rank), trend (extrapolation to the target's scale, slope), context (per-prefix
+    top log-prob, entropy, top-2 margin, collision entropy of each model; also what the gated
+    base and the tail offset read). The base and the mean's log-prob are always read."""
+    token_embedding: int = 8
+    """Size of a learned embedding of each candidate token's identity (0: none)."""
     dropout: float = 0.0
     """Dropout on the MLP's hidden units during training."""
     num_models: int | None = field(default=None, metadata={"cli": False})
@@ -81,10 +97,20 @@ class PredictorConfig:
             raise ValueError(
                 f"--activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
             )
+        if self.base not in BASES:
+            raise ValueError(f"--base must be one of {', '.join(BASES)}, got {self.base!r}")
         if self.num_candidates < 0:
             raise ValueError(f"--num-candidates must be 0 (all) or more, got {self.num_candidates}")
         if self.max_correction < 0:
             raise ValueError(f"--max-correction must be 0 or more, got {self.max_correction}")
+        unknown = set(self.feature_groups) - set(FEATURE_GROUPS)
+        if unknown:
+            raise ValueError(
+                f"--features takes groups from {','.join(FEATURE_GROUPS)} (or none), got "
+                f"{', '.join(sorted(unknown))}"
+            )
+        if self.token_embedding < 0:
+            raise ValueError(f"--token-embedding must be 0 or more, got {self.token_embedding}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.num_heads < 1:
@@ -99,8 +125,6 @@ class PredictorConfig:
                 raise ValueError(
                     f"need at least one small model with a positive scale, got {self.scales}"
                 )
-            if len(self.scales) > 1 and len(set(self.scales)) < 2:
-                raise ValueError("small models all have the same scale: cannot extrapolate")
 
     def require_data_fields(self) -> None:
         names = ("num_models", "vocab_size", "scales", "target_scale")
@@ -115,15 +139,29 @@ class PredictorConfig:
         return vocab_size if k == 0 else min(k, vocab_size)
 
     @property
-    def num_token_features(self) -> int:
-        # per model: log-prob, gap to its top, rank among candidates; then extrapolation, slope,
-        # log mean prob, its gap to the mean's top, rank under the mean, share of models voting
-        return 3 * self.num_models + 6
+    def feature_groups(self) -> tuple[str, ...]:
+        return tuple(g for g in (s.strip() for s in self.features.split(",")) if g)
+
+    def uses(self, group: str) -> bool:
+        return group in self.feature_groups
+
+    @property
+    def num_guides(self) -> int:
+        """Log-distributions the base weighs: each small model's, then the mean's."""
+        return self.num_models + 1
 
     @property
     def num_context_features(self) -> int:
-        # per model: top log-prob, collision entropy; the same two of the mean distribution
-        return 2 * self.num_models + 2 if self.context else 0
+        # top log-prob, top-2 margin, collision entropy: per model and of the mean
+        return 3 * self.num_guides if self.uses("context") else 0
+
+    @property
+    def num_token_features(self) -> int:
+        """Per-candidate features the MLP reads, the per-head base and identity included."""
+        n = 3 + 3  # the mean's log-prob, gap and rank; the base's
+        n += (3 * self.num_models + 1) if self.uses("trajectory") else 0  # + share of top votes
+        n += 2 if self.uses("trend") else 0
+        return n + self.num_context_features + self.token_embedding
 
 
 def floor_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
@@ -142,7 +180,8 @@ def extrapolation_weights(
 ) -> tuple[list[float], list[float]]:
     """Per-model weights (slope, extrap): for a token's log-probs x over the small models,
     sum(slope * x) is the least-squares slope of x against log scale and sum(extrap * x) is that
-    line evaluated at the target's log scale. One model has no slope: its own value is the line.
+    line evaluated at the target's log scale. One model, or models of one scale, have no slope:
+    the mean of their values is the line.
     """
     logn = [math.log(p) for p in scales]
     mean = sum(logn) / len(logn)
@@ -156,52 +195,156 @@ def extrapolation_weights(
     return slope, extrap
 
 
+def base_weights(config: PredictorConfig) -> list[float]:
+    """Fixed weights of the guides (each small model's log-prob, then the log mean-prob) that make
+    `config.base`; the gated base starts at the mean's and learns per-prefix changes."""
+    m = config.num_models
+    if config.base == "largest":
+        largest = max(range(m), key=lambda i: config.scales[i])
+        return [1.0 if i == largest else 0.0 for i in range(m)] + [0.0]
+    if config.base == "extrapolate":
+        return [*extrapolation_weights(config.scales, config.target_scale)[1], 0.0]
+    return [0.0] * m + [1.0]
+
+
+def distribution_stats(p: torch.Tensor) -> torch.Tensor:
+    """Probabilities (..., V), floored -> (..., 3): top log-prob, top-2 margin and collision
+    entropy, scaled to O(1). All from probabilities: no log of the whole vocabulary."""
+    top2 = torch.log(p.topk(min(2, p.shape[-1]), dim=-1).values)
+    collision = -torch.log((p.unsqueeze(-2) @ p.unsqueeze(-1)).flatten(-3))  # sum of p**2
+    return torch.stack(
+        [-top2[..., 0] / _LOGPROB_SCALE, (top2[..., 0] - top2[..., -1]) / 4, collision / 4], dim=-1
+    )
+
+
 class Features(NamedTuple):
     """What every head reads: nothing here depends on learned weights."""
 
-    log_mean: torch.Tensor  # (B, V) log of the small models' mean probability, floored
+    log_mean: torch.Tensor  # (B, V) log of their mean probability, floored
     candidates: torch.Tensor  # (B, K) token ids, most probable under the mean first
-    tokens: torch.Tensor  # (B, K, F) per-candidate features (with the context appended)
-    context: torch.Tensor | None  # (B, C) per-prefix context
+    candidate_guides: torch.Tensor  # (B, G, K) the guides (models, then the mean) at candidates
+    tokens: torch.Tensor  # (B, K, F) per-candidate features (context appended)
+    context: torch.Tensor  # (B, C) per-prefix context (C = 0 without the context group)
+
+
+class Outputs(NamedTuple):
+    """Two outputs over the vocabulary, each up to a constant per row (log-softmax them)."""
+
+    logits: torch.Tensor  # (B, V) scores that rank the tokens: the guess is their argmax
+    distribution: torch.Tensor  # (B, V) logits of the predicted distribution of the target
+
+
+class HeadOutputs(NamedTuple):
+    """What one head adds to the shared features; `PerTokenPredictor.combine` spreads it over
+    the vocabulary."""
+
+    guide_weights: torch.Tensor  # (B, G) weights of the guides in the base
+    tails: torch.Tensor  # (B, 2) offsets of every non-candidate token: logits, distribution
+    candidates: torch.Tensor  # (B, K, 2) the candidates' logits and distribution logits
+
+
+def _mlp(width: int, hidden: int, layers: int, activation: str, dropout: float) -> nn.Sequential:
+    act = _ACTIVATIONS[activation]
+    modules: list[nn.Module] = []
+    for _ in range(layers):
+        modules += [nn.Linear(width, hidden), act(), nn.Dropout(dropout)]
+        width = hidden
+    return nn.Sequential(*modules)
+
+
+class ZeroLinear(nn.Module):
+    """A linear map that starts at zero (so a new head adds nothing); with no inputs, a learned
+    constant."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 class TokenHead(nn.Module):
-    """One trained network: the per-token MLP and the per-prefix offset of non-candidates."""
+    """One trained network: the guide weighting, the per-token MLP and the tail offsets."""
 
     def __init__(self, config: PredictorConfig) -> None:
         super().__init__()
-        act = _ACTIVATIONS[config.activation]
-        layers: list[nn.Module] = []
-        width = config.num_token_features + config.num_context_features
-        for _ in range(config.num_layers):
-            layers += [nn.Linear(width, config.hidden_size), act(), nn.Dropout(config.dropout)]
-            width = config.hidden_size
-        self.mlp = nn.Sequential(*layers)
-        self.token_out = nn.Linear(width, 1)
-        self.tail_out = nn.Linear(config.num_context_features, 1) if config.context else None
         self.max_correction = config.max_correction
-        for module in (self.token_out, self.tail_out):
-            if module is not None:
-                nn.init.zeros_(module.weight)
-                nn.init.zeros_(module.bias)
+        context = config.num_context_features
+        g = config.num_guides
+        self.register_buffer("base_weights", torch.tensor(base_weights(config)), persistent=False)
+        self.gate = None
+        if config.base == "gated":
+            # per-prefix changes to the mean's weights; a constant change without context
+            hidden = _mlp(context, config.hidden_size, 1, config.activation, 0.0) if context else []
+            self.gate = nn.Sequential(*hidden, ZeroLinear(config.hidden_size if context else 0, g))
+        self.embedding = (
+            nn.Embedding(config.vocab_size, config.token_embedding)
+            if config.token_embedding
+            else None
+        )
+        self.mlp = _mlp(
+            config.num_token_features,
+            config.hidden_size,
+            config.num_layers,
+            config.activation,
+            config.dropout,
+        )
+        self.token_out = ZeroLinear(config.hidden_size, 2)  # (logit, distribution) corrections
+        self.tail_out = ZeroLinear(context, 2)  # per-prefix offsets of every other token
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=0.01)
 
-    def forward(self, features: Features) -> torch.Tensor:
-        """Features -> logits (B, V)."""
-        correction = self.token_out(self.mlp(features.tokens)).squeeze(2)  # (B, K, F) -> (B, K)
+    def guide_weights(self, context: torch.Tensor) -> torch.Tensor:
+        """Per-prefix context (B, C) -> weights of the guides (B, G)."""
+        weights = self.base_weights.expand(context.shape[0], -1)
+        if self.gate is None:
+            return weights
+        return weights + self.gate(context)
+
+    def forward(self, features: Features) -> HeadOutputs:
+        """Shared features -> this head's guide weights, tail offsets and candidate scores."""
+        cand = features.candidates
+        weights = self.guide_weights(features.context)  # (B, G)
+        cand_base = torch.einsum("bg,bgk->bk", weights, features.candidate_guides)  # (B, K)
+        s = 1.0 / _LOGPROB_SCALE
+        base_rank = (cand_base.unsqueeze(1) > cand_base.unsqueeze(2)).sum(dim=2).float()
+        per_token = [
+            features.tokens,
+            (cand_base * s).unsqueeze(2),
+            ((cand_base - cand_base.amax(dim=1, keepdim=True)) * s).unsqueeze(2),
+            (torch.log1p(base_rank) / 4).unsqueeze(2),
+        ]
+        if self.embedding is not None:
+            per_token.append(self.embedding(cand))  # (B, K, E)
+        out = self.token_out(self.mlp(torch.cat(per_token, dim=2)))  # (B, K, F) -> (B, K, 2)
+        correction, dist_correction = out.unbind(dim=2)  # (B, K) each
         c = self.max_correction
         if c > 0:
             correction = c * torch.tanh(correction / c)
-        logits = features.log_mean
-        if self.tail_out is not None:
-            logits = logits + self.tail_out(features.context)  # (B, V) + (B, 1)
-        cand_log_mean = features.log_mean.gather(1, features.candidates)
-        return logits.scatter(1, features.candidates, cand_log_mean + correction)
+        cand_log_mean = features.candidate_guides[:, -1]  # (B, K)
+        scores = torch.stack([cand_base + correction, cand_log_mean + dist_correction], dim=2)
+        return HeadOutputs(weights, self.tail_out(features.context), scores)
+
+
+def make_mode(distribution: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
+    """Normalised log-distribution (B, V) whose mode is `guess` (B,): where another token's logit
+    is as large, the guess's is raised to just above it; elsewhere nothing changes."""
+    top2 = distribution.topk(min(2, distribution.shape[1]), dim=1).values  # (B, 2)
+    at_guess = distribution.gather(1, guess[:, None])  # (B, 1)
+    is_top = distribution.argmax(dim=1, keepdim=True) == guess[:, None]
+    best_other = torch.where(is_top, top2[:, -1:], top2[:, :1])
+    raised = torch.maximum(at_guess, best_other + _MODE_MARGIN)
+    raised = torch.where(is_top & (at_guess > best_other), at_guess, raised)
+    return F.log_softmax(distribution.scatter(1, guess[:, None], raised), dim=1)
 
 
 class PerTokenPredictor(nn.Module):
-    """forward(logprobs (B, M, V)) -> logits (B, V); the same MLP scores every candidate token.
+    """forward(logprobs (B, M, V)) -> logits (B, V) that rank the tokens; `log_probs` gives the
+    predicted log-distribution of the target. The same MLP scores every candidate token.
 
-    With several heads (an ensemble), the logits are the mean of the heads' log-probabilities."""
+    With several heads (an ensemble), each output is the mean of the heads' log-probabilities."""
 
     def __init__(self, config: PredictorConfig) -> None:
         super().__init__()
@@ -238,53 +381,56 @@ class PerTokenPredictor(nn.Module):
                 f"shape {tuple(inputs.shape)}: use a checkpoint trained on this suite"
             )
 
-    def forward(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """(B, M, V) log-probs (floored at log(2**-24) here) -> (B, V) logits."""
+    def outputs(self, logprobs: torch.Tensor) -> Outputs:
+        """(B, M, V) log-probs (floored at log(2**-24) here) -> both outputs, (B, V) each."""
         self.check_inputs(logprobs)
         x = floor_logprobs(logprobs)
         return self.combine(self.features(x.exp(), lambda idx: x.gather(2, idx)))
 
-    def forward_probs(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B, M, V) probabilities, e.g. the challenge's float16 -> (B, V) logits.
+    def forward(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """(B, M, V) log-probs -> (B, V) logits that rank the tokens (argmax: the guess)."""
+        return self.outputs(logprobs).logits
 
-        Same result as `forward(log(probs))`, but takes logs of the candidates only."""
+    def forward_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, M, V) probabilities, e.g. the challenge's float16 -> (B, V) logits, as
+        `forward(log(probs))` but with logs of the candidates only; `probs` is left as it was."""
         self.check_inputs(probs)
-        p = probs.float().clamp_min_(PROB_FLOOR)  # a copy, as forward's floor
+        p = probs.to(torch.float32, copy=True).clamp_min_(PROB_FLOOR)  # the copy is floored
         return self.combine(
             self.features(p, lambda idx: floor_logprobs(torch.log(p.gather(2, idx))))
-        )
+        ).logits
 
-    def combine(self, features: Features) -> torch.Tensor:
-        if len(self.heads) == 1:
-            return self.heads[0](features)
-        logprobs = [F.log_softmax(head(features), dim=-1) for head in self.heads]
-        return torch.stack(logprobs).mean(dim=0)
+    def combine(self, features: Features) -> Outputs:
+        """Every head on the shared features, spread over the vocabulary. An ensemble's outputs
+        are the mean of its heads' (a normalised geometric mean of their distributions); only
+        the candidates differ by head, every other token is the log mean-prob plus the mean of
+        the heads' offsets."""
+        heads = [head(features) for head in self.heads]
+        tails = torch.stack([h.tails for h in heads]).mean(dim=0)  # (B, 2)
+        scores = torch.stack([h.candidates for h in heads]).mean(dim=0)  # (B, K, 2)
+        log_mean, cand = features.log_mean, features.candidates
+        logits = (log_mean + tails[:, :1]).scatter_(1, cand, scores[..., 0])
+        distribution = (log_mean + tails[:, 1:]).scatter_(1, cand, scores[..., 1])
+        return Outputs(logits, distribution)
 
     def features(self, p: torch.Tensor, candidate_logprobs) -> Features:
-        """Probabilities p (B, M, V) and a gather of log-probs at (B, M, K) ids -> Features."""
+        """Floored probabilities p (B, M, V) and a gather of their log-probs at (B, M, K) ids ->
+        Features."""
         b, m, v = p.shape
         k = self.config.candidates_for(v)
         mean = p.mean(dim=1)  # (B, M, V) -> (B, V)
         log_mean = floor_logprobs(torch.log(mean))
-        cand_log_mean, cand = log_mean.topk(k, dim=1)  # (B, K), sorted: most probable first
-        x = candidate_logprobs(cand.unsqueeze(1).expand(b, m, k))  # (B, M, K)
-        top = floor_logprobs(torch.log(p.amax(dim=2)))  # (B, M)
-        tokens = self.token_features(x, top, cand_log_mean)  # (B, K, F)
-        context = None
-        if self.config.context:
-            collision = -torch.log(torch.linalg.vector_norm(p, dim=2).square())  # (B, M)
-            mean_collision = -torch.log(torch.linalg.vector_norm(mean, dim=1, keepdim=True) ** 2)
-            context = torch.cat(
-                [
-                    -top / _LOGPROB_SCALE,
-                    collision / 4,
-                    -cand_log_mean[:, :1] / _LOGPROB_SCALE,
-                    mean_collision / 4,
-                ],
-                dim=1,
-            )  # (B, C)
-            tokens = torch.cat([tokens, context.unsqueeze(1).expand(b, k, -1)], dim=2)
-        return Features(log_mean, cand, tokens, context)
+        cand_log_mean, cand = log_mean.topk(k, dim=1)  # (B, K), most probable first
+        per_model = distribution_stats(p)  # (B, M, 3)
+        context = p.new_zeros(b, 0)
+        if self.config.uses("context"):
+            context = torch.cat([per_model.flatten(1), distribution_stats(mean)], dim=1)  # (B, C)
+        xc = candidate_logprobs(cand.unsqueeze(1).expand(b, m, k))  # (B, M, K)
+        top = -per_model[..., 0] * _LOGPROB_SCALE  # (B, M) each model's top log-prob
+        tokens = self.token_features(xc, top, cand_log_mean)  # (B, K, F)
+        tokens = torch.cat([tokens, context.unsqueeze(1).expand(b, k, -1)], dim=2)
+        guides = torch.cat([xc, cand_log_mean.unsqueeze(1)], dim=1)  # (B, G, K)
+        return Features(log_mean, cand, guides, tokens, context)
 
     def token_features(
         self, x: torch.Tensor, top: torch.Tensor, log_mean: torch.Tensor
@@ -293,40 +439,36 @@ class PerTokenPredictor(nn.Module):
         log mean prob (B, K), most probable first -> features (B, K, F)."""
         k = x.shape[2]
         s = 1.0 / _LOGPROB_SCALE
-        gap = (x - top.unsqueeze(2)).clamp_min(LOG_PROB_FLOOR)  # (B, M, K)
-        # rank of each candidate among the candidates, under each model: (B, M, K, K) compares
-        rank = (x.unsqueeze(2) > x.unsqueeze(3)).sum(dim=3).float()  # (B, M, K)
-        slope = torch.einsum("m,bmk->bk", self.slope_weights, x)
-        extrap = torch.einsum("m,bmk->bk", self.extrap_weights, x)
-        votes = (rank == 0).float().mean(dim=1)  # (B, K)
         mean_rank = torch.arange(k, device=x.device, dtype=x.dtype).expand_as(log_mean)
-        per_token = [
-            extrap * s,
-            slope,
+        columns = [
             log_mean * s,
             (log_mean - log_mean[:, :1]) * s,
             torch.log1p(mean_rank) / 4,
-            votes,
         ]
+        per_model = []
+        if self.config.uses("trajectory"):
+            gap = (x - top.unsqueeze(2)).clamp_min(LOG_PROB_FLOOR)  # (B, M, K)
+            # rank of each candidate among the candidates, under each model: (B, M, K, K) compares
+            rank = (x.unsqueeze(2) > x.unsqueeze(3)).sum(dim=3).float()  # (B, M, K)
+            per_model = [x * s, gap * s, torch.log1p(rank) / 4]
+            columns.append((rank == 0).float().mean(dim=1))  # share of models ranking it first
+        if self.config.uses("trend"):
+            columns.append(torch.einsum("m,bmk->bk", self.extrap_weights, x) * s)
+            columns.append(torch.einsum("m,bmk->bk", self.slope_weights, x))
         return torch.cat(
-            [
-                (x * s).transpose(1, 2),
-                (gap * s).transpose(1, 2),
-                (torch.log1p(rank) / 4).transpose(1, 2),
-                torch.stack(per_token, dim=2),
-            ],
-            dim=2,
+            [*(f.transpose(1, 2) for f in per_model), torch.stack(columns, dim=2)], dim=2
         )
 
     @torch.no_grad()
     def log_probs(self, logprobs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
-        """Predicted target log-distribution (N, V) from log-probs, a few rows at a time."""
-        return self._chunked(self.forward, logprobs, chunk_rows)
+        """Predicted target log-distribution (N, V) from log-probs, a few rows at a time: the
+        distribution output, normalised, with the guess (argmax of the logits) as its mode."""
+        return self._chunked(self.outputs, logprobs, chunk_rows)
 
     @torch.no_grad()
     def log_probs_from_probs(self, probs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
-        """Predicted target log-distribution (N, V) from probabilities, a few rows at a time."""
-        return self._chunked(self.forward_probs, probs, chunk_rows)
+        """`log_probs` from probabilities (N, M, V), e.g. the challenge's float16."""
+        return self._chunked(lambda p: self.outputs(probs_to_logprobs(p)), probs, chunk_rows)
 
     def _chunked(self, fn, inputs: torch.Tensor, chunk_rows: int) -> torch.Tensor:
         self.check_inputs(inputs)
@@ -334,5 +476,6 @@ class PerTokenPredictor(nn.Module):
         out = torch.empty(inputs.shape[0], inputs.shape[2], dtype=torch.float32)
         for start in range(0, inputs.shape[0], chunk_rows):
             rows = inputs[start : start + chunk_rows].to(device)
-            out[start : start + chunk_rows] = F.log_softmax(fn(rows), dim=-1).cpu()
+            logits, distribution = fn(rows)
+            out[start : start + chunk_rows] = make_mode(distribution, logits.argmax(dim=1)).cpu()
         return out

@@ -20,8 +20,9 @@ METRIC_TITLES = {
     "hard_top1": "hard top-1",
     "loglik": "log-lik",
     "kl": "KL",
+    "accept": "sum min(p,q)",
 }
-TABLE_COLUMNS = ("top1", "top5", "hard_top1", "loglik", "kl")
+TABLE_COLUMNS = ("top1", "top5", "hard_top1", "loglik", "kl", "accept")
 PERCENT_METRICS = ("top1", "top5", "hard_top1")
 NETWORK_COLOR, BASELINE_COLOR = "#d62728", "#1f77b4"
 
@@ -99,7 +100,8 @@ def format_markdown(summary: dict, title: str = "evaluation") -> str:
         f"({summary['num_bootstrap']} resamples). top-1/top-5: agreement with the "
         "target's top token; hard: prefixes where the largest small model disagrees "
         "with the target; log-lik: mean log-probability of the target's top token; KL: "
-        "KL(target || predicted), nats."
+        "KL(target || predicted), nats; sum min(p,q): the sampled speculative-decoding acceptance "
+        "of the predicted distribution as a draft for the target's."
     )
     return "\n".join(lines) + "\n"
 

@@ -59,29 +59,32 @@ def greedy_acceptance(target_logprobs: LogProbs, draft_logprobs: LogProbs) -> Lo
     return accepted.numpy() if as_numpy else accepted
 
 
-def sampled_acceptance(target_logprobs: LogProbs, draft_logprobs: LogProbs) -> LogProbs:
+def sampled_acceptance(
+    target_logprobs: LogProbs, draft_logprobs: LogProbs, *, normalized: bool = False
+) -> LogProbs:
     """Per-position acceptance of sampled speculative decoding: sum_x min(p(x), q(x)).
 
-    (..., V) target log-probs p and draft log-probs q -> (...) float64, numpy for numpy input.
+    (..., V) target log-probs p and draft log-probs q -> (...) float, numpy for numpy input.
     A draft token x ~ q is kept with probability min(1, p(x) / q(x)), so the chance of keeping it
     is sum_x q(x) min(1, p(x)/q(x)) = sum_x min(p(x), q(x)) = 1 - TV(p, q).
 
-    Computed as exp(logsumexp(min(log p, log q))) in float64, so that tokens of -inf log-prob add
-    nothing and tiny probabilities are not flushed before summing. Rows are renormalised first:
+    Rows are renormalised first unless `normalized` says they already are (log_softmax output):
     float16 caches round log-probs, so their rows sum to 1 only to about 1e-3, which would let the
-    overlap exceed 1.
+    overlap exceed 1. Summed in float32: a token below exp(-103) that flushes to zero changes
+    the sum by less than float32 can show.
     """
     p, q, as_numpy = _paired_rows(target_logprobs, draft_logprobs)
-    p, q = p.log_softmax(dim=-1), q.log_softmax(dim=-1)
-    overlap = torch.logsumexp(torch.minimum(p, q), dim=-1).exp().clamp(0.0, 1.0)
-    return overlap.numpy() if as_numpy else overlap
+    if not normalized:
+        p, q = p.log_softmax(dim=-1), q.log_softmax(dim=-1)
+    overlap = torch.minimum(p, q).exp().sum(dim=-1).clamp(0.0, 1.0)
+    return overlap.double().numpy() if as_numpy else overlap
 
 
 def _paired_rows(target: LogProbs, draft: LogProbs) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Both inputs as float64 tensors of one shape, and whether the caller gave numpy."""
+    """Both inputs as float32 tensors of one shape, and whether the caller gave numpy."""
     as_numpy = isinstance(target, np.ndarray)
-    p = torch.as_tensor(np.asarray(target) if as_numpy else target).double()
-    q = torch.as_tensor(np.asarray(draft) if isinstance(draft, np.ndarray) else draft).double()
+    p = torch.as_tensor(np.asarray(target) if as_numpy else target).float()
+    q = torch.as_tensor(np.asarray(draft) if isinstance(draft, np.ndarray) else draft).float()
     if p.shape != q.shape or p.ndim == 0:
         raise ValueError(
             f"target and draft log-probs must have one shape (..., vocab), got {tuple(p.shape)} "

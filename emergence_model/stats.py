@@ -35,3 +35,22 @@ def mean_with_ci(values: np.ndarray, num_bootstrap: int = DEFAULT_BOOTSTRAP, see
     values = np.asarray(values, dtype=np.float64)
     lo, hi = bootstrap_ci(values, num_bootstrap, seed)
     return {"value": float(values.mean()) if values.size else math.nan, "ci": [lo, hi]}
+
+
+def difference_with_ci(
+    a: np.ndarray, b: np.ndarray, num_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> dict:
+    """{"value": mean(a) - mean(b), "ci": [lo, hi]} for two independent samples (e.g. two prefix
+    sets), each resampled on its own; for paired values pass their differences to
+    `mean_with_ci` instead."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not a.size or not b.size:
+        return {"value": math.nan, "ci": [math.nan, math.nan]}
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(num_bootstrap)
+    for i in range(num_bootstrap):
+        diffs[i] = (
+            a[rng.integers(0, a.size, a.size)].mean() - b[rng.integers(0, b.size, b.size)].mean()
+        )
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"value": float(a.mean() - b.mean()), "ci": [float(lo), float(hi)]}

@@ -90,6 +90,50 @@ def check_same_models(
         )
 
 
+def check_probs(probs: torch.Tensor, model_names: Sequence[str] | None = None) -> None:
+    """Refuse, in one line naming the first bad row, probabilities a strategy cannot read:
+    NaN or infinite values, negative ones, ones above 1, rows that are all zero, or a shape that
+    is not (N, models, vocab) for `model_names`. Reads the input; never changes it."""
+    if probs.ndim != 3 or probs.shape[2] == 0:
+        raise ValueError(
+            f"expected probs of shape (sentences, models, vocab), got {tuple(probs.shape)}"
+        )
+    if model_names is not None and probs.shape[1] != len(model_names):
+        raise ValueError(
+            f"probs has {probs.shape[1]} models per row but the call names {len(model_names)} "
+            "small models: pass one name per model"
+        )
+    if probs.is_complex():
+        raise ValueError(f"probs must be real probabilities, got {probs.dtype}")
+    if not probs.is_floating_point():
+        probs = probs.float()  # integer or boolean one-hot rows
+    if probs.numel() == 0:
+        return
+    top = probs.amax(dim=2)  # (N, M); NaN in, NaN out
+    low = probs.amin()
+    if not (float(low) >= 0 and float(top.max()) <= 1):  # one pass when all is well
+        problems = [
+            (~torch.isfinite(probs), "holds NaN or infinite values"),
+            (probs < 0, "holds negative probabilities"),
+            (probs > 1, "holds probabilities above 1"),
+        ]
+        for bad, what in problems:
+            rows = bad.any(dim=2)  # (N, M)
+            if rows.any():
+                n, m = (int(i) for i in torch.nonzero(rows)[0])
+                raise ValueError(
+                    f"probs[{n}, {m}] (sentence {n}, model {m}) {what}; pass each model's "
+                    "next-token probabilities, in [0, 1]"
+                )
+    empty = top <= 0  # (N, M)
+    if empty.any():
+        n, m = (int(i) for i in torch.nonzero(empty)[0])
+        raise ValueError(
+            f"probs[{n}, {m}] (sentence {n}, model {m}) is all zero, not a distribution; pass "
+            "each model's next-token probabilities"
+        )
+
+
 class Strategy:
     """Base class: override `score_tensor`; strategies with tuned parameters override `fit`."""
 
@@ -132,10 +176,12 @@ class Strategy:
         probs: np.ndarray | torch.Tensor,
     ) -> list[int]:
         """The challenge's signature: probs (N, M, V) of the small models -> N token ids."""
+        probs = as_tensor(probs)
+        check_probs(probs, model_names)
         scales, target = (None, None)
         if self.needs_scales:
             scales, target = challenge_param_counts(model_names, target_model_name)
-        return self.score_probs(as_tensor(probs), scales, target).argmax(dim=1).tolist()
+        return self.score_probs(probs, scales, target).argmax(dim=1).tolist()
 
     def score_probs(
         self,
@@ -300,11 +346,14 @@ class NetworkStrategy(Strategy):
             where="the call",
         )
         probs = as_tensor(probs)
+        check_probs(probs, model_names)
         self.predictor.check_inputs(probs)
         guesses = []
         for start in range(0, probs.shape[0], self.chunk_rows):
+            # A float32 copy of each chunk: the caller's array is never the network's to change.
+            chunk = probs[start : start + self.chunk_rows].to(torch.float32, copy=True)
             with torch.no_grad():
-                logits = self.predictor.forward_probs(probs[start : start + self.chunk_rows])
+                logits = self.predictor.forward_probs(chunk)
             guesses += logits.argmax(dim=1).tolist()
         return guesses
 
@@ -325,3 +374,36 @@ def make_strategy(name: str, **kwargs) -> Strategy:
 
 def baseline_names() -> list[str]:
     return [name for name in STRATEGIES if name != "network"]
+
+
+class OneModel(Strategy):
+    """One small model's own distribution (a draft that runs that model alone); not registered,
+    since the leaderboard has "largest" for the one that matters most."""
+
+    gives_distribution = True
+
+    def __init__(self, index: int) -> None:
+        self.index = int(index)
+
+    def score_tensor(self, x, scales, target_scale):
+        return torch.log_softmax(x[:, self.index], dim=1)
+
+    def params(self) -> dict:
+        return {"model": self.index}
+
+
+class ModelSubset(Strategy):
+    """`inner` reading only the small models `indices` (e.g. a network trained on the k smallest,
+    a cheaper draft than one that runs them all)."""
+
+    def __init__(self, inner: Strategy, indices: Sequence[int]) -> None:
+        self.inner = inner
+        self.indices = [int(i) for i in indices]
+        self.gives_distribution = inner.gives_distribution
+
+    def score_tensor(self, x, scales, target_scale):
+        chosen = None if scales is None else [scales[i] for i in self.indices]
+        return self.inner.score_tensor(x[:, self.indices], chosen, target_scale)
+
+    def params(self) -> dict:
+        return {"models": self.indices, **self.inner.params()}

@@ -5,6 +5,7 @@ A suite is one entry in `SUITES`; its function's docstring is what `cache_featur
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,8 @@ def pythia_training_tokens(revision: str | None) -> int | None:
 
 # Total parameters (both embedding matrices included), from the suite's own configs.
 PYTHIA_PARAM_COUNTS: dict[str, int] = {
+    "pythia-14m": 14_067_712,
+    "pythia-31m": 30_494_720,
     "pythia-70m": 70_426_624,
     "pythia-160m": 162_322_944,
     "pythia-410m": 405_334_016,
@@ -123,17 +126,23 @@ PYTHIA_PARAM_COUNTS: dict[str, int] = {
 }
 # The original challenge's ladder: 6.9b is left out, the 12b is the target.
 PYTHIA_LADDER = ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "12b")
+# PolyPythias (van der Wal et al., ICLR 2025) trained 14m, 31m, 70m, 160m and 410m again from
+# seeds 1-9 (another initialisation and data order) as EleutherAI/pythia-{size}-seed{1-9};
+# EleutherAI/pythia-{size} is the original run. The largest of them is the target of a ladder that
+# has a noise ceiling on the hub.
+POLYPYTHIA_LADDER = ("14m", "31m", "70m", "160m", "410m")
+_SEED_SUFFIX = re.compile(r"-(?:data-|weight-)?seed\d+$")
 
 
 def param_count_for(model_name: str) -> int | None:
     """Pythia's parameter count for a hub id, local path or short name; None for other models.
 
-    "EleutherAI/pythia-70m", "pythia-70m-deduped", "pythia-70m@step1000" and
-    "/models/pythia-70m/" all give 70426624.
+    "EleutherAI/pythia-70m", "pythia-70m-deduped", "pythia-70m@step1000",
+    "EleutherAI/pythia-70m-seed3" (PolyPythias) and "/models/pythia-70m/" all give 70426624.
     """
     name = str(model_name).rstrip("/\\").replace("\\", "/").split("/")[-1]
     name = name.split("@")[0].lower()
-    name = name.removesuffix("-deduped")
+    name = _SEED_SUFFIX.sub("", name.removesuffix("-deduped"))
     return PYTHIA_PARAM_COUNTS.get(name)
 
 
@@ -190,10 +199,10 @@ def pythia_deduped(revision: str | None = None, suite_dir: Path | None = None) -
     return _pythia("pythia-deduped", "-deduped", revision, pythia_deduped.__doc__)
 
 
-def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
-    """Small GPT-NeoX models trained on CPU (python -m emergence_model.demo build; --suite-dir)."""
+def built_demo(name: str, revision: str | None, suite_dir: Path | None) -> tuple[Path, dict]:
+    """The directory and record of a finished demo suite; refused in one line if not built."""
     if revision is not None:
-        raise ValueError("the demo suite has no revisions; drop --revision")
+        raise ValueError(f"the {name} suite has no revisions; drop --revision")
     suite_dir = suite_path(suite_dir)
     record = read_suite_record(suite_dir)
     models = record.get("models", [])
@@ -206,6 +215,13 @@ def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
             f"emergence_model.demo build --suite-dir {suite_dir}` (or `python train.py`, which "
             "builds it)"
         )
+    return suite_dir, record
+
+
+def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
+    """Small GPT-NeoX models trained on CPU (python -m emergence_model.demo build; --suite-dir)."""
+    suite_dir, record = built_demo("demo", revision, suite_dir)
+    models = record["models"]
     return Suite(
         name="demo",
         model_ids=tuple(str(suite_dir / m["directory"]) for m in models),
@@ -215,6 +231,69 @@ def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
             f"to {short_count(models[-1]['param_count'])}) trained on "
             f"{record['corpus']['source']} in {suite_dir}"
         ),
+    )
+
+
+def demo_steps(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
+    """The demo's target along its training: its kept checkpoints, the final one the target."""
+    suite_dir, record = built_demo("demo-steps", revision, suite_dir)
+    target = record["models"][-1]
+    checkpoints = target.get("checkpoints") or []
+    if not checkpoints or not all((suite_dir / c["directory"]).is_dir() for c in checkpoints):
+        raise ValueError(
+            f"the demo suite in {suite_dir} kept no checkpoints of its target (built before they "
+            "were kept, or with --target-checkpoints 0); build a new one with `python -m "
+            "emergence_model.demo caches --suite-dir NEW_DIR`"
+        )
+    models = [*checkpoints, target]
+    return Suite(
+        name="demo-steps",
+        model_ids=tuple(str(suite_dir / m["directory"]) for m in models),
+        param_counts=(target["param_count"],) * len(models),
+        scale_axis="tokens",
+        scales=tuple(float(m["tokens_seen"]) for m in models),
+        description=(
+            f"{target['name']} after {', '.join(str(c['step']) for c in checkpoints)} and "
+            f"{target['steps']} steps of its training in {suite_dir}"
+        ),
+    )
+
+
+def demo_ceiling(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
+    """The demo's target trained again from another seed, then the target: the noise ceiling."""
+    suite_dir, record = built_demo("demo-ceiling", revision, suite_dir)
+    target, replica = record["models"][-1], record.get("replica")
+    if replica is None or not (suite_dir / replica["directory"]).is_dir():
+        raise ValueError(
+            f"the demo suite in {suite_dir} has no second training of its target; train it with "
+            f"`python -m emergence_model.demo caches --suite-dir {suite_dir}`"
+        )
+    return Suite(
+        name="demo-ceiling",
+        model_ids=(str(suite_dir / replica["directory"]), str(suite_dir / target["directory"])),
+        param_counts=(replica["param_count"], target["param_count"]),
+        description=(
+            f"{target['name']} trained again with seed {replica['seed']} (another initialisation "
+            f"and batch order), then the target, in {suite_dir}"
+        ),
+    )
+
+
+def polypythia(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
+    """Pythia 14m, 31m, 70m, 160m and the target 410m, whose other seeds are on the hub."""
+    ids = [f"EleutherAI/pythia-{size}" for size in POLYPYTHIA_LADDER]
+    return custom_suite(ids, revision, name="polypythias", description=polypythia.__doc__)
+
+
+def polypythia_ceiling(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
+    """Pythia-410m trained from seed 1 (PolyPythias), then the target pythia-410m: the ceiling."""
+    ids = ["EleutherAI/pythia-410m-seed1", "EleutherAI/pythia-410m"]
+    return custom_suite(
+        ids,
+        revision,
+        scale_axis="parameters",
+        name="polypythias-ceiling",
+        description=polypythia_ceiling.__doc__,
     )
 
 
@@ -279,7 +358,11 @@ SUITES: dict[str, Callable[..., Suite]] = {
     "pythia": pythia,
     "pythia-deduped": pythia_deduped,
     "pythia-1b-steps": pythia_1b_steps,
+    "polypythias": polypythia,
+    "polypythias-ceiling": polypythia_ceiling,
     "demo": demo,
+    "demo-steps": demo_steps,
+    "demo-ceiling": demo_ceiling,
 }
 
 
@@ -341,6 +424,8 @@ class SuiteConfig:
 
 def describe_suites() -> str:
     """One line per registered suite, for `--help`."""
+    width = max(16, *map(len, SUITES))
     return "\n".join(
-        f"  {name:<16} {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in SUITES.items()
+        f"  {name:<{width}} {(fn.__doc__ or '').strip().splitlines()[0]}"
+        for name, fn in SUITES.items()
     )

@@ -1,8 +1,10 @@
 """Training the predictor with Lightning.
 
-`PredictorModule` wraps a `PerTokenPredictor` (the plain nn.Module in model.py): cross-entropy
-against the target's top token, or KL to the target's whole distribution (`soft_weight`), with
-torchmetrics top-1 / top-5 agreement per stage. `fit_predictor` trains one network on a split of
+`PredictorModule` wraps a `PerTokenPredictor` (the plain nn.Module in model.py): its logits learn
+the target's top token (cross-entropy, or KL to the target's whole distribution with
+`soft_weight`), its distribution output learns the target's whole distribution (KL,
+`distribution_weight`), with torchmetrics top-1 / top-5 agreement and the distribution's KL per
+stage. `fit_predictor` trains one network on a split of
 an opened cache (`data.py` serves its rows) with checkpointing on validation agreement, early
 stopping and CSV logs; `fit_cross_fitted` trains one per fold and keeps each finished one, so an
 interrupted run resumes. `TrainConfig`'s fields are train.py's flags (`cli.add_config_arguments`).
@@ -19,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -30,7 +33,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from emergence_model.cache import FeatureCache
 from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
-from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.model import Outputs, PerTokenPredictor, PredictorConfig
 from emergence_model.splits import Split, fold_splits, split_indices
 
 
@@ -47,9 +50,15 @@ class TrainConfig:
     weight_decay: float = 0.01
     """AdamW weight decay."""
     soft_weight: float = 0.0
-    """Loss = (1 - w) * cross-entropy to the target's top token + w * KL(target || predicted)."""
+    """The logits' loss = (1 - w) * cross-entropy to the target's top token + w * KL(target ||
+    softmax(logits))."""
     target_temperature: float = 1.0
-    """Temperature of the target distribution in the KL term (< 1 sharpens it toward its top)."""
+    """Temperature of the target distribution in the logits' KL term (< 1 sharpens it)."""
+    distribution_weight: float = 1.0
+    """Weight of KL(target || distribution output) in the loss: the predicted distribution is
+    trained on the target's whole distribution (0: it stays the mean of the small models')."""
+    train_fraction: float = 1.0
+    """Share of each fold's training prefixes used (a learning curve; 1: all)."""
     folds: int = 5
     """Cross-fitting: train one network per fold of the prefixes, each never seeing its fold,
     score every prefix with the network that did not see it (in-domain results over all
@@ -84,6 +93,12 @@ class TrainConfig:
             raise ValueError(f"--max-epochs must be at least 1, got {self.max_epochs}")
         if not 0.0 <= self.soft_weight <= 1.0:
             raise ValueError(f"--soft-weight must be in [0, 1], got {self.soft_weight}")
+        if self.distribution_weight < 0:
+            raise ValueError(
+                f"--distribution-weight must be 0 or more, got {self.distribution_weight}"
+            )
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.target_temperature <= 0:
             raise ValueError(
                 f"--target-temperature must be positive, got {self.target_temperature}"
@@ -119,35 +134,46 @@ class PredictorModule(pl.LightningModule):
         self.val_top1 = MulticlassAccuracy(num_classes=v, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=v, top_k=min(5, v), average="micro")
 
-    def forward(self, logprobs: torch.Tensor) -> torch.Tensor:
-        return self.predictor(logprobs)
+    def forward(self, logprobs: torch.Tensor) -> Outputs:
+        return self.predictor.outputs(logprobs)
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        w = self.train_config.soft_weight
-        log_q = F.log_softmax(logits, dim=-1)
-        loss = logits.new_zeros(())
+    def loss(self, outputs: Outputs, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training loss and, where the target's distribution is in the batch, the
+        distribution output's KL from it (nats per prefix)."""
+        c = self.train_config
+        w = c.soft_weight
+        log_q = F.log_softmax(outputs.logits, dim=-1)
+        loss = log_q.new_zeros(())
         if w < 1:
             loss = loss + (1 - w) * F.nll_loss(log_q, batch["target"])
-        if w > 0:
-            log_p = F.log_softmax(
-                batch["target_logprobs"].float() / self.train_config.target_temperature, dim=-1
-            )
-            loss = loss + w * F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
-        return loss
+        kl = None
+        if "target_logprobs" in batch:
+            target = batch["target_logprobs"].float()
+            log_p = F.log_softmax(target, dim=-1)
+            log_d = F.log_softmax(outputs.distribution, dim=-1)
+            kl = F.kl_div(log_d, log_p, log_target=True, reduction="batchmean")
+            loss = loss + c.distribution_weight * kl
+            if w > 0:
+                log_t = F.log_softmax(target / c.target_temperature, dim=-1)
+                loss = loss + w * F.kl_div(log_q, log_t, log_target=True, reduction="batchmean")
+        return loss, kl
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["logprobs"])
-        loss = self.loss(logits, batch)
-        self.train_top1(logits, batch["target"])
+        outputs = self(batch["logprobs"])
+        loss, _ = self.loss(outputs, batch)
+        self.train_top1(outputs.logits, batch["target"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["logprobs"])
-        self.val_top1(logits, batch["target"])
-        self.val_top5(logits, batch["target"])
-        self.log("val/loss", self.loss(logits, batch), sync_dist=True)
+        outputs = self(batch["logprobs"])
+        self.val_top1(outputs.logits, batch["target"])
+        self.val_top5(outputs.logits, batch["target"])
+        loss, kl = self.loss(outputs, batch)
+        self.log("val/loss", loss, sync_dist=True)
+        if kl is not None:
+            self.log("val/kl", kl, sync_dist=True)
         self.log("val/top1", self.val_top1, prog_bar=True)
         self.log("val/top5", self.val_top5)
 
@@ -190,6 +216,11 @@ def fit_predictor(
     c = train_config
     if split is None:
         split = split_indices(cache.prefixes, c.val_fraction, c.test_fraction, c.seed)
+    if c.train_fraction < 1:
+        train_rows = split[0]
+        keep = np.random.default_rng(c.seed).permutation(len(train_rows))
+        keep = np.sort(keep[: max(1, round(c.train_fraction * len(train_rows)))])
+        split = (train_rows[keep], split[1], split[2])
     config = predictor_config_for(cache, predictor_config)
     data = CacheDataModule(
         cache,
@@ -197,7 +228,7 @@ def fit_predictor(
         batch_size=c.batch_size,
         seed=c.seed,
         num_workers=c.num_workers,
-        with_target_logprobs=c.soft_weight > 0,
+        with_target_logprobs=c.soft_weight > 0 or c.distribution_weight > 0,
     )
     module = PredictorModule(dataclasses.asdict(config), dataclasses.asdict(train_config))
     checkpoint = ModelCheckpoint(

@@ -281,3 +281,16 @@ def test_pickles_as_its_path(cache_dir):
     assert len(data) < 1000
     again = pickle.loads(data)
     np.testing.assert_array_equal(again.rows([1, 2]), cache.rows([1, 2]))
+
+
+def test_a_cache_of_some_of_the_models(tiny_cache, tmp_path):
+    from emergence_model.cache import select_models
+
+    part = select_models(tiny_cache, [0, 2, -1], tmp_path / "part")
+    assert part.model_names == [tiny_cache.model_names[i] for i in (0, 2, 3)]
+    assert part.scales == [tiny_cache.scales[i] for i in (0, 2, 3)]
+    np.testing.assert_array_equal(part.logprobs, tiny_cache.logprobs[:, [0, 2, 3]])
+    np.testing.assert_array_equal(part.target_argmax, tiny_cache.target_argmax)
+    assert part.prefixes == tiny_cache.prefixes
+    with pytest.raises(CacheError, match="not in"):
+        select_models(tiny_cache, [7], tmp_path / "bad")

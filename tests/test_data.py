@@ -34,9 +34,9 @@ def test_rows_hold_the_cache_row_and_pickle_as_the_cache_path(tiny_cache):
     np.testing.assert_array_equal(copy[0]["logprobs"].numpy(), tiny_cache.logprobs[3, :-1])
 
 
-def test_a_cache_of_fewer_than_three_models_is_refused(tmp_path):
+def test_a_cache_of_the_target_alone_is_refused(tmp_path):
     from synthetic_cache import write_synthetic_cache
 
-    cache = write_synthetic_cache(tmp_path / "c", num_prefixes=10, param_counts=(1, 2))
-    with pytest.raises(ValueError, match="at least two small models and a target"):
+    cache = write_synthetic_cache(tmp_path / "c", num_prefixes=10, param_counts=(1,))
+    with pytest.raises(ValueError, match="at least one small model and a target"):
         predictor_config_for(cache, PredictorConfig())

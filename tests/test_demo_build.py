@@ -16,7 +16,7 @@ from tiny_demo import (
     weights,
 )
 
-from emergence_model.demo.build import build_suite, plan_ladder, summary_table
+from emergence_model.demo.build import build_replica, build_suite, plan_ladder, summary_table
 from emergence_model.demo.config import STATE_FILE, DemoConfig
 from emergence_model.demo.corpus import stdlib_corpus
 from emergence_model.demo.pretrain import learning_rate, train_model
@@ -175,3 +175,69 @@ def test_user_corpus_and_tokenizer_files(tmp_path):
     assert info["tokenizer"]["logit_rows"] == 384
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_suite(tmp_path / "other", config, corpus=tmp_path / "nope.txt")
+
+
+@pytest.mark.slow
+def test_the_target_is_kept_along_its_training_like_hub_revisions(demo_suite_dir):
+    from transformers import AutoModelForCausalLM
+
+    models = suite_record(demo_suite_dir)["models"]
+    assert all("checkpoints" not in m for m in models[:-1])  # only the target is kept
+    target = models[-1]
+    checkpoints = target["checkpoints"]
+    assert [c["step"] for c in checkpoints] == TINY.target_checkpoint_steps() == [1, 3]
+    assert [c["tokens_seen"] for c in checkpoints] == [256, 768]
+    assert all(
+        c["directory"] == f"models/{target['name']}-steps/step{c['step']}" for c in checkpoints
+    )
+    losses = [c["valid_loss"] for c in checkpoints] + [target["valid_loss"]]
+    assert all(np.isfinite(losses)) and losses[0] > losses[-1]
+    kept = [weights(demo_suite_dir / c["directory"]) for c in checkpoints]
+    final = weights(model_dirs(demo_suite_dir)[-1])
+    assert not torch.equal(kept[-1]["embed_out.weight"], final["embed_out.weight"])
+    model = AutoModelForCausalLM.from_pretrained(demo_suite_dir / checkpoints[0]["directory"])
+    assert count_parameters(model) == target["param_count"]
+
+
+@pytest.mark.slow
+def test_kept_checkpoints_survive_a_crash_in_the_target(demo_suite_dir, tmp_path, monkeypatch):
+    suite_dir = tmp_path / "suite"
+
+    def crash_late_in_the_target(step, peak_lr, config):
+        if peak_lr == TINY.ladder[-1].peak_lr and step == 5:
+            raise RuntimeError("power cut")
+        return learning_rate(step, peak_lr, config)
+
+    monkeypatch.setattr("emergence_model.demo.pretrain.learning_rate", crash_late_in_the_target)
+    with pytest.raises(RuntimeError, match="power cut"):
+        build_suite(suite_dir, TINY, progress=False)
+    monkeypatch.setattr("emergence_model.demo.pretrain.learning_rate", learning_rate)
+    info = build_suite(suite_dir, progress=False)  # resumes the target from its step 4
+    reference = suite_record(demo_suite_dir)["models"][-1]["checkpoints"]
+    for ours, theirs in zip(info["models"][-1]["checkpoints"], reference, strict=True):
+        a, b = weights(suite_dir / ours["directory"]), weights(demo_suite_dir / theirs["directory"])
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_the_replica_is_the_target_trained_from_another_seed(demo_suite_dir, tmp_path, monkeypatch):
+    suite_dir = tmp_path / "suite"
+    shutil.copytree(demo_suite_dir, suite_dir)
+    replica = build_replica(suite_dir, progress=False)
+    info = suite_record(suite_dir)
+    target = info["models"][-1]
+    assert info["replica"] == replica and replica["seed"] == TINY.seed + 1
+    assert replica["directory"] == f"models/{target['name']}-seed1"
+    assert replica["param_count"] == target["param_count"]
+    assert replica["data_sha256"] != target["data_sha256"]  # another batch order
+    assert "checkpoints" not in replica and "loss_gap" in info["target_vs_replica"]
+    a, b = weights(suite_dir / replica["directory"]), weights(model_dirs(suite_dir)[-1])
+    assert a.keys() == b.keys() and not torch.equal(a["embed_out.weight"], b["embed_out.weight"])
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished replica was trained again")
+
+    monkeypatch.setattr("emergence_model.demo.build.train_model", fail)
+    assert build_replica(suite_dir, progress=False) == replica
+    with pytest.raises(ValueError, match="not built; build it before its replica"):
+        build_replica(tmp_path / "empty")

@@ -64,3 +64,25 @@ def test_suite_record_is_empty_until_built_and_checked_when_read(tmp_path):
     (tmp_path / SUITE_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON.*rebuild"):
         read_suite_record(tmp_path)
+
+
+def test_the_target_is_kept_at_halvings_of_its_training():
+    assert DemoConfig().target_checkpoint_steps() == [8, 17, 35, 70, 140, 280]
+    assert TINY.target_checkpoint_steps() == [1, 3]  # 6 steps: 3, 1, then 0 is dropped
+    assert DemoConfig(target_checkpoints=0).target_checkpoint_steps() == []
+    with pytest.raises(ValueError, match="--target-checkpoints"):
+        DemoConfig(target_checkpoints=-1)
+
+
+def test_the_replica_trains_from_another_seed():
+    assert DemoConfig().resolved_replica_seed() == 1
+    assert DemoConfig(seed=3, replica_seed=7).resolved_replica_seed() == 7
+    with pytest.raises(ValueError, match="--replica-seed must differ from --seed"):
+        DemoConfig(seed=2, replica_seed=2)
+
+
+def test_a_suite_recorded_before_checkpoints_were_kept_has_none():
+    old = {
+        k: v for k, v in TINY.to_json().items() if k not in ("target_checkpoints", "replica_seed")
+    }
+    assert DemoConfig.from_json(old).target_checkpoints == 0

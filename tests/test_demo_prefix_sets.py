@@ -7,6 +7,7 @@ from tiny_demo import SUBTREE_ROOT
 from emergence_model.demo.config import CORPUS_FILE, MODELS_DIR, TOKENIZER_DIR, DemoConfig
 from emergence_model.demo.corpus import Corpus, prepare_corpus
 from emergence_model.demo.prefix_sets import (
+    demo_prefix_set,
     demo_prefixes,
     opening_candidates,
     rte_style_prefixes,
@@ -79,3 +80,42 @@ def test_prefixes_need_only_corpus_and_tokenizer(tmp_path):
     prefixes = demo_prefixes("rte", tmp_path / "fresh")
     assert prefixes and (tmp_path / "fresh" / TOKENIZER_DIR).is_dir()
     assert not (tmp_path / "fresh" / MODELS_DIR).exists()
+
+
+def test_induction_prompts_repeat_a_passages_first_words(corpus_dir):
+    prefixes, meta = demo_prefix_set("induction", corpus_dir)
+    assert len(prefixes) == len(meta["expected"]) > 20
+    assert (prefixes, meta) == demo_prefix_set("induction", corpus_dir)
+    train, valid = _flat_train_and_valid(corpus_dir)
+    for prefix, copy in zip(prefixes, meta["expected"], strict=True):
+        words = prefix.split()
+        # the passage (a run of a document's words), its first k words again, the next word
+        assert any(
+            words[-k:] == words[:k]
+            and copy == " " + words[k]
+            and (" ".join(words[:-k]) in train or " ".join(words[:-k]) in valid)
+            for k in range(2, 7)
+        )
+
+
+def test_fewshot_rte_prompts_are_labelled_by_where_the_hypothesis_came_from(corpus_dir):
+    zero = demo_prefixes("rte", corpus_dir)
+    prefixes, meta = demo_prefix_set("rte-fewshot", corpus_dir, shots=1)
+    assert len(prefixes) == len(meta["labels"]) == len(meta["expected"]) > 5
+    assert meta["shots"] == 1 and set(meta["labels"]) == {0, 1}
+    pattern = re.compile(r"(.+)\nQuestion: (.+) True or False\?\nAnswer:", re.DOTALL)
+    for prompt, label, answer in zip(prefixes, meta["labels"], meta["expected"], strict=True):
+        solved, query = prompt.split("\n\n")
+        assert query in zero and solved.endswith(("Answer: True", "Answer: False"))
+        premise, hypothesis = pattern.fullmatch(query).groups()
+        assert answer == (" True" if label == 0 else " False")
+        if label == 0:
+            assert hypothesis in premise  # the premise says it: entailment
+    assert demo_prefix_set("rte", corpus_dir)[1]["labels"][: len(zero)]
+    with pytest.raises(ValueError, match="shots go with the rte-fewshot kind"):
+        demo_prefix_set("rte", corpus_dir, shots=1)
+
+
+def test_a_fewshot_set_that_no_window_holds_is_refused_in_one_line(corpus_dir):
+    with pytest.raises(ValueError, match="no demo-rte-fewshot prompt with 6 solved pair"):
+        demo_prefix_set("rte-fewshot", corpus_dir, shots=6)

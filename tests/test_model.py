@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from emergence_model.cache import LOG_PROB_FLOOR
 from emergence_model.model import (
@@ -9,6 +10,7 @@ from emergence_model.model import (
     PredictorConfig,
     extrapolation_weights,
     floor_logprobs,
+    make_mode,
     probs_to_logprobs,
 )
 
@@ -61,6 +63,9 @@ def test_extrapolation_weights_by_hand():
         ({"activation": "tanh"}, "--activation"),
         ({"num_candidates": -1}, "--num-candidates"),
         ({"dropout": 1.0}, "--dropout"),
+        ({"base": "median"}, "--base"),
+        ({"features": "trajectory,colour"}, "--features"),
+        ({"token_embedding": -1}, "--token-embedding"),
     ],
 )
 def test_config_names_the_flag_to_fix(kwargs, flag):
@@ -71,8 +76,8 @@ def test_config_names_the_flag_to_fix(kwargs, flag):
 def test_config_checks_sizes():
     with pytest.raises(ValueError, match="3 scales for 2 models"):
         PredictorConfig(num_models=2, scales=PARAMS)
-    with pytest.raises(ValueError, match="same scale"):
-        PredictorConfig(scales=[5, 5])
+    with pytest.raises(ValueError, match="positive scale"):
+        PredictorConfig(scales=[5, 0])
     with pytest.raises(ValueError, match="take them from the cache"):
         PerTokenPredictor(PredictorConfig())
 
@@ -82,6 +87,7 @@ def test_untrained_network_is_the_mean_probability_baseline():
     x = random_logprobs()
     mean = torch.log(floor_logprobs(x).exp().mean(dim=1))
     assert torch.allclose(predictor.log_probs(x), torch.log_softmax(mean, dim=1), atol=1e-5)
+    assert torch.allclose(predictor(x), mean, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_candidates", [0, 8, 1000])
@@ -93,6 +99,23 @@ def test_output_is_a_distribution_over_the_vocabulary(num_candidates):
     assert predictor.log_probs(x, chunk_rows=3).exp().sum(dim=1) == pytest.approx(torch.ones(4))
 
 
+def test_the_distribution_s_mode_is_the_guess():
+    predictor = randomize(make_predictor(num_candidates=8))
+    x = random_logprobs(n=32)
+    outputs = predictor.outputs(x)
+    guess = outputs.logits.argmax(dim=1)
+    assert not torch.equal(outputs.distribution.argmax(dim=1), guess)  # the outputs differ...
+    assert torch.equal(predictor.log_probs(x).argmax(dim=1), guess)  # ...the guess is the mode
+
+
+def test_make_mode_changes_only_rows_whose_mode_is_not_the_guess():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    out = make_mode(logits, torch.tensor([1, 2]))
+    assert torch.allclose(out[0], torch.log_softmax(logits[0], dim=0))
+    assert out[1].argmax() == 2 and out[1, 2] > out[1, 0] and out[1, 2] - out[1, 0] < 0.01
+    assert out[1, 0] - out[1, 1] == pytest.approx(3.0)  # the other tokens keep their ratios
+
+
 def test_probability_inputs_match_log_probability_inputs():
     predictor = randomize(make_predictor(num_candidates=8))
     probs = random_logprobs().exp().half()
@@ -100,11 +123,30 @@ def test_probability_inputs_match_log_probability_inputs():
     from_probs = predictor.log_probs_from_probs(probs)
     from_logprobs = predictor.log_probs(probs_to_logprobs(probs))
     assert torch.allclose(from_probs, from_logprobs, atol=1e-4)
+    logits = predictor.forward_probs(probs)
+    assert torch.allclose(logits, predictor(probs_to_logprobs(probs)), atol=1e-4)
 
 
-def test_same_weights_for_every_token():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_the_input_is_never_changed(dtype):
+    predictor = randomize(make_predictor(num_candidates=8))
+    probs = random_logprobs().exp().to(dtype)
+    probs[0, 0, :10] = 0  # below the floor: a floor in place would change it
+    before = probs.clone()
+    predictor.forward_probs(probs)
+    predictor.log_probs_from_probs(probs)
+    assert torch.equal(probs, before)
+    logprobs = probs_to_logprobs(probs).to(dtype)
+    logprobs[0, 0, 0] = -math.inf
+    before = logprobs.clone()
+    predictor.log_probs(logprobs)
+    predictor.outputs(logprobs)
+    assert torch.equal(logprobs, before)
+
+
+def test_same_weights_for_every_token_without_the_identity_embedding():
     # relabelling the vocabulary relabels the scores: no token has its own parameters
-    predictor = randomize(make_predictor(num_candidates=0))
+    predictor = randomize(make_predictor(num_candidates=0, token_embedding=0))
     x = random_logprobs()
     perm = torch.randperm(50, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(predictor(x)[:, perm], predictor(x[:, :, perm]), atol=1e-5)
@@ -112,9 +154,9 @@ def test_same_weights_for_every_token():
 
 def test_gradients_reach_every_parameter():
     predictor = randomize(make_predictor(num_candidates=8)).train()
-    loss = torch.nn.functional.cross_entropy(
-        predictor(random_logprobs()), torch.tensor([0, 1, 2, 3])
-    )
+    outputs = predictor.outputs(random_logprobs())
+    target = torch.tensor([0, 1, 2, 3])
+    loss = F.cross_entropy(outputs.logits, target) + F.cross_entropy(outputs.distribution, target)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in predictor.parameters())
 
@@ -126,14 +168,53 @@ def test_refuses_other_models_or_vocabulary(shape):
         predictor(torch.zeros(shape))
 
 
+@pytest.mark.parametrize(
+    "scales",
+    [[1_000_000], [1_000_000, 1_000_000], [3_000_000, 1_000_000, 2_000_000]],
+    ids=["one model", "equal scales", "unordered"],
+)
+def test_any_number_of_small_models(scales):
+    config = PredictorConfig(vocab_size=50, scales=scales, target_scale=8_000_000)
+    predictor = randomize(PerTokenPredictor(config))
+    x = random_logprobs(m=len(scales))
+    assert torch.isfinite(predictor(x)).all()
+    assert predictor.log_probs(x).exp().sum(dim=1) == pytest.approx(torch.ones(4))
+
+
+@pytest.mark.parametrize("base", ["largest", "extrapolate"])
+def test_untrained_fixed_bases_rank_candidates_as_their_baseline(base):
+    predictor = make_predictor(num_candidates=0, base=base).eval()
+    x = floor_logprobs(random_logprobs())
+    slope, extrap = extrapolation_weights(PARAMS, 32_000_000)
+    expected = x[:, 2] if base == "largest" else torch.einsum("m,bmv->bv", torch.tensor(extrap), x)
+    assert torch.allclose(predictor(x), expected, atol=1e-5)
+
+
+def test_the_gate_can_follow_the_largest_model():
+    predictor = make_predictor(num_candidates=0).eval()
+    # the gate's output is added to the mean's weights (0, 0, 0, 1): move them to the largest
+    predictor.heads[0].gate[-1].bias.data = torch.tensor([0.0, 0.0, 1.0, -1.0])
+    x = random_logprobs()
+    assert torch.allclose(predictor(x), x[:, 2], atol=1e-5)
+
+
 def test_corrections_are_bounded():
-    predictor = randomize(make_predictor(num_candidates=0, max_correction=0.5))
+    predictor = randomize(make_predictor(num_candidates=0, max_correction=0.5, base="mean"))
     for p in predictor.heads[0].token_out.parameters():
         p.data.mul_(100)  # a huge raw correction
-    predictor.heads[0].tail_out = None
+    torch.nn.init.zeros_(predictor.heads[0].tail_out.weight)
+    torch.nn.init.zeros_(predictor.heads[0].tail_out.bias)
     x = random_logprobs()
     log_mean = torch.log(floor_logprobs(x).exp().mean(dim=1))
     assert (predictor(x) - log_mean).abs().max() <= 0.5 + 1e-5
+
+
+@pytest.mark.parametrize("features", ["", "trajectory", "trend", "context"])
+def test_each_feature_group_can_be_left_out(features):
+    predictor = randomize(make_predictor(num_candidates=8, features=features, token_embedding=0))
+    x = random_logprobs()
+    assert torch.isfinite(predictor(x)).all()
+    assert predictor.heads[0].mlp[0].in_features == predictor.config.num_token_features
 
 
 def test_an_ensemble_averages_its_members_log_probabilities():
@@ -145,8 +226,10 @@ def test_an_ensemble_averages_its_members_log_probabilities():
     ensemble = PerTokenPredictor.ensemble(members).eval()
     assert ensemble.config.num_heads == 3 and members[0].config.num_heads == 1
     x = random_logprobs()
-    expected = torch.stack([torch.log_softmax(m(x), dim=-1) for m in members]).mean(0)
-    assert torch.allclose(ensemble(x), expected, atol=1e-5)
+    for j in range(2):  # logits, distribution: a normalised geometric mean of the members'
+        each = torch.stack([torch.log_softmax(m.outputs(x)[j], dim=-1) for m in members])
+        expected = torch.log_softmax(each.mean(0), dim=-1)
+        assert torch.allclose(torch.log_softmax(ensemble.outputs(x)[j], -1), expected, atol=1e-5)
     assert torch.allclose(ensemble.member(1)(x), members[1](x), atol=1e-6)
     probs = x.exp().half()
     assert torch.allclose(

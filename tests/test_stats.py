@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emergence_model.stats import bootstrap_ci, mean_with_ci
+from emergence_model.stats import bootstrap_ci, difference_with_ci, mean_with_ci
 
 
 def test_bootstrap_interval_by_hand():
@@ -17,3 +17,15 @@ def test_mean_with_ci_of_nothing_is_nan():
     stat = mean_with_ci(np.array([]))
     assert np.isnan(stat["value"]) and all(np.isnan(stat["ci"]))
     assert mean_with_ci(np.array([1.0, 1.0, 1.0])) == {"value": 1.0, "ci": [1.0, 1.0]}
+
+
+def test_difference_of_two_independent_means():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 400), rng.normal(0.0, 2.0, 100)
+    diff = difference_with_ci(a, b, num_bootstrap=2000)
+    assert diff["value"] == pytest.approx(a.mean() - b.mean())
+    se = np.sqrt(a.var() / a.size + b.var() / b.size)  # ~0.2
+    lo, hi = diff["ci"]
+    assert lo == pytest.approx(diff["value"] - 1.96 * se, abs=0.06)
+    assert hi == pytest.approx(diff["value"] + 1.96 * se, abs=0.06)
+    assert np.isnan(difference_with_ci(a, np.array([]))["value"])

@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from emergence_model.suites import (
         "pythia-70m@step1000",
         "/models/pythia-70m/",
         "EleutherAI/Pythia-70M",
+        "EleutherAI/pythia-70m-seed3",
+        "EleutherAI/pythia-70m-seed9@step1000",
     ],
 )
 def test_param_count_for_resolves_every_spelling_of_a_pythia_name(name):
@@ -40,6 +43,8 @@ def test_param_count_for_unknown_model_is_none():
 
 # (layers, d_model, heads, logit rows) from each model's published config.
 PYTHIA_SHAPES = {
+    "pythia-14m": (6, 128, 4, 50304),
+    "pythia-31m": (6, 256, 8, 50304),
     "pythia-70m": (6, 512, 8, 50304),
     "pythia-160m": (12, 768, 12, 50304),
     "pythia-410m": (24, 1024, 16, 50304),
@@ -87,7 +92,8 @@ def test_deduped_suite():
 
 
 def test_registry_lists_every_suite_in_help():
-    assert {"pythia", "pythia-deduped", "demo"} <= set(SUITES)
+    assert {"pythia", "pythia-deduped", "demo", "demo-steps", "demo-ceiling"} <= set(SUITES)
+    assert {"pythia-1b-steps", "polypythias", "polypythias-ceiling"} <= set(SUITES)
     text = describe_suites()
     for name in SUITES:
         assert name in text
@@ -181,3 +187,44 @@ def test_suite_config_parses_its_flags():
         SuiteConfig().resolve()
     with pytest.raises(ValueError, match="go with --models"):
         SuiteConfig(suite="pythia", scales="1,2").resolve()
+
+
+def test_polypythias_ladder_and_its_ceiling_on_the_hub():
+    ladder = get_suite("polypythias")
+    assert ladder.target_id == "EleutherAI/pythia-410m" and len(ladder.model_ids) == 5
+    assert ladder.param_counts == tuple(sorted(ladder.param_counts))
+    ceiling = get_suite("polypythias-ceiling", revision="step143000")
+    assert ceiling.model_ids == ("EleutherAI/pythia-410m-seed1", "EleutherAI/pythia-410m")
+    assert ceiling.target_id == ladder.target_id and ceiling.scale_axis == "parameters"
+    assert ceiling.param_counts == (PYTHIA_PARAM_COUNTS["pythia-410m"],) * 2
+    assert (
+        param_count_for("EleutherAI/pythia-160m-data-seed2") == PYTHIA_PARAM_COUNTS["pythia-160m"]
+    )
+
+
+@pytest.mark.parametrize("name", ["demo-steps", "demo-ceiling"])
+def test_the_demo_ladders_need_a_built_suite(tmp_path, name):
+    with pytest.raises(ValueError, match="not built"):
+        get_suite(name, suite_dir=tmp_path)
+    with pytest.raises(ValueError, match="drop --revision"):
+        get_suite(name, revision="step1", suite_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_demo_steps_is_the_target_along_its_training(demo_suite_dir, tmp_path):
+    suite = get_suite("demo-steps", suite_dir=demo_suite_dir)
+    target = suite_record(demo_suite_dir)["models"][-1]
+    assert suite.target_id == get_suite("demo", suite_dir=demo_suite_dir).target_id
+    assert [Path(m).name for m in suite.model_ids[:-1]] == ["step1", "step3"]  # 6 steps: 3, 1
+    assert suite.scale_axis == "tokens" and suite.scales == (256.0, 768.0, 1536.0)  # 2 x 128
+    assert suite.scales[-1] == target["tokens_seen"]
+    assert all(Path(m).is_dir() for m in suite.model_ids)
+    copy = tmp_path / "suite"
+    shutil.copytree(demo_suite_dir, copy)
+    record = suite_record(copy)
+    del record["models"][-1]["checkpoints"]  # a suite built before checkpoints were kept
+    (copy / "suite.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="kept no checkpoints of its target.*--suite-dir NEW_DIR"):
+        get_suite("demo-steps", suite_dir=copy)
+    with pytest.raises(ValueError, match="no second training of its target.*demo caches"):
+        get_suite("demo-ceiling", suite_dir=copy)

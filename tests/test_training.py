@@ -12,7 +12,12 @@ from emergence_model.cache import open_cache
 from emergence_model.cli import add_config_arguments, config_from_args, field_docs
 from emergence_model.model import PredictorConfig
 from emergence_model.strategies import MeanProbability
-from emergence_model.training import TrainConfig, fit_cross_fitted, fit_predictor
+from emergence_model.training import (
+    PredictorModule,
+    TrainConfig,
+    fit_cross_fitted,
+    fit_predictor,
+)
 
 QUIET = dict(progress=False, num_workers=0)
 
@@ -25,6 +30,8 @@ QUIET = dict(progress=False, num_workers=0)
         ({"folds": 1, "val_fraction": 0.5, "test_fraction": 0.5}, "--val-fraction"),
         ({"folds": 0}, "--folds"),
         ({"target_temperature": 0}, "--target-temperature"),
+        ({"distribution_weight": -1}, "--distribution-weight"),
+        ({"train_fraction": 0}, "--train-fraction"),
     ],
 )
 def test_train_config_names_the_flag_to_fix(kwargs, flag):
@@ -39,16 +46,27 @@ def test_train_config_flags_come_from_the_dataclass():
     help_text = parser.format_help()
     assert "Width of the shared per-token MLP" in help_text
     assert "--param-counts" not in help_text and "--num-heads" not in help_text  # not flags
-    args = parser.parse_args(["--hidden-size", "7", "--no-context", "--soft-weight", "0.5"])
+    args = parser.parse_args(
+        ["--hidden-size", "7", "--features", "trajectory", "--soft-weight", "0.5", "--base", "mean"]
+    )
     assert config_from_args(PredictorConfig, args).hidden_size == 7
-    assert config_from_args(PredictorConfig, args).context is False
+    assert config_from_args(PredictorConfig, args).feature_groups == ("trajectory",)
+    assert config_from_args(PredictorConfig, args).base == "mean"
     assert config_from_args(TrainConfig, args).soft_weight == 0.5
     assert set(field_docs(TrainConfig)) == {f for f in TrainConfig.__dataclass_fields__}
 
 
-@pytest.mark.parametrize("soft_weight", [0.0, 0.5])
-def test_fast_dev_run_on_a_cache_of_tiny_models(tiny_cache, tmp_path, soft_weight):
-    train = TrainConfig(fast_dev_run=True, batch_size=4, soft_weight=soft_weight, **QUIET)
+@pytest.mark.parametrize("soft_weight, distribution_weight", [(0.0, 1.0), (0.5, 1.0), (0.0, 0.0)])
+def test_fast_dev_run_on_a_cache_of_tiny_models(
+    tiny_cache, tmp_path, soft_weight, distribution_weight
+):
+    train = TrainConfig(
+        fast_dev_run=True,
+        batch_size=4,
+        soft_weight=soft_weight,
+        distribution_weight=distribution_weight,
+        **QUIET,
+    )
     predictor, data, metrics = fit_predictor(
         tiny_cache, PredictorConfig(hidden_size=8), train, tmp_path
     )
@@ -77,6 +95,40 @@ def test_short_run_beats_the_mean_probability_where_the_answer_is_learnable(tmp_
     logs = list((tmp_path / "run" / "logs").rglob("metrics.csv"))
     assert logs and "val/top1" in logs[0].read_text()
     assert list((tmp_path / "run" / "lightning").glob("best-*.ckpt"))
+
+
+def test_the_loss_trains_both_outputs():
+    predictor_config = PredictorConfig(
+        hidden_size=4, num_models=2, vocab_size=6, scales=[1, 2], target_scale=4
+    )
+    module = PredictorModule(
+        dataclasses.asdict(predictor_config), dataclasses.asdict(TrainConfig())
+    )
+    x = torch.log_softmax(torch.randn(3, 2, 6), dim=-1)
+    target_logprobs = torch.log_softmax(torch.randn(3, 6), dim=-1)
+    batch = {"target": target_logprobs.argmax(1), "target_logprobs": target_logprobs}
+    loss, kl = module.loss(module(x), batch)
+    mean = torch.log(x.exp().mean(dim=1))  # an untrained network: both outputs are the mean's
+    expected_kl = torch.nn.functional.kl_div(
+        torch.log_softmax(mean, -1), target_logprobs, log_target=True, reduction="batchmean"
+    )
+    expected_ce = torch.nn.functional.cross_entropy(mean, batch["target"])
+    assert kl.item() == pytest.approx(expected_kl.item(), abs=1e-5)
+    assert loss.item() == pytest.approx((expected_ce + expected_kl).item(), abs=1e-5)
+
+
+def test_train_fraction_keeps_a_share_of_the_training_prefixes(tiny_cache, tmp_path):
+    train = TrainConfig(fast_dev_run=True, batch_size=4, train_fraction=0.5, **QUIET)
+    _, data, _ = fit_predictor(tiny_cache, PredictorConfig(hidden_size=4), train, tmp_path)
+    _, full, _ = fit_predictor(
+        tiny_cache,
+        PredictorConfig(hidden_size=4),
+        dataclasses.replace(train, train_fraction=1.0),
+        tmp_path,
+    )
+    assert len(data.train_idx) == round(len(full.train_idx) / 2)
+    assert set(data.train_idx) <= set(full.train_idx)
+    assert np.array_equal(data.val_idx, full.val_idx)
 
 
 def test_cross_fitting_gives_one_head_per_fold(tiny_cache, tmp_path):

@@ -5,8 +5,10 @@ embeddings on 25% of each head, parallel residual), from 0.14M to 2.6M parameter
 every model reads the same tokens in the same order: the batches are a function of the step and the
 seed alone. The text is the English docstrings of the installed standard library, or a file of the
 user's with their own tokenizer. `python -m emergence_model.demo build` trains it (a few minutes on
-2 cores, reused afterwards); `python -m emergence_model.demo caches` also caches its demo-wiki and
-demo-rte prefix sets.
+2 cores, reused afterwards); `python -m emergence_model.demo caches` also trains the target a second
+time from another seed (the noise ceiling) and caches the suite on its prefix sets (demo-wiki,
+demo-rte, demo-induction, demo-rte-fewshot), the target's checkpoints along its training (the
+demo-steps suite) and the ceiling's pair (the demo-ceiling suite).
 
 Each model is saved with `save_pretrained` (tokenizer included) in its own directory under the
 suite directory and is loaded back only through `from_pretrained`, exactly like a hub model, so the
@@ -17,18 +19,22 @@ skipped, and an interrupted one continues from its last training checkpoint.
     corpus.json           the training and held-out documents (prefixes come from both)
     tokenizer/            the tokenizer, as `save_pretrained` writes it
     models/demo-144k/     one `save_pretrained` directory per model (+ training.json)
+    models/demo-2.6m-steps/step280/   the target kept along its training (demo-steps)
+    models/demo-2.6m-seed1/           the target trained again from another seed (demo-ceiling)
     models/X.partial/     an unfinished model's training checkpoint
-    caches/demo-wiki/     feature caches written by `prepare_demo_caches`
+    caches/demo-wiki/     feature caches of the demo suite (`prepare_demo_caches`)
+    caches/steps/, caches/ceiling/    of demo-steps and demo-ceiling (`prepare_demo_study_caches`)
 
 One job per module, each importing only those above it:
 
     config.py       the configuration, the suite directory's layout, reading suite.json
     corpus.py       the documents: standard-library docstrings or a text file
     tokenizer.py    the byte-level BPE trained on them, or a tokenizer file of the user's
-    prefix_sets.py  the demo-wiki and demo-rte prefix sets, drawn from the documents
+    prefix_sets.py  the prefix sets (wiki, rte, rte-fewshot, induction), from the documents
     pretrain.py     the pretraining loop every model of the ladder goes through
     build.py        the ladder: plan, train, save and score each model; suite.json
     caches.py       build the suite, then cache it through the registries and `extract_suite`
+    summary.py      what the caches show at a glance: expected-token curves, the noise ceiling
     __main__.py     the command line
 
 This file imports none of them, so that `emergence_model.demo.config` costs no torch.

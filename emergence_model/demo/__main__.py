@@ -2,7 +2,7 @@
 
     python -m emergence_model.demo build                    # a few minutes on 2 cores, then reused
     python -m emergence_model.demo build --corpus wiki.txt --tokenizer tokenizer.json --suite-dir D
-    python -m emergence_model.demo caches                   # + the demo-wiki and demo-rte caches
+    python -m emergence_model.demo caches                   # + caches for train.py, the study
 
 The configuration flags are DemoConfig's fields. An existing suite keeps its recorded
 configuration: a flag that asks it for another one is refused.
@@ -17,8 +17,9 @@ from pathlib import Path
 
 from emergence_model.cli import add_config_arguments, exit_on_user_error, given_fields
 from emergence_model.demo.build import build_suite, summary_table
-from emergence_model.demo.caches import prepare_demo_caches
+from emergence_model.demo.caches import prepare_demo_study_caches
 from emergence_model.demo.config import DemoConfig, default_suite_dir
+from emergence_model.demo.summary import summary_lines
 
 # Paths that are recorded in suite.json: absolute, so that the record means the same anywhere.
 PATH_FIELDS = ("corpus", "tokenizer")
@@ -32,7 +33,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="train the suite (resumes; a finished one is kept)")
-    caches = commands.add_parser("caches", help="build the suite, then its demo-wiki/rte caches")
+    caches = commands.add_parser(
+        "caches",
+        help="build the suite and the target's second training, then cache the suite on every "
+        "demo set, demo-steps on demo-wiki/induction and demo-ceiling on every set",
+    )
     for sub in (build, caches):
         sub.add_argument(
             "--suite-dir", type=Path, default=None, help=f"default: {default_suite_dir()}"
@@ -60,8 +65,11 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "build":
         print(summary_table(info))
         return
-    for path in prepare_demo_caches(suite_dir, args.cache_root, progress=not args.quiet):
-        print(path)
+    caches = prepare_demo_study_caches(suite_dir, args.cache_root, progress=not args.quiet)
+    for ladder in ("size", "steps", "ceiling"):
+        for dataset, path in getattr(caches, ladder).items():
+            print(f"{ladder:<8} {dataset:<17} {path}")
+    print("\n".join(summary_lines(caches.size, caches.steps, caches.ceiling)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

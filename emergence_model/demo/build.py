@@ -7,6 +7,7 @@ read, not retrained, and the model being trained continues from its last trainin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ from emergence_model.demo.config import (
     short_count,
     suite_path,
 )
-from emergence_model.demo.corpus import prepare_corpus
+from emergence_model.demo.corpus import Corpus, prepare_corpus
 from emergence_model.demo.pretrain import token_stream, train_model, window_losses, windows
 from emergence_model.demo.tokenizer import prepare_tokenizer
 from emergence_model.files import write_json_atomic
@@ -115,10 +116,15 @@ def build_rung(
     train: np.ndarray,
     valid: np.ndarray,
     progress: bool = True,
+    checkpoint_steps: Sequence[int] = (),
 ) -> dict:
     """Train one model, save it (with the tokenizer) with `save_pretrained`, load it back with
     `from_pretrained`, and score the reloaded model on the held-out windows. A finished model is
     read, not retrained; an unfinished one resumes from its checkpoint in `<name>.partial/`.
+
+    The model is also kept, saved and scored the same way, after each of `checkpoint_steps`
+    (in `<name>-steps/step<N>/`, listed in the record's "checkpoints"): its training checkpoints,
+    as Pythia's hub revisions are.
     """
     from transformers import AutoModelForCausalLM, GPTNeoXForCausalLM
 
@@ -132,8 +138,21 @@ def build_rung(
     torch.manual_seed(config.seed)
     model = GPTNeoXForCausalLM(neox_config(plan.rung, tokenizer, config.seq_len))
     desc = f"{plan.name} ({plan.index + 1}/{len(config.ladder)})"
+    kept = {step: checkpoint_dir(plan, step) for step in checkpoint_steps}
+
+    def keep_checkpoint(step: int, model: torch.nn.Module) -> None:
+        if step in kept and not kept[step].is_dir():
+            save_model(model, tokenizer, kept[step])
+
     record = train_model(
-        model, train, plan.rung.peak_lr, config, partial / STATE_FILE, desc, progress
+        model,
+        train,
+        plan.rung.peak_lr,
+        config,
+        partial / STATE_FILE,
+        desc,
+        progress,
+        keep_checkpoint,
     )
     tmp = plan.directory.with_name(plan.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -158,6 +177,10 @@ def build_rung(
         "valid_loss": float(losses.mean()),
         "valid_tokens": int(valid.shape[0] * (valid.shape[1] - 1)),
     }
+    if kept:
+        record["checkpoints"] = [
+            score_checkpoint(kept[step], step, config, valid) for step in sorted(kept)
+        ]
     write_json_atomic(tmp / TRAINING_FILE, record)
     os.replace(tmp, plan.directory)
     shutil.rmtree(partial)
@@ -165,8 +188,39 @@ def build_rung(
     return record
 
 
+def checkpoint_dir(plan: RungPlan, step: int) -> Path:
+    """Where `plan`'s model is kept after `step` steps of its training."""
+    return plan.directory.with_name(f"{plan.name}-steps") / f"step{step}"
+
+
+def save_model(model: torch.nn.Module, tokenizer, directory: Path) -> None:
+    """`save_pretrained` of the model and its tokenizer into `directory`, atomically."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _no_transformers_bars():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    os.replace(tmp, directory)
+
+
+def score_checkpoint(directory: Path, step: int, config: DemoConfig, valid: np.ndarray) -> dict:
+    """A kept training checkpoint's record: where it is, how far it trained, its held-out loss
+    (loaded through `from_pretrained`, as the caches load it)."""
+    from transformers import AutoModelForCausalLM
+
+    with _no_transformers_bars():
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    return {
+        "step": step,
+        "directory": str(directory.relative_to(directory.parents[2])),
+        "tokens_seen": step * config.batch_size * config.seq_len,
+        "valid_loss": float(window_losses(model, valid).mean()),
+    }
+
+
 def paired_loss_gap(suite_dir: Path, records: Sequence[dict]) -> dict:
-    """Second largest model's validation loss minus the target's, with a 95% interval."""
+    """The next to last record's model's validation loss minus the last's (the second largest
+    model's minus the target's), with a 95% interval."""
     second, target = (np.load(suite_dir / r["directory"] / VALID_LOSSES_FILE) for r in records[-2:])
     gap = second - target
     half = 1.96 * gap.std(ddof=1) / math.sqrt(len(gap)) if len(gap) > 1 else float("nan")
@@ -226,16 +280,16 @@ def build_suite(
         "build_seconds": spent,
     }
     write_json_atomic(suite_dir / SUITE_FILE, suite)
-    train = windows(token_stream(tok, corpus_data.train), config.seq_len)
-    valid = windows(token_stream(tok, corpus_data.valid), config.seq_len)
-    valid = valid[: max(1, config.valid_tokens // config.seq_len)]
+    train, valid = training_windows(tok, corpus_data, config)
     log(
         f"{len(plans)} models in {suite_dir}: {len(train)} training windows of "
         f"{config.seq_len} tokens, {config.steps} steps of {config.batch_size} per model"
     )
     records = []
     for plan in plans:
-        records.append(build_rung(plan, config, tok, train, valid, progress))
+        # The target alone is kept along its training: the demo-steps suite.
+        steps = config.target_checkpoint_steps() if plan is plans[-1] else ()
+        records.append(build_rung(plan, config, tok, train, valid, progress, steps))
         suite["models"] = records
         suite["build_seconds"] = round(spent + time.perf_counter() - started, 2)
         write_json_atomic(suite_dir / SUITE_FILE, suite)
@@ -252,6 +306,48 @@ def build_suite(
         )
     log(f"suite complete in {suite['build_seconds']:.0f} s of building: {suite_dir}")
     return suite
+
+
+def training_windows(
+    tokenizer, corpus: Corpus, config: DemoConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training windows [W, T+1] and the held-out windows that score every model."""
+    train = windows(token_stream(tokenizer, corpus.train), config.seq_len)
+    valid = windows(token_stream(tokenizer, corpus.valid), config.seq_len)
+    return train, valid[: max(1, config.valid_tokens // config.seq_len)]
+
+
+def build_replica(suite_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Train the finished suite's target a second time, from `config.resolved_replica_seed()`
+    (another initialisation and batch order, the same data and recipe), as
+    `models/<target>-seed<S>`; returns its record, kept in suite.json's "replica". Its agreement
+    with the target is the noise ceiling: no predictor can be expected to agree with the target
+    more often. Resumable and reused like every model of the ladder.
+    """
+    suite_dir = suite_path(suite_dir)
+    suite = read_suite_record(suite_dir)
+    if suite.get("status") != "complete":
+        raise ValueError(f"the demo suite in {suite_dir} is not built; build it before its replica")
+    replica = suite.get("replica")
+    if replica and (suite_dir / replica["directory"] / TRAINING_FILE).exists():
+        return replica
+    config = resolve_config(suite_dir)
+    seed = config.resolved_replica_seed()
+    corpus_data = prepare_corpus(suite_dir, config)
+    tok = prepare_tokenizer(suite_dir, config, corpus_data)
+    train, valid = training_windows(tok, corpus_data, config)
+    target = plan_ladder(suite_dir, config, tok)[-1]
+    name = f"{target.name}-seed{seed}"
+    plan = dataclasses.replace(target, name=name, directory=target.directory.with_name(name))
+    log(f"training the target again from seed {seed}, for the noise ceiling")
+    started = time.perf_counter()
+    replica_config = dataclasses.replace(config, seed=seed, replica_seed=None)
+    replica = {**build_rung(plan, replica_config, tok, train, valid, progress), "seed": seed}
+    suite["replica"] = replica
+    suite["target_vs_replica"] = paired_loss_gap(suite_dir, [replica, suite["models"][-1]])
+    suite["build_seconds"] = round(suite["build_seconds"] + time.perf_counter() - started, 2)
+    write_json_atomic(suite_dir / SUITE_FILE, suite)
+    return replica
 
 
 def summary_table(info: dict) -> str:

@@ -86,6 +86,12 @@ class DemoConfig:
     """At most this many held-out tokens score each model's validation loss."""
     checkpoint_every: int = 50
     """Steps between training checkpoints of the model being trained."""
+    target_checkpoints: int = 6
+    """Checkpoints of the target kept along its training, at 1/2, 1/4, ... of --steps: with the
+    final target they are the demo-steps suite, a ladder over training time (0: none)."""
+    replica_seed: int | None = None
+    """Seed of the target's second training (another initialisation and batch order, the same
+    data), whose agreement with the target is the noise ceiling (default: --seed + 1)."""
     corpus: str | None = None
     """Plain-text corpus file (documents separated by blank lines); default: stdlib docstrings."""
     tokenizer: str | None = None
@@ -104,6 +110,20 @@ class DemoConfig:
             raise ValueError("--min-lr-ratio must be between 0 and 1")
         if len(self.ladder) < 2:
             raise ValueError("the ladder needs at least two models (small ones and a target)")
+        if self.target_checkpoints < 0:
+            raise ValueError("--target-checkpoints must be at least 0")
+        if self.replica_seed is not None and self.replica_seed == self.seed:
+            raise ValueError("--replica-seed must differ from --seed, or the replica is the target")
+
+    def target_checkpoint_steps(self) -> list[int]:
+        """The steps at which the target's training is kept: steps // 2, steps // 4, ... (the
+        `target_checkpoints` largest, distinct and positive), in increasing order."""
+        halvings = {self.steps >> k for k in range(1, self.target_checkpoints + 1)}
+        return sorted(step for step in halvings if step > 0)
+
+    def resolved_replica_seed(self) -> int:
+        """The seed of the target's second training."""
+        return self.seed + 1 if self.replica_seed is None else self.replica_seed
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,6 +132,8 @@ class DemoConfig:
     def from_json(cls, data: dict) -> DemoConfig:
         data = dict(data)
         data["ladder"] = tuple(Rung(**r) for r in data["ladder"])
+        # Suites recorded before checkpoints of the target were kept have none.
+        data.setdefault("target_checkpoints", 0)
         return cls(**data)
 
 

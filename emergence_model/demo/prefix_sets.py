@@ -1,9 +1,11 @@
-"""The demo suite's two prefix sets, drawn from every document of its corpus.
+"""The demo suite's prefix sets, drawn from every document of its corpus.
 
 `demo-wiki`: the first 10-20 words of document, paragraph and sentence openings, as the real
 `wikipedia` source cuts article openings. `demo-rte`: a premise and a hypothesis from the documents'
-sentences in GLUE RTE's True-or-False template, the transfer set. Both are cut by `prompts.py`,
-the same code as the hub sources'.
+sentences in GLUE RTE's True-or-False template, the transfer set; `demo-rte-fewshot`: the same
+after solved pairs, labelled by whether the hypothesis came from the premise. `demo-induction`: a
+passage of a document, then its first words again. All are cut by `prompts.py`, the same code as
+the hub sources'. There is no demo chain of thought: the demo's models cannot reason.
 """
 
 from __future__ import annotations
@@ -16,9 +18,18 @@ from collections.abc import Sequence
 from emergence_model.demo.config import resolve_config, suite_path
 from emergence_model.demo.corpus import prepare_corpus
 from emergence_model.demo.tokenizer import prepare_tokenizer
-from emergence_model.prompts import RTE_TEMPLATE, wikipedia_prefixes
+from emergence_model.prompts import (
+    induction_prefixes,
+    rte_fewshot_prefixes,
+    rte_prefixes,
+    wikipedia_prefixes,
+)
 
-PREFIX_KINDS = ("wiki", "rte")
+PREFIX_KINDS = ("wiki", "rte", "rte-fewshot", "induction")
+DEMO_SHOTS = 1
+"""Solved pairs before each demo-rte-fewshot query unless told otherwise: the demo's models train
+on 128-token windows, which hold one solved pair and the query for a third of the pairs, and two
+for almost none (the median pair is 68 tokens)."""
 # A sentence ends at . ! or ? followed by space and a capital letter (or an opening quote).
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 RTE_SENTENCE_WORDS = (5, 35)
@@ -80,19 +91,20 @@ def split_sentences(document: str) -> list[str]:
     return sentences
 
 
-def rte_style_prefixes(
+def rte_style_pairs(
     documents: Sequence[str], seed: int = 0, max_premise_words: int = 45
-) -> tuple[list[str], dict]:
-    """RTE-template prompts from documents' sentences: a premise of one or two sentences of a
-    document, and a hypothesis that is one of its sentences, another sentence of the same document,
-    or a sentence of another document, so that both true and false pairs occur.
+) -> tuple[list[dict], dict]:
+    """RTE pairs from documents' sentences, as GLUE RTE's rows ({"sentence1", "sentence2",
+    "label"}): a premise of one or two sentences of a document, and a hypothesis that is one of
+    its sentences (label 0, entailment: the premise says it), another sentence of the same
+    document or a sentence of another document (label 1), so that both true and false pairs occur.
     """
     rng = random.Random(seed)
     per_doc = [s for s in (split_sentences(d) for d in documents) if s]
     pool = [(d, i) for d, sents in enumerate(per_doc) for i in range(len(sents))]
     if len(per_doc) < 2:
         return [], {"num_prefixes": 0, "hypotheses": {}}
-    prefixes, kinds = [], {"in_premise": 0, "same_document": 0, "other_document": 0}
+    rows, kinds = [], {"in_premise": 0, "same_document": 0, "other_document": 0}
     for d, sents in enumerate(per_doc):
         for i in range(0, len(sents), 2):
             premise = sents[i : i + 2]
@@ -110,20 +122,47 @@ def rte_style_prefixes(
                     other_d, j = rng.choice(pool)
                 kind, hypothesis = "other_document", per_doc[other_d][j]
             kinds[kind] += 1
-            prefixes.append(RTE_TEMPLATE.format(sentence1=" ".join(premise), sentence2=hypothesis))
-    return prefixes, {"num_prefixes": len(prefixes), "hypotheses": kinds}
+            label = 0 if kind == "in_premise" else 1
+            rows.append({"sentence1": " ".join(premise), "sentence2": hypothesis, "label": label})
+    return rows, {"num_prefixes": len(rows), "hypotheses": kinds}
 
 
-def demo_prefixes(
-    kind: str, suite_dir: str | os.PathLike | None = None, *, seed: int = 0
-) -> list[str]:
-    """The suite's prefixes, from every document of its corpus, training and held-out: "wiki"
-    (the first 10-20 words of document, paragraph and sentence openings) or "rte" (premise,
-    hypothesis and `True or False?\\nAnswer:`).
+def rte_style_prefixes(
+    documents: Sequence[str], seed: int = 0, max_premise_words: int = 45
+) -> tuple[list[str], dict]:
+    """`rte_style_pairs` in the challenge's True-or-False template (`prompts.rte_prefixes`)."""
+    rows, meta = rte_style_pairs(documents, seed, max_premise_words)
+    return rte_prefixes(rows), meta
+
+
+def _within(tokenizer, seq_len: int, prefixes: list[str], fields: dict) -> tuple[list[str], dict]:
+    """The prefixes of at most `seq_len` tokens, with their per-prefix `fields`: the models never
+    saw a longer sequence in training."""
+    lengths = map(len, tokenizer(prefixes, add_special_tokens=False)["input_ids"])
+    keep = [i for i, n in enumerate(lengths) if n <= seq_len]
+    return [prefixes[i] for i in keep], {k: [v[i] for i in keep] for k, v in fields.items()}
+
+
+def demo_prefix_set(
+    kind: str,
+    suite_dir: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    shots: int | None = None,
+) -> tuple[list[str], dict]:
+    """The suite's prefixes of one kind, from every document of its corpus, training and
+    held-out, and their metadata (per prefix: `expected`, the continuation that is right, and
+    `labels` for the RTE kinds):
+
+    - "wiki": the first 10-20 words of document, paragraph and sentence openings;
+    - "rte": a premise, a hypothesis and `True or False?\\nAnswer:`;
+    - "rte-fewshot": the same after `shots` solved pairs drawn from the other pairs;
+    - "induction": a passage of 12-40 words of a document, then its first 2-6 words again.
 
     Pythia's were trained on text of the same kind: its Wikipedia prefixes open articles that the
     Pile holds, and RTE's sentences come from news and Wikipedia. Held-out documents alone give
-    too few prefixes for the intervals to separate strategies that differ by a point.
+    too few prefixes for the intervals to separate strategies that differ by a point. Prompts
+    longer than the models' training windows are left out.
 
     Needs only the suite's corpus and tokenizer (made if missing), not its models.
     """
@@ -131,13 +170,34 @@ def demo_prefixes(
         raise ValueError(
             f"unknown demo prefix kind {kind!r}; pick one of {', '.join(PREFIX_KINDS)}"
         )
+    if (shots is not None) != (kind == "rte-fewshot"):
+        raise ValueError("shots go with the rte-fewshot kind, and it needs them")
     suite_dir = suite_path(suite_dir)
     config = resolve_config(suite_dir)
     corpus = prepare_corpus(suite_dir, config)
+    documents = corpus.train + corpus.valid
     if kind == "wiki":
-        return wiki_style_prefixes(corpus.train + corpus.valid, seed)[0]
+        return wiki_style_prefixes(documents, seed)[0], {}
     tokenizer = prepare_tokenizer(suite_dir, config, corpus)
-    prefixes = rte_style_prefixes(corpus.train + corpus.valid, seed)[0]
-    # The models never saw a sequence longer than seq_len; keep the prompts inside it.
-    lengths = map(len, tokenizer(prefixes, add_special_tokens=False)["input_ids"])
-    return [p for p, n in zip(prefixes, lengths, strict=True) if n <= config.seq_len]
+    if kind == "induction":
+        prefixes, expected = induction_prefixes(documents, seed=seed)
+        return _within(tokenizer, config.seq_len, prefixes, {"expected": expected})
+    rows, _ = rte_style_pairs(documents, seed)
+    prefixes, expected = rte_fewshot_prefixes(rows, shots or 0, seed)
+    fields = {"labels": [r["label"] for r in rows], "expected": expected}
+    prefixes, fields = _within(tokenizer, config.seq_len, prefixes, fields)
+    if rows and not prefixes:
+        raise ValueError(
+            f"no demo-rte-fewshot prompt with {shots} solved pair(s) fits the models' "
+            f"{config.seq_len}-token training windows; lower --shots, or build a suite with a "
+            "longer --seq-len"
+        )
+    return prefixes, {**fields, "shots": shots or 0}
+
+
+def demo_prefixes(
+    kind: str, suite_dir: str | os.PathLike | None = None, *, seed: int = 0
+) -> list[str]:
+    """The prefixes of `demo_prefix_set` (the few-shot kind with DEMO_SHOTS)."""
+    shots = DEMO_SHOTS if kind == "rte-fewshot" else None
+    return demo_prefix_set(kind, suite_dir, seed=seed, shots=shots)[0]

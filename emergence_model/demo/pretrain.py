@@ -12,7 +12,7 @@ import functools
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +108,12 @@ def train_model(
     state_path: Path,
     desc: str = "train",
     progress: bool = True,
+    after_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> dict:
     """Train `model` on `config.steps` batches of the windows `train` [W, T+1], resuming from
     `state_path` if an earlier run left one, and checkpointing there every `checkpoint_every` steps.
+    `after_step(step, model)` runs after each step (the number of steps done), before that step's
+    checkpoint, so a resumed run never skips it for a step it had not finished.
 
     Returns the training record: steps, tokens, the SHA-256 chain of every batch read (equal for
     all models of a suite), seconds spent (summed over resumed runs) and the last losses.
@@ -148,6 +151,8 @@ def train_model(
             recent = (recent + [loss.item()])[-20:]
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(recent):.3f}", lr=f"{lr:.1e}", refresh=False)
+            if after_step is not None:
+                after_step(step, model)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 state = {
                     "model": model.state_dict(),

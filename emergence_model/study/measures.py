@@ -110,8 +110,11 @@ def thresholds_by_folds(
     ]
 
 
-def cascade_outcome(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
-    """Per-row outcome of a cascade at `threshold`: saved (answered by the predictor) and agree."""
+def cascade_outcome(
+    confidence: np.ndarray, correct: np.ndarray, threshold: float | np.ndarray
+) -> dict:
+    """Per-row outcome of a cascade at `threshold` (one, or one per row): saved (answered by the
+    predictor, 0/1) and agree (with the target: the predictor's answer, or 1 when called)."""
     confidence = np.asarray(confidence, dtype=np.float64)
     saved = confidence >= threshold
     agree = np.where(saved, np.asarray(correct, dtype=np.float64), 1.0)

@@ -1,0 +1,131 @@
+"""The study end to end on tiny GPT-NeoX models: the command, what it writes, and its errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_sentences
+from synthetic_cache import write_synthetic_cache
+
+from emergence_model.checkpoint import build_predictor, load_checkpoint
+from emergence_model.extract import ExtractConfig, extract_suite
+from emergence_model.study.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ladder(tiny_suite, tmp_path_factory):
+    """Two prefix sets of the tiny suite and a network cross-fitted on the first."""
+    root = tmp_path_factory.mktemp("study")
+    config = ExtractConfig(device="cpu", batch_size=8, progress=False)
+    wiki = extract_suite(tiny_suite.model_ids, make_sentences(60, seed=1), root / "wiki", config)
+    rte = extract_suite(tiny_suite.model_ids, make_sentences(30, seed=2), root / "rte", config)
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    ckpt = root / "net.ckpt"
+    train.main(
+        [
+            "--train-cache", str(wiki.path), "--transfer-cache", str(rte.path),
+            "--out", str(ckpt), "--run-dir", str(root / "run"), "--folds", "2",
+            "--max-epochs", "2", "--batch-size", "8", "--hidden-size", "8",
+            "--no-progress", "--bootstrap", "50",
+        ]
+    )  # fmt: skip
+    return {"root": root, "wiki": wiki, "rte": rte, "ckpt": ckpt}
+
+
+def run_study(ladder, out, *extra):
+    args = ["--checkpoint", ladder["ckpt"], "--cache", ladder["wiki"].path]
+    args += ["--cache", ladder["rte"].path, "--out", out, "--bootstrap", "40", *extra]
+    return main([str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_the_study_writes_its_report_and_every_prefix(ladder, tmp_path):
+    out = tmp_path / "study"
+    (study,) = run_study(ladder, out, "--subset-networks", "--generate-prompts", "2",
+                         "--generate-tokens", "3")  # fmt: skip
+    assert [s["name"] for s in study["sets"]] == ["wiki", "rte"]
+    report = (out / "report.md").read_text()
+    for section in (
+        "How emergent each prefix is",
+        "The scaling view",
+        "Speculative decoding",
+        "Cascade",
+        "The most emergent prefixes",
+        "Measured: speculative decoding",
+    ):
+        assert section in report
+    for link in [line.split("](")[1][:-1] for line in report.splitlines() if "![" in line]:
+        assert (out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+    json.loads((out / "study.json").read_text())  # strict JSON: no NaN or Infinity
+    lines = (out / "per_prefix.jsonl").read_text().splitlines()
+    assert len(lines) == 60 + 30
+    first = json.loads(lines[0])
+    assert first["prefix"] == ladder["wiki"].prefixes[0]
+    assert first["target_token"] == int(ladder["wiki"].target_argmax[0])
+    # the networks on the k smallest models are drafts of their own, cheaper than the network
+    drafts = study["sets"][0]["speculative"]
+    assert drafts["network:1-smallest"]["cost"] < drafts["network"]["cost"]
+    assert {"network:1-smallest", "network:2-smallest", "network:3-smallest"} <= set(drafts)
+    for entry in drafts.values():
+        for mode in ("greedy", "sampled"):
+            best = entry[mode]
+            # g = 0 means "do not speculate" (speed-up 1); otherwise it must be a real gain
+            assert (best["draft_length"] == 0) == (best["speedup"]["value"] == 1.0)
+
+
+def test_scores_on_a_transfer_set_are_those_of_the_chosen_predictor(ladder, tmp_path):
+    (study,) = run_study(ladder, tmp_path / "s")
+    best = study["best_predictor"]["overall"]
+    rte = study["sets"][1]
+    rows = [json.loads(line) for line in (tmp_path / "s" / "per_prefix.jsonl").open()]
+    rte_rows = [r for r in rows if r["set"] == "rte"]
+    # KL(target || best) of each prefix, computed here from the cache and the checkpoint
+    cache = ladder["rte"]
+    x = torch.from_numpy(cache.rows(range(len(cache))))
+    p = torch.log_softmax(x[:, -1], dim=1)
+    if best == "network":
+        checkpoint = load_checkpoint(ladder["ckpt"])
+        q = build_predictor(checkpoint).log_probs(x[:, :-1])
+    else:
+        from emergence_model.evaluate import make_baselines
+
+        strategy = make_baselines([best])[best]
+        q = torch.from_numpy(strategy.scores(x[:, :-1], cache.scales[:-1], cache.scales[-1]))
+    kl = (p.exp() * (p - q)).sum(dim=1).numpy()
+    assert [r["kl"] for r in rte_rows] == pytest.approx(kl.tolist(), abs=1e-4)
+    assert rte["emergence"]["kl"]["value"] == pytest.approx(kl.mean(), abs=1e-4)
+    # the jump: the target's log-prob of its top token minus the small models' trend
+    assert [r["jump"] for r in rte_rows] == pytest.approx(
+        [r["target_logprob"] - r["trend"] for r in rte_rows], abs=1e-6
+    )
+    # greedy acceptance of a draft is its top-1 agreement with the target
+    board = rte["leaderboard"]["strategies"]
+    assert rte["speculative"]["mean-prob"]["greedy"]["acceptance"]["value"] == pytest.approx(
+        board["mean-prob"]["top1"]["value"]
+    )
+    assert "vs_reference" in rte and "vs_reference" not in study["sets"][0]
+    assert np.isfinite(rte["vs_reference"]["emergence"]["kl"]["value"])
+
+
+def test_bad_input_is_refused_in_one_line(ladder, tmp_path):
+    synthetic = write_synthetic_cache(tmp_path / "syn", num_prefixes=20, vocab_size=16)
+    with pytest.raises(ValueError, match="small models"):
+        main(["--checkpoint", str(ladder["ckpt"]), "--cache", str(synthetic.path)])
+    with pytest.raises(ValueError, match="--cost-ratio must be in \\(0, 1\\]"):
+        run_study(ladder, tmp_path / "x", "--cost-ratio", "1.5")
+    with pytest.raises(ValueError, match="give --checkpoint and at least one --cache"):
+        main(["--checkpoint", str(ladder["ckpt"])])
+    with pytest.raises(ValueError, match="a cache is given twice"):
+        main(["--checkpoint", str(ladder["ckpt"]), "--cache", str(ladder["wiki"].path),
+              "--cache", str(ladder["wiki"].path)])  # fmt: skip
+    with pytest.raises(ValueError, match="SET=CACHE"):
+        run_study(ladder, tmp_path / "y", "--ceiling-cache", "nothing")
