@@ -21,41 +21,17 @@ original challenge with `emergence_model.load_strategy(path)`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from pytorch_lightning.utilities import rank_zero_only
-
-from emergence_model.cache import check_cache_destination, check_output_file, open_cache
-from emergence_model.checkpoint import save_checkpoint
+from emergence_model.cache import check_cache_destination, check_output_file
 from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
-from emergence_model.data import predictor_config_for
 from emergence_model.demo.caches import prepare_demo_caches
-from emergence_model.evaluate import (
-    NOT_TRAINED,
-    EvalConfig,
-    describe_folds,
-    evaluate_cache,
-    fold_parts,
-    held_out_by,
-    make_baselines,
-    training_folds,
-)
+from emergence_model.evaluate import EvalConfig
 from emergence_model.model import PredictorConfig
-from emergence_model.report import format_table, write_reports
-from emergence_model.splits import fold_splits
-from emergence_model.strategies import (
-    FIT_CHUNK_ROWS,
-    ContrastiveExtrapolation,
-    NetworkStrategy,
-    check_same_models,
-)
-from emergence_model.training import TrainConfig, fit_cross_fitted, write_config
+from emergence_model.pipeline import check_hardware, default_run_dir, train_and_evaluate
+from emergence_model.training import TrainConfig
 
 DEMO_CHECKPOINT = Path("checkpoints/demo.ckpt")
 
@@ -83,194 +59,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def tune_baselines(cache, train_idx: np.ndarray) -> dict:
-    """Baselines with parameters, tuned on the training split only."""
-    contrastive = ContrastiveExtrapolation()
-
-    def chunks():
-        for start in range(0, len(train_idx), FIT_CHUNK_ROWS):
-            rows = train_idx[start : start + FIT_CHUNK_ROWS]
-            yield cache.rows(rows)[:, :-1], cache.target_argmax[rows]
-
-    contrastive.fit(chunks(), cache.scales[:-1], cache.scales[-1])
-    return {"contrastive": contrastive.params()}
-
-
-def run(
-    train_cache: str | Path,
-    transfer_caches: Sequence[str | Path],
-    out: str | Path,
-    predictor_config: PredictorConfig,
-    train_config: TrainConfig,
-    run_dir: str | Path | None = None,
-    eval_config: EvalConfig | None = None,
-) -> dict:
-    """Train, evaluate in-domain and on transfer, save the checkpoint; returns the summaries.
-
-    Everything that can be checked is checked before anything is written: the caches, the
-    output paths, the hardware, the network's shape against the cache and the split."""
-    out = check_output_file(out, "--out")
-    run_dir = check_cache_destination(run_dir or default_run_dir(out), "--run-dir")
-    check_hardware(train_config)
-    cache = open_cache(train_cache)
-    transfers = [open_cache(p) for p in transfer_caches]
-    eval_config = eval_config or EvalConfig()
-    for other in transfers:
-        check_same_models(
-            cache.model_names,
-            other.model_names,
-            expected_vocab=cache.vocab_size,
-            given_vocab=other.vocab_size,
-            what=f"training cache {cache.path}",
-            where=f"transfer cache {other.path}",
-        )
-    predictor_config_for(cache, predictor_config)  # at least two small models and a target
-    c = train_config
-    fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)  # enough rows
-    predictor, splits, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir)
-    if rank_zero_only.rank != 0:
-        return {}  # with several GPUs, the other processes of Lightning's DDP stop here
-    config_path = write_config(
-        out.with_name(out.stem + ".config.json"),
-        predictor=predictor_config,
-        training=train_config,
-        train_cache=str(cache.path),
-        transfer_caches=[str(t.path) for t in transfers],
-        run_dir=str(run_dir),
-    )
-    names, target = cache.model_names[:-1], cache.target_name
-    # in-domain: each fold's rows scored by the network that never saw them, against baselines
-    # tuned on that fold's training rows
-    parts = [
-        (
-            test,
-            {
-                **make_baselines(params=tune_baselines(cache, train)),
-                "network": NetworkStrategy(predictor.member(k), names, target),
-            },
-        )
-        for k, (train, _, test) in enumerate(splits)
-    ]
-    folds = train_config.folds
-    rows = (
-        "held-out test prefixes"
-        if folds == 1
-        else f"every prefix, by the network of the {folds} that never saw it"
-    )
-    evaluation = dict(
-        num_bootstrap=eval_config.bootstrap,
-        seed=eval_config.bootstrap_seed,
-        chunk_rows=eval_config.chunk_rows,
-    )
-    panels = [
-        (
-            f"in-domain ({cache.path.name})",
-            evaluate_cache(cache, parts, rows_description=rows, **evaluation),
-        )
-    ]
-    baselines = tune_baselines(cache, np.unique(np.concatenate([s[0] for s in splits])))
-    print(f"baselines tuned on the training prefixes: {baselines}")
-    strategies = {
-        **make_baselines(params=baselines),
-        "network": NetworkStrategy(predictor, names, target),
-    }
-    # A transfer cache may share prefixes with the training cache: those are scored by the fold's
-    # network that never saw them, as in-domain, and the summary says so.
-    prefix_folds = held_out_by(cache.prefixes, splits)
-    for other in transfers:
-        seen = training_folds(other.prefixes, {"data": {"prefix_folds": prefix_folds}})
-        if (seen == NOT_TRAINED).all():
-            summary = evaluate_cache(other, [(None, strategies)], **evaluation)
-        else:
-            parts = fold_parts(predictor, names, target, make_baselines(params=baselines), seen)
-            description, notes = describe_folds(seen, f"{out.name}'s training prefixes")
-            summary = evaluate_cache(other, parts, rows_description=description, **evaluation)
-            summary["notes"] = notes
-        panels.append((f"transfer ({other.path.name})", summary))
-    for title, summary in panels:
-        print()
-        print(format_table(summary, title))
-        metrics[title] = {
-            name: entry["top1"]["value"] for name, entry in summary["strategies"].items()
-        }
-    save_checkpoint(
-        out,
-        predictor,
-        model_names=names,
-        target_name=target,
-        scale_axis=cache.scale_axis,
-        baselines=baselines,
-        metrics=metrics,
-        data={
-            "train_cache": str(cache.path),
-            "fingerprint": cache.fingerprint,
-            # which network never saw each training prefix: evaluation finds them in any cache
-            "prefix_folds": prefix_folds,
-            "split": {
-                "folds": folds,
-                "val_fraction": train_config.val_fraction,
-                "test_fraction": train_config.test_fraction,
-                "seed": train_config.seed,
-            },
-        },
-        train_config=dataclasses.asdict(train_config),
-    )
-    print()
-    for path in [*write_reports(run_dir / "report", panels), config_path]:
-        print(f"wrote {path}")
-    print(f"saved {out}: use it with emergence_model.load_strategy({str(out)!r})")
-    return dict(panels)
-
-
-def default_run_dir(out: Path) -> Path:
-    """Where a checkpoint's logs, fold networks and reports go: runs/NAME beside it, so that
-    checkpoints of one name in two directories never share a run."""
-    return out.parent / "runs" / out.stem
-
-
-def check_hardware(config: TrainConfig) -> None:
-    """Refuse an accelerator this machine lacks, or a device count or precision Lightning would
-    refuse, before anything is built or written."""
-    from pytorch_lightning.accelerators import AcceleratorRegistry
-
-    accelerator = config.accelerator
-    known = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
-    if accelerator not in known:
-        raise ValueError(f"--accelerator {accelerator!r} is not one of {', '.join(sorted(known))}")
-    if accelerator in ("gpu", "cuda"):
-        if not torch.cuda.is_available() and not (
-            accelerator == "gpu" and torch.backends.mps.is_available()
-        ):
-            raise ValueError(
-                f"--accelerator {accelerator}: torch sees no GPU on this machine (a CPU build of "
-                "torch, no driver, or CUDA_VISIBLE_DEVICES hides it); use --accelerator cpu or auto"
-            )
-        count = torch.cuda.device_count()
-        if config.devices.isdigit() and int(config.devices) > max(count, 1):
-            raise ValueError(
-                f"--devices {config.devices}: this machine has {count} GPU(s); use --devices "
-                f"{count} or fewer"
-            )
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--accelerator mps: MPS is not available here; use --accelerator cpu")
-    if config.devices.isdigit() and int(config.devices) == 0:
-        raise ValueError("--devices 0 trains on nothing; give at least 1 (or auto)")
-    try:
-        from lightning_fabric.connector import _PRECISION_INPUT
-    except ImportError:  # another Lightning: it checks --precision itself
-        return
-    allowed = {str(a) for a in _flat_literal(_PRECISION_INPUT)}
-    if allowed and config.precision not in allowed:
-        raise ValueError(
-            f"--precision {config.precision!r} is not one of {', '.join(sorted(allowed))}"
-        )
-
-
-def _flat_literal(hint) -> list:
-    args = typing.get_args(hint)
-    return [v for a in args for v in (_flat_literal(a) if typing.get_args(a) else [a])]
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Every flag is checked before the demo suite or its caches are built (minutes).
@@ -286,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         train_cache, transfer = prepare_demo_caches(suite_dir=args.suite_dir)
         transfer_caches = [*transfer_caches, transfer]
     out = out or Path("checkpoints") / f"{Path(train_cache).name}.ckpt"
-    return run(
+    return train_and_evaluate(
         train_cache,
         transfer_caches,
         out,

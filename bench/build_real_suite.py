@@ -28,7 +28,7 @@ from pathlib import Path
 from emergence_model.cache import CacheError, open_cache
 from emergence_model.demo.build import build_suite, summary_table
 from emergence_model.demo.caches import prepare_demo_caches
-from emergence_model.demo.config import DemoConfig
+from emergence_model.demo.config import DemoConfig, Rung
 from emergence_model.extract import ExtractConfig, extract_suite
 from emergence_model.lm import load_tokenizer
 from emergence_model.prompts import rte_prefixes
@@ -53,11 +53,12 @@ def build_real_suite(
     rungs: int = len(DemoConfig.ladder),
     bpe_vocab: int | None = None,
     caches: bool = False,
+    ladder: tuple[Rung, ...] = DemoConfig.ladder,
 ) -> list[Path]:
-    """Build (or reuse) the suite and, with `caches`, its demo-wiki, demo-rte and glue-rte
-    caches; returns the cache paths."""
+    """Build (or reuse) the suite of the first `rungs` of `ladder` and, with `caches`, its
+    demo-wiki, demo-rte and glue-rte caches; returns the cache paths."""
     config = DemoConfig(
-        ladder=DemoConfig.ladder[:rungs],
+        ladder=ladder[:rungs],
         steps=steps,
         warmup_steps=min(DemoConfig.warmup_steps, steps // 10),
         vocab_size=bpe_vocab or DemoConfig.vocab_size,

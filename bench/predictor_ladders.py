@@ -14,9 +14,11 @@ Ladders (each in ROOT/<name>, --root, default /work/suites):
   of similar sizes (`ONE_LAYER_LADDER`), so that the largest small model is the best single
   guide; demo-wiki, transfer to demo-rte.
 - real: WikiText-2 from ../shared/data with an 8k BPE trained on it
-  (`bench/build_real_suite.py --bpe-vocab 8192 --caches`, the default ladder and steps);
-  trained on the paragraphs' openings, transfer to demo-rte-style prompts cut from WikiText and to
-  the real GLUE RTE training pairs.
+  (`bench/build_real_suite.py --bpe-vocab 8192 --caches`, the default ladder and steps: 0.5M to
+  4.9M parameters); trained on the paragraphs' openings, transfer to demo-rte-style prompts cut
+  from WikiText and to the real GLUE RTE training pairs.
+- real-onelayer: the same text, tokenizer and recipe with `ONE_LAYER_LADDER`, the issue's second
+  ladder (there the largest small model is the best single guide).
 
 Each ladder is trained with `python train.py --train-cache ... --transfer-cache ...` (a new
 user's command) in ROOT/runs/<ladder>/<setting>, and a finished run whose settings and caches are
@@ -43,9 +45,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from emergence_model.cache import open_cache  # noqa: E402
-from emergence_model.demo.caches import prepare_demo_caches  # noqa: E402
-from emergence_model.demo.config import DemoConfig, Rung  # noqa: E402
+from emergence_model.checkpoint import build_predictor, load_checkpoint  # noqa: E402
 from emergence_model.demo.build import build_suite  # noqa: E402
+from emergence_model.demo.caches import prepare_demo_caches  # noqa: E402
+from emergence_model.demo.config import DemoConfig, Rung, read_suite_record  # noqa: E402
+from emergence_model.evaluate import evaluate_cache, make_baselines  # noqa: E402
+from emergence_model.strategies import NetworkStrategy  # noqa: E402
 
 # Six one-layer small models and a two-layer target, the demo's widths and learning rates: with one
 # layer a small model cannot copy from its context, the target can start to, and the largest small
@@ -72,18 +77,28 @@ class Ladder:
 
 def demo_ladder(config: DemoConfig) -> Callable[[Path], tuple[Path, list[Path]]]:
     def build(suite_dir: Path) -> tuple[Path, list[Path]]:
-        build_suite(suite_dir, config, progress=False)
+        record = read_suite_record(suite_dir)
+        if record:  # built already, perhaps by an older version: keep its own configuration
+            stored = DemoConfig.from_json(record["config"])
+            if (stored.seed, stored.ladder) != (config.seed, config.ladder):
+                raise ValueError(f"{suite_dir} holds another ladder: pass another --root")
+        build_suite(suite_dir, None if record else config, progress=False)
         wiki, rte = prepare_demo_caches(suite_dir, progress=False)
         return wiki, [rte]
 
     return build
 
 
-def real_ladder(suite_dir: Path) -> tuple[Path, list[Path]]:
-    from build_real_suite import build_real_suite
+def real_ladder(ladder: tuple[Rung, ...]) -> Callable[[Path], tuple[Path, list[Path]]]:
+    def build(suite_dir: Path) -> tuple[Path, list[Path]]:
+        from build_real_suite import build_real_suite
 
-    wiki, demo_rte, glue_rte = build_real_suite(suite_dir, bpe_vocab=REAL_BPE_VOCAB, caches=True)
-    return wiki, [demo_rte, glue_rte]
+        wiki, demo_rte, glue_rte = build_real_suite(
+            suite_dir, bpe_vocab=REAL_BPE_VOCAB, caches=True, ladder=ladder
+        )
+        return wiki, [demo_rte, glue_rte]
+
+    return build
 
 
 LADDERS = {
@@ -94,17 +109,52 @@ LADDERS = {
     "onelayer": Ladder(
         demo_ladder(DemoConfig(ladder=ONE_LAYER_LADDER)), "one-layer small models, 2-layer target"
     ),
-    "real": Ladder(real_ladder, f"WikiText-2, {REAL_BPE_VOCAB}-token BPE"),
+    "real": Ladder(real_ladder(DemoConfig.ladder), f"WikiText-2, {REAL_BPE_VOCAB}-token BPE"),
+    "real-onelayer": Ladder(
+        real_ladder(ONE_LAYER_LADDER),
+        f"WikiText-2, {REAL_BPE_VOCAB}-token BPE, one-layer small models, 2-layer target",
+    ),
 }
 
 # One change each against train.py's defaults (the design in the README's predictor section).
-ABLATIONS: dict[str, list[str]] = {}
+ABLATIONS: dict[str, list[str]] = {
+    "correction bounded to 1 nat": ["--max-correction", "1"],
+    "16 candidates": ["--num-candidates", "16"],
+    "256 candidates": ["--num-candidates", "256"],
+    "base: mean": ["--base", "mean"],
+    "base: largest": ["--base", "largest"],
+    "base: extrapolate": ["--base", "extrapolate"],
+    "features: no trajectory": ["--features", "trend,context"],
+    "features: no trend": ["--features", "trajectory,context"],
+    "features: no context": ["--features", "trajectory,trend"],
+    "features: no token embedding": ["--token-embedding", "0"],
+    "half the training prefixes": ["--train-fraction", "0.5"],
+    "objective: no distribution loss": ["--distribution-weight", "0"],
+    "objective: logits half soft (KL)": ["--soft-weight", "0.5"],
+    "training: 4 epochs at lr 3e-3": ["--max-epochs", "4", "--lr", "3e-3"],
+    "training: 12 epochs": ["--max-epochs", "12"],
+    "MLP width 64": ["--hidden-size", "64"],
+    "the issue's network": [
+        *("--base", "mean", "--max-correction", "1", "--token-embedding", "0"),
+        *("--distribution-weight", "0", "--max-epochs", "4", "--lr", "3e-3", "--patience", "2"),
+    ],
+}
+ONE_MEMBER = "one fold's network on transfer, not the ensemble"
+
+
+@dataclass
+class Run:
+    """One train.py run: its leaderboard panels, each fold's validation top-1 and its checkpoint."""
+
+    panels: dict
+    val_top1: list[float]
+    checkpoint: Path
 
 
 def train_ladder(
     root: Path, name: str, setting: str, flags: Sequence[str], retrain: bool = False
-) -> dict:
-    """train.py on one ladder with `flags`; its results.json (reused when nothing changed)."""
+) -> Run:
+    """train.py on one ladder with `flags` (reused when nothing changed since)."""
     train_cache, transfers = LADDERS[name].build(root / name)
     run_dir = root / "runs" / name / setting
     settings = {
@@ -112,62 +162,134 @@ def train_ladder(
         "caches": {str(p): open_cache(p).fingerprint for p in [train_cache, *transfers]},
     }
     results, recorded = run_dir / "report" / "results.json", run_dir / "settings.json"
-    if (
-        not retrain
-        and results.exists()
-        and recorded.exists()
-        and json.loads(recorded.read_text()) == settings
-    ):
-        return json.loads(results.read_text())
-    command = [
-        sys.executable,
-        str(REPO / "train.py"),
-        "--train-cache",
-        str(train_cache),
-        *[arg for t in transfers for arg in ("--transfer-cache", str(t))],
-        "--out",
-        str(run_dir / "network.ckpt"),
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-        *flags,
-    ]
-    print(f"[{name}/{setting}] {' '.join(command)}", flush=True)
-    started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    print(f"[{name}/{setting}] done in {time.perf_counter() - started:.0f} s", flush=True)
-    recorded.write_text(json.dumps(settings, indent=1))
-    return json.loads(results.read_text())
+    checkpoint = run_dir / "network.ckpt"
+    fresh = results.exists() and recorded.exists() and checkpoint.exists()
+    if retrain or not fresh or json.loads(recorded.read_text()) != settings:
+        command = [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--train-cache",
+            str(train_cache),
+            *[arg for t in transfers for arg in ("--transfer-cache", str(t))],
+            "--out",
+            str(checkpoint),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            *flags,
+        ]
+        print(f"[{name}/{setting}] {' '.join(command)}", flush=True)
+        started = time.perf_counter()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recorded.unlink(missing_ok=True)
+        with open(run_dir / "train.log", "w") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        print(f"[{name}/{setting}] done in {time.perf_counter() - started:.0f} s", flush=True)
+        recorded.write_text(json.dumps(settings, indent=1))
+    metrics = load_checkpoint(checkpoint)["metrics"]
+    val = [m["best_val_top1"] for k, m in sorted(metrics.items()) if k.startswith("fold-")]
+    return Run(json.loads(results.read_text()), val, checkpoint)
 
 
-def interval(stat: dict, scale: float, digits: int) -> str:
+def one_member_on_transfer(run: Run) -> dict:
+    """The transfer panels again, scored by one fold's network instead of the ensemble of all."""
+    checkpoint = load_checkpoint(run.checkpoint)
+    member = NetworkStrategy(
+        build_predictor(checkpoint).member(0),
+        checkpoint["model_names"],
+        checkpoint["target_name"],
+    )
+    panels = {}
+    for title, summary in run.panels.items():
+        if title.startswith("transfer"):
+            cache = open_cache(summary["cache"])
+            strategies = {**make_baselines(params=checkpoint["baselines"]), "network": member}
+            panels[title] = evaluate_cache(cache, [(None, strategies)])
+    return panels
+
+
+def signed(stat: dict, scale: float, digits: int) -> str:
     lo, hi = stat["ci"]
     return (
         f"{stat['value'] * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]"
     )
 
 
-def panel_cells(summary: dict) -> list[str]:
-    """top-1 (points), KL and sum min(p, q): network minus the best baseline of each, paired."""
-    comparison = summary["comparisons"]["network"]
-    cells = [f"{interval(comparison['top1_diff'], 100, 1)} ({comparison['baseline']})"]
-    for metric, digits in (("kl", 3), ("accept", 3)):
+def panel_name(title: str, summary: dict) -> str:
+    return title.split(" (")[0] + " " + Path(summary["cache"]).name
+
+
+def results_row(summary: dict) -> list[str]:
+    """Network and best baseline: top-1 (and their paired difference, points), KL and
+    sum min(p, q) (and theirs), each metric against the best baseline on that metric."""
+    entries, comparison = summary["strategies"], summary["comparisons"]["network"]
+    best = comparison["baseline"]
+    cells = [
+        f"{100 * entries['network']['top1']['value']:.1f} / "
+        f"{100 * entries[best]['top1']['value']:.1f} ({best})",
+        signed(comparison["top1_diff"], 100, 1),
+    ]
+    for metric in ("kl", "accept"):
         diff = comparison.get(f"{metric}_diff")
-        cells.append("-" if diff is None else f"{interval(diff, 1, digits)} ({diff['baseline']})")
+        if diff is None:
+            cells += ["-", "-"]
+            continue
+        ref = diff["baseline"]
+        cells += [
+            f"{entries['network'][metric]['value']:.3f} / {entries[ref][metric]['value']:.3f} "
+            f"({ref})",
+            signed(diff, 1, 3),
+        ]
     return cells
 
 
-def table(rows: list[tuple[str, str, dict]]) -> str:
-    head = ["ladder", "setting", "panel", "top-1 vs best", "KL vs best", "sum min(p,q) vs best"]
+def markdown(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for ladder, setting, results in rows:
-        for title, summary in results.items():
-            panel = title.split(" (")[0] + " " + Path(summary["cache"]).name
-            cells = [ladder, setting, panel, *panel_cells(summary)]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def results_table(runs: dict[str, Run]) -> str:
+    head = [
+        "ladder",
+        "set",
+        "top-1 %, network / best baseline",
+        "network - best, points",
+        "KL, network / best",
+        "network - best",
+        "sum min(p,q), network / best",
+        "network - best",
+    ]
+    rows = [
+        [name, panel_name(title, summary), *results_row(summary)]
+        for name, run in runs.items()
+        for title, summary in run.panels.items()
+    ]
+    return markdown(head, rows)
+
+
+def ablation_table(ladders: Sequence[str], runs: dict[tuple[str, str], Run]) -> str:
+    """One row per setting: per ladder, the mean validation top-1 over folds (what choices are
+    made on), and the in-domain and transfer paired differences to the best baseline."""
+    head = ["setting"]
+    for name in ladders:
+        head += [f"{name}: validation top-1", f"{name}: in-domain", f"{name}: transfer"]
+    rows = []
+    for setting in dict.fromkeys(s for s, _ in runs):
+        row = [setting]
+        for name in ladders:
+            run = runs.get((setting, name))
+            if run is None:
+                row += ["-", "-", "-"]
+                continue
+            val = f"{100 * sum(run.val_top1) / len(run.val_top1):.2f}" if run.val_top1 else "-"
+            diffs = {
+                title.split(" (")[0]: signed(s["comparisons"]["network"]["top1_diff"], 100, 1)
+                for title, s in run.panels.items()
+            }
+            transfer = "; ".join(v for k, v in diffs.items() if k.startswith("transfer"))
+            row += [val, diffs.get("in-domain", "-"), transfer or "-"]
+        rows.append(row)
+    return markdown(head, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -183,8 +305,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ladders", nargs="+", default=list(LADDERS), choices=list(LADDERS))
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--ablations", action="store_true", help="also one row per ABLATIONS")
+    parser.add_argument(
+        "--settings", nargs="+", choices=list(ABLATIONS), help="only these ABLATIONS rows"
+    )
     parser.add_argument("--retrain", action="store_true", help="ignore finished runs")
-    parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
+    parser.add_argument("--out", type=Path, help="also write the tables (Markdown) here")
     args = parser.parse_args(argv)
     if args.build_only:
         for name in args.ladders:
@@ -192,19 +317,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"[{name}] caches: {LADDERS[name].build(args.root / name)}", flush=True)
             print(f"[{name}] ready in {time.perf_counter() - started:.0f} s", flush=True)
         return
-    settings = {"default" if not extra else "custom": extra}
+    default = "default" if not extra else "custom: " + " ".join(extra)
+    runs = {
+        name: train_ladder(args.root, name, default.split(":")[0], extra, args.retrain)
+        for name in args.ladders
+    }
+    text = f"Results ({default}):\n\n{results_table(runs)}\n"
     if args.ablations:
-        settings.update(ABLATIONS)
-    rows = []
-    for setting, flags in settings.items():
-        for name in args.ladders:
-            rows.append(
-                (name, setting, train_ladder(args.root, name, setting, flags, args.retrain))
-            )
-    text = table(rows)
+        ablations = {(default, name): run for name, run in runs.items()}
+        for setting, flags in ABLATIONS.items():
+            if args.settings and setting not in args.settings:
+                continue
+            for name in args.ladders:
+                ablations[setting, name] = train_ladder(
+                    args.root, name, setting, flags, args.retrain
+                )
+        for name, run in runs.items():
+            member = one_member_on_transfer(run)
+            if member:
+                ablations[ONE_MEMBER, name] = Run(member, [], run.checkpoint)
+        text += f"\nAblations (one change each):\n\n{ablation_table(args.ladders, ablations)}\n"
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class PredictorConfig:
     its top, rank), trend (extrapolation to the target's scale, slope), context (per-prefix
     top log-prob, entropy, top-2 margin, collision entropy of each model; also what the gated
     base and the tail offset read). The base and the mean's log-prob are always read."""
-    token_embedding: int = 8
+    token_embedding: int = 16
     """Size of a learned embedding of each candidate token's identity (0: none)."""
     dropout: float = 0.0
     """Dropout on the MLP's hidden units during training."""
@@ -207,11 +207,12 @@ def base_weights(config: PredictorConfig) -> list[float]:
     return [0.0] * m + [1.0]
 
 
-def distribution_stats(p: torch.Tensor) -> torch.Tensor:
-    """Probabilities (..., V), floored -> (..., 3): top log-prob, top-2 margin and collision
-    entropy, scaled to O(1). All from probabilities: no log of the whole vocabulary."""
-    top2 = torch.log(p.topk(min(2, p.shape[-1]), dim=-1).values)
-    collision = -torch.log((p.unsqueeze(-2) @ p.unsqueeze(-1)).flatten(-3))  # sum of p**2
+def distribution_stats(logp: torch.Tensor) -> torch.Tensor:
+    """Log-probs (..., K) of a distribution's most probable tokens -> (..., 3): top log-prob,
+    top-2 margin and collision entropy (of those tokens: the rest adds little to sum p**2),
+    scaled to O(1)."""
+    top2 = logp.topk(min(2, logp.shape[-1]), dim=-1).values
+    collision = -torch.logsumexp(2 * logp, dim=-1)  # -log sum p**2
     return torch.stack(
         [-top2[..., 0] / _LOGPROB_SCALE, (top2[..., 0] - top2[..., -1]) / 4, collision / 4], dim=-1
     )
@@ -395,7 +396,9 @@ class PerTokenPredictor(nn.Module):
         """(B, M, V) probabilities, e.g. the challenge's float16 -> (B, V) logits, as
         `forward(log(probs))` but with logs of the candidates only; `probs` is left as it was."""
         self.check_inputs(probs)
-        p = probs.to(torch.float32, copy=True).clamp_min_(PROB_FLOOR)  # the copy is floored
+        p = probs.float()
+        # floored out of place: a float32 input is the caller's array
+        p = p.clamp_min_(PROB_FLOOR) if p is not probs else p.clamp_min(PROB_FLOOR)
         return self.combine(
             self.features(p, lambda idx: floor_logprobs(torch.log(p.gather(2, idx))))
         ).logits
@@ -415,19 +418,19 @@ class PerTokenPredictor(nn.Module):
 
     def features(self, p: torch.Tensor, candidate_logprobs) -> Features:
         """Floored probabilities p (B, M, V) and a gather of their log-probs at (B, M, K) ids ->
-        Features."""
+        Features. Only the mean and its top-K read the whole vocabulary; everything else reads
+        the candidates (each model's top token is one: the mean gives it at least 1/M of its
+        probability)."""
         b, m, v = p.shape
         k = self.config.candidates_for(v)
-        mean = p.mean(dim=1)  # (B, M, V) -> (B, V)
-        log_mean = floor_logprobs(torch.log(mean))
+        log_mean = floor_logprobs(torch.log(p.mean(dim=1)))  # (B, M, V) -> (B, V)
         cand_log_mean, cand = log_mean.topk(k, dim=1)  # (B, K), most probable first
-        per_model = distribution_stats(p)  # (B, M, 3)
+        xc = candidate_logprobs(cand.unsqueeze(1).expand(b, m, k))  # (B, M, K)
         context = p.new_zeros(b, 0)
         if self.config.uses("context"):
-            context = torch.cat([per_model.flatten(1), distribution_stats(mean)], dim=1)  # (B, C)
-        xc = candidate_logprobs(cand.unsqueeze(1).expand(b, m, k))  # (B, M, K)
-        top = -per_model[..., 0] * _LOGPROB_SCALE  # (B, M) each model's top log-prob
-        tokens = self.token_features(xc, top, cand_log_mean)  # (B, K, F)
+            stats = distribution_stats(torch.cat([xc, cand_log_mean.unsqueeze(1)], dim=1))
+            context = stats.flatten(1)  # (B, G, 3) -> (B, C)
+        tokens = self.token_features(xc, xc.amax(dim=2), cand_log_mean)  # (B, K, F)
         tokens = torch.cat([tokens, context.unsqueeze(1).expand(b, k, -1)], dim=2)
         guides = torch.cat([xc, cand_log_mean.unsqueeze(1)], dim=1)  # (B, G, K)
         return Features(log_mean, cand, guides, tokens, context)

@@ -7,9 +7,10 @@ How a prefix is cut from raw text (the first 10-20 words, the RTE template, the 
 
 Every hub source also reads a local file in its hub dataset's format (`--data-file`: .jsonl,
 .json or .parquet records with the dataset's fields), so that it runs without the hub. The task
-sets (induction, rte-fewshot, cot and their demo versions) record, per prefix, the continuation
-that is right in their metadata (`expected`, and `labels` for RTE), which a cache keeps in
-`meta["source"]`; `source_field` reads it back, from a cache of shards too.
+sets (induction, the RTE sets, cot and their demo versions) record their `task` ("induction",
+"rte", "cot") and, per prefix, the continuation that is right (`expected`, and `labels` for RTE)
+in their metadata, which a cache keeps in `meta["source"]`; `source_field` reads a per-prefix
+field back, from a cache of shards too.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ def _rte(config: PrefixConfig, shots: int) -> tuple[list[str], dict]:
     rows = list(dataset_rows(GLUE_DATASET, split, config.data_file))
     prefixes, answers = rte_fewshot_prefixes(rows, shots, config.seed)
     meta = _dataset_meta(GLUE_DATASET, split, config.data_file)
-    meta.update(template=RTE_TEMPLATE, shots=shots, labels=[int(r["label"]) for r in rows])
+    meta.update(task="rte", template=RTE_TEMPLATE, shots=shots)
+    meta["labels"] = [int(r["label"]) for r in rows]
     meta["expected"] = answers
     return prefixes, meta
 

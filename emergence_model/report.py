@@ -69,6 +69,16 @@ def header_lines(summary: dict, title: str) -> list[str]:
             f"{format_stat(comp['hard_top1_diff'], percent=True)} -> {verdict} it "
             "(95% paired bootstrap)"
         )
+        distribution = [
+            f"{METRIC_TITLES[m]} {format_stat(comp[m + '_diff'], percent=False)} "
+            f"(vs {comp[m + '_diff']['baseline']})"
+            for m in ("kl", "accept")
+            if m + "_diff" in comp
+        ]
+        if distribution:
+            lines.append(
+                f"{net}'s distribution minus the best baseline's: " + "; ".join(distribution)
+            )
         recall = summary["strategies"][net].get("candidate_recall")
         if recall is not None:
             lines.append(f"{net}: target's top token among its candidates on {100 * recall:.1f}%")

@@ -31,6 +31,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassAccuracy
 
 from emergence_model.cache import FeatureCache
+from emergence_model.checkpoint import CHECKPOINT_FORMAT
 from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.model import Outputs, PerTokenPredictor, PredictorConfig
@@ -43,9 +44,9 @@ class TrainConfig:
 
     batch_size: int = 32
     """Prefixes per training batch."""
-    max_epochs: int = 4
+    max_epochs: int = 8
     """Passes over the training prefixes (at most: early stopping may end sooner)."""
-    lr: float = 3e-3
+    lr: float = 1e-3
     """Peak learning rate of AdamW (cosine decay after a short warm-up)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
@@ -69,7 +70,7 @@ class TrainConfig:
     """With --folds 1: share of prefixes held out for the in-domain evaluation."""
     seed: int = 0
     """Seed of the split, the initialisation and the batch order."""
-    patience: int = 2
+    patience: int = 3
     """Epochs without a better validation top-1 before early stopping."""
     num_workers: int = 0
     """DataLoader worker processes (each opens the cache's memory map itself)."""
@@ -278,6 +279,7 @@ def _fold_key(
     settings = dataclasses.asdict(train_config)
     del settings["progress"]  # how a run looks, not what it computes
     identity = {
+        "format": CHECKPOINT_FORMAT,  # a network of an older design is trained again
         **cache.content_key(),
         "predictor": dataclasses.asdict(predictor_config),
         "training": settings,

@@ -69,6 +69,18 @@ def test_load_strategy_round_trip_in_the_challenge_signature(checkpoint_path):
     assert guesses == expected and all(isinstance(g, int) for g in guesses)
 
 
+def test_the_predicted_distribution_is_reachable_and_its_mode_is_the_guess(checkpoint_path):
+    path, _ = checkpoint_path
+    strategy = load_strategy(path)
+    probs = challenge_probs(n=8)
+    short_names = ["pythia-70m", "pythia-160m", "pythia-410m"]
+    guesses = strategy(["s"] * 8, short_names, "pythia-12b", probs)
+    log_q = strategy.scores(np.log(probs.astype(np.float32)))  # (N, V) normalised log-probs
+    assert strategy.gives_distribution
+    assert np.exp(log_q).sum(axis=1) == pytest.approx(np.ones(8), abs=1e-4)
+    assert log_q.argmax(axis=1).tolist() == guesses
+
+
 @pytest.mark.parametrize(
     "names, target, probs, message",
     [

@@ -373,7 +373,7 @@ def script(monkeypatch):
     def no_demo(**kwargs):
         raise AssertionError("the demo was built before the flags were checked")
 
-    monkeypatch.setattr(module, "fit_cross_fitted", record)
+    monkeypatch.setattr("emergence_model.pipeline.fit_cross_fitted", record)
     monkeypatch.setattr(module, "prepare_demo_caches", no_demo)
     module.runs = runs
     return module

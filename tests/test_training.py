@@ -97,6 +97,19 @@ def test_short_run_beats_the_mean_probability_where_the_answer_is_learnable(tmp_
     assert list((tmp_path / "run" / "lightning").glob("best-*.ckpt"))
 
 
+@pytest.mark.parametrize(
+    "param_counts",
+    [(1_000_000, 64_000_000), (1_000_000, 1_000_000, 64_000_000)],
+    ids=["one small model", "equal scales"],
+)
+def test_trains_on_one_small_model_or_equal_scales(tmp_path, param_counts):
+    cache = write_synthetic_cache(tmp_path / "cache", num_prefixes=40, param_counts=param_counts)
+    train = TrainConfig(max_epochs=1, batch_size=8, folds=2, **QUIET)
+    predictor, _, _ = fit_cross_fitted(cache, PredictorConfig(hidden_size=4), train, tmp_path)
+    x = torch.from_numpy(cache.rows(range(4))[:, :-1])
+    assert predictor.log_probs(x).exp().sum(dim=1) == pytest.approx(torch.ones(4))
+
+
 def test_the_loss_trains_both_outputs():
     predictor_config = PredictorConfig(
         hidden_size=4, num_models=2, vocab_size=6, scales=[1, 2], target_scale=4

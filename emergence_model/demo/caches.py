@@ -74,9 +74,7 @@ def cache_prefix_set(
     if is_stale_demo_cache(out, dataset, suite.model_ids, prefixes):
         log(f"the {dataset} cache in {out} holds other prefixes or models: rebuilding it")
         shutil.rmtree(out)
-    log(
-        f"caching {suite.name}'s {len(suite.model_ids)} models x {len(prefixes)} {dataset} prefixes"
-    )
+    log(f"caching {suite.name}: {len(suite.model_ids)} models x {len(prefixes)} {dataset} prefixes")
     extract_suite(suite, prefixes, out, config, source=source, seed=seed)
     return out
 

@@ -151,8 +151,8 @@ def demo_prefix_set(
     shots: int | None = None,
 ) -> tuple[list[str], dict]:
     """The suite's prefixes of one kind, from every document of its corpus, training and
-    held-out, and their metadata (per prefix: `expected`, the continuation that is right, and
-    `labels` for the RTE kinds):
+    held-out, and their metadata: `task` ("induction", "rte") and per prefix `expected`, the
+    continuation that is right, and `labels` for the RTE kinds:
 
     - "wiki": the first 10-20 words of document, paragraph and sentence openings;
     - "rte": a premise, a hypothesis and `True or False?\\nAnswer:`;
@@ -181,7 +181,8 @@ def demo_prefix_set(
     tokenizer = prepare_tokenizer(suite_dir, config, corpus)
     if kind == "induction":
         prefixes, expected = induction_prefixes(documents, seed=seed)
-        return _within(tokenizer, config.seq_len, prefixes, {"expected": expected})
+        prefixes, fields = _within(tokenizer, config.seq_len, prefixes, {"expected": expected})
+        return prefixes, {"task": "induction", **fields}
     rows, _ = rte_style_pairs(documents, seed)
     prefixes, expected = rte_fewshot_prefixes(rows, shots or 0, seed)
     fields = {"labels": [r["label"] for r in rows], "expected": expected}
@@ -192,7 +193,7 @@ def demo_prefix_set(
             f"{config.seq_len}-token training windows; lower --shots, or build a suite with a "
             "longer --seq-len"
         )
-    return prefixes, {**fields, "shots": shots or 0}
+    return prefixes, {"task": "rte", "shots": shots or 0, **fields}
 
 
 def demo_prefixes(

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if demo:
         from emergence_model.study.demo import demo_ladders
 
-        ladders = demo_ladders(args.suite_dir)
+        ladders = demo_ladders(args.suite_dir, out)
     else:
         if args.checkpoint is None or not args.cache:
             raise ValueError(

@@ -1,26 +1,91 @@
-"""The study's default run on the offline demo: the ladders and caches it studies."""
+"""The study's default run on the offline demo: two ladders, the sets they are studied on, and
+the checkpoints, reused where `python train.py` (or an earlier study) made them, trained where
+missing.
+
+- demo-size: the demo suite's ladder of sizes, on demo-wiki (the reference set), demo-rte,
+  demo-induction and demo-rte-fewshot, with the network train.py makes on demo-wiki;
+- demo-steps: the demo's target along its own training (its kept checkpoints), on demo-wiki and
+  demo-induction, with a network trained the same way on that ladder's demo-wiki.
+
+Both share the noise ceiling: the target trained again from another seed.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from emergence_model.demo.caches import prepare_demo_caches
-from emergence_model.demo.config import suite_path
+from emergence_model.cache import open_cache
+from emergence_model.checkpoint import CheckpointError, load_checkpoint
+from emergence_model.demo.caches import SIZE_DATASETS, STEPS_DATASETS, prepare_demo_study_caches
+from emergence_model.demo.config import log, suite_path
+from emergence_model.evaluate import EvalConfig
+from emergence_model.model import PredictorConfig
+from emergence_model.pipeline import train_and_evaluate
+from emergence_model.training import TrainConfig
 
-DEMO_CHECKPOINT = Path("checkpoints/demo.ckpt")
+TRAIN_CHECKPOINT = Path("checkpoints/demo.ckpt")
+"""What `python train.py` writes for the demo: reused when it was trained on this suite."""
 
 
-def demo_ladders(suite_dir: str | Path | None = None) -> list[dict]:
-    """The demo's ladders to study, with what is missing built (the suite, its caches)."""
-    suite_dir = suite_path(suite_dir)
-    wiki, rte = prepare_demo_caches(suite_dir)
-    if not DEMO_CHECKPOINT.is_file():
-        raise ValueError(f"no {DEMO_CHECKPOINT}: run python train.py first")
-    return [
+def trained_on(checkpoint: Path, cache_path: Path) -> bool:
+    """Whether `checkpoint` loads and was trained on the cache at `cache_path`."""
+    try:
+        recorded = load_checkpoint(checkpoint).get("data", {}).get("fingerprint")
+    except CheckpointError:
+        return False
+    return recorded == open_cache(cache_path).fingerprint
+
+
+def ensure_checkpoint(
+    candidates: list[Path], train_cache: Path, transfer_caches: list[Path], out: Path
+) -> Path:
+    """The first of `candidates` trained on `train_cache`, else a network trained now (with the
+    defaults train.py uses) and saved at `out`."""
+    for path in candidates:
+        if path.is_file() and trained_on(path, train_cache):
+            log(f"reusing {path}, trained on {train_cache}")
+            return path
+    log(f"training the network on {train_cache} into {out}")
+    train_and_evaluate(
+        train_cache,
+        transfer_caches,
+        out,
+        PredictorConfig(),
+        TrainConfig(progress=False),
+        eval_config=EvalConfig(),
+    )
+    return out
+
+
+def demo_ladders(suite_dir: str | Path | None, out: Path) -> list[dict]:
+    """The ladders of the demo's study, everything missing built (the suite, the target's second
+    training, every cache, the networks)."""
+    caches = prepare_demo_study_caches(suite_path(suite_dir))
+    size = [caches.size[d] for d in SIZE_DATASETS]
+    own = out / "work" / "checkpoints"
+    ladders = [
         {
-            "checkpoint": DEMO_CHECKPOINT,
-            "caches": [wiki, rte],
-            "ceilings": {},
+            "checkpoint": ensure_checkpoint(
+                [TRAIN_CHECKPOINT, own / "demo-size.ckpt"],
+                size[0],
+                size[1:],
+                own / "demo-size.ckpt",
+            ),
+            "caches": size,
+            "ceilings": caches.ceiling,
             "title": "demo-size",
         }
     ]
+    if caches.steps:
+        steps = [caches.steps[d] for d in STEPS_DATASETS]
+        ladders.append(
+            {
+                "checkpoint": ensure_checkpoint(
+                    [own / "demo-steps.ckpt"], steps[0], steps[1:], own / "demo-steps.ckpt"
+                ),
+                "caches": steps,
+                "ceilings": {d: caches.ceiling[d] for d in STEPS_DATASETS if d in caches.ceiling},
+                "title": "demo-steps",
+            }
+        )
+    return ladders

@@ -16,6 +16,14 @@ def _color(i: int) -> str:
     return SET_COLORS[i % len(SET_COLORS)]
 
 
+def _finish(figure, ax):
+    """Legend, a light grid and a tight layout: how every single-panel figure here ends."""
+    ax.legend(fontsize=8)
+    ax.grid(color="#eeeeee")
+    figure.tight_layout()
+    return figure
+
+
 def emergence_histogram(sets: Sequence[tuple[str, np.ndarray]], best: str):
     """Per set, the distribution of the per-prefix emergence score: KL(target || best
     predictor), on log-spaced bins (most prefixes are easy, a few very hard)."""
@@ -38,9 +46,7 @@ def emergence_histogram(sets: Sequence[tuple[str, np.ndarray]], best: str):
     ax.set_xlabel(f"KL(target || {best}) per prefix, nats")
     ax.set_ylabel("density")
     ax.set_title("How emergent each prefix is: the target's distribution vs the best predictor")
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    return figure
+    return _finish(figure, ax)
 
 
 def scaling_figure(name: str, scaling: dict):
@@ -80,10 +86,7 @@ def scaling_figure(name: str, scaling: dict):
     ax.set_xlabel(f"log10 {axis}")
     ax.set_ylabel("mean log-prob of the target's top token")
     ax.set_title(f"{name}: what scaling predicts at the target's {axis}")
-    ax.legend(fontsize=8)
-    ax.grid(color="#eeeeee")
-    figure.tight_layout()
-    return figure
+    return _finish(figure, ax)
 
 
 def speedup_figure(name: str, speculative: dict):
@@ -116,10 +119,7 @@ def speedup_figure(name: str, speculative: dict):
     ax.set_xlabel("draft cost per step / target pass (parameters run)")
     ax.set_ylabel("expected speed-up at the best draft length")
     ax.set_title(f"{name}: speculative decoding, speed-up against draft cost")
-    ax.legend(fontsize=8)
-    ax.grid(color="#eeeeee")
-    figure.tight_layout()
-    return figure
+    return _finish(figure, ax)
 
 
 def cascade_figure(sets: Sequence[tuple[str, dict]]):
@@ -142,10 +142,7 @@ def cascade_figure(sets: Sequence[tuple[str, dict]]):
     ax.set_xlabel("share of target calls saved")
     ax.set_ylabel("agreement with the target")
     ax.set_title("Cascade: answer from the network when it is confident, else run the target")
-    ax.legend(fontsize=8)
-    ax.grid(color="#eeeeee")
-    figure.tight_layout()
-    return figure
+    return _finish(figure, ax)
 
 
 def copy_figure(curves: Sequence[tuple[str, str, list[float], list[dict]]]):
