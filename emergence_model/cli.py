@@ -79,7 +79,9 @@ def add_config_arguments(
     for f, kind in cli_fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = _default(f)
-        options = dict(dest=f.name, help=f"{docs.get(f.name, '')} (default: {default})")
+        # "%" is argparse's format character: a docstring's "95%" must reach the help as is
+        text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
+        options = dict(dest=f.name, help=text)
         options["default"] = argparse.SUPPRESS if only_given else default
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)

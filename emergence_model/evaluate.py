@@ -95,53 +95,63 @@ def score_rows(
     indices = np.arange(len(cache)) if indices is None else np.asarray(indices, dtype=np.int64)
     small_scales, target_scale = cache.scales[:-1], cache.scales[-1]
     largest = int(np.argmax(small_scales))
+    n = len(indices)
+    # Every column is allocated once and filled chunk by chunk: small arrays kept per chunk
+    # between the chunks' large temporaries would fragment the heap, which then grows with the
+    # number of rows although nothing large outlives its chunk.
     columns: dict = {name: {} for name in strategies}
-    target_columns: dict = {"token": [], "logprob": [], "small_logprob": []}
-    for start in range(0, len(indices), chunk_rows):
+    target_columns: dict = {}
+    for start in range(0, n, chunk_rows):
         chunk = indices[start : start + chunk_rows]
+        at = slice(start, start + len(chunk))
         rows = torch.from_numpy(cache.rows(chunk))  # (n, M + 1, V)
         target = torch.from_numpy(cache.target_argmax[chunk])  # (n,)
         target_logp = torch.log_softmax(rows[:, -1], dim=1)  # (n, V)
         target_p = target_logp.exp()
         neg_entropy = (target_p * target_logp).sum(dim=1)  # KL = this - sum p log q
         small = floor_logprobs(rows[:, :-1])  # floored once for every strategy
-        target_columns["token"].append(target.numpy())
-        target_columns["logprob"].append(target_logp.gather(1, target[:, None])[:, 0].numpy())
+        del rows
+        _fill(target_columns, "token", at, n, target)
+        _fill(target_columns, "logprob", at, n, target_logp.gather(1, target[:, None])[:, 0])
         small_top = small.gather(2, target[:, None, None].expand(-1, small.shape[1], 1))
-        target_columns["small_logprob"].append(small_top[:, :, 0].numpy())  # (n, M)
+        _fill(target_columns, "small_logprob", at, n, small_top[:, :, 0])  # (n, M)
         for name, strategy in strategies.items():
             scores = strategy.score_tensor(small, small_scales, target_scale)  # (n, V)
             out = columns[name]
             guess = scores.argmax(dim=1)
-            _append(out, "guess", guess.numpy())
-            _append(out, "top1", (guess == target).numpy())
+            _fill(out, "guess", at, n, guess)
+            _fill(out, "top1", at, n, guess == target)
             top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
-            _append(out, "top5", (top5 == target[:, None]).any(dim=1).numpy())
+            _fill(out, "top5", at, n, (top5 == target[:, None]).any(dim=1))
             if strategy.gives_distribution:
-                _append(out, "loglik", scores.gather(1, target[:, None]).squeeze(1).numpy())
-                _append(out, "kl", (neg_entropy - (target_p * scores).sum(dim=1)).numpy())
+                _fill(out, "loglik", at, n, scores.gather(1, target[:, None]).squeeze(1))
+                _fill(out, "kl", at, n, neg_entropy - (target_p * scores).sum(dim=1))
                 accept = sampled_acceptance(target_logp, scores, normalized=True)
-                _append(out, "accept", accept.numpy())
-                _append(out, "confidence", scores.amax(dim=1).exp().numpy())
+                _fill(out, "accept", at, n, accept)
+                _fill(out, "confidence", at, n, scores.amax(dim=1).exp())
             if isinstance(strategy, NetworkStrategy):
                 k = strategy.predictor.config.candidates_for(cache.vocab_size)
                 mean = torch.logsumexp(small, dim=1)
                 hits = (mean.topk(k, dim=1).indices == target[:, None]).any(dim=1)
-                _append(out, "in_candidates", hits.numpy())
-    target_arrays = {k: np.concatenate(v) for k, v in target_columns.items()}
+                _fill(out, "in_candidates", at, n, hits)
+            del scores
     return {
         "rows": indices,
         "easy": cache.argmax[indices, largest] == cache.target_argmax[indices],
-        "target": target_arrays,
+        "target": target_columns,
         "strategies": {
-            name: {m: np.concatenate(v).astype(np.float64) for m, v in metrics.items()}
+            name: {m: v.astype(np.float64) for m, v in metrics.items()}
             for name, metrics in columns.items()
         },
     }
 
 
-def _append(columns: dict, metric: str, values: np.ndarray) -> None:
-    columns.setdefault(metric, []).append(values)
+def _fill(columns: dict, metric: str, at: slice, n: int, values: torch.Tensor) -> None:
+    """Write one chunk's `values` at rows `at` of a column of `n` rows, made on first use."""
+    values = values.numpy()
+    if metric not in columns:
+        columns[metric] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+    columns[metric][at] = values
 
 
 def concat_rows(parts: Sequence[dict]) -> dict:

@@ -1,4 +1,5 @@
 import argparse
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,3 +81,21 @@ def test_only_given_flags_leave_the_rest_to_a_base():
     assert config_from_args(_Paths, args, base=base) == _Paths(
         name="recorded", hidden=9, ratio=0.25
     )
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "train",
+        "cache_features",
+        "emergence_model.evaluate",
+        "emergence_model.demo.__main__",
+        "emergence_model.study.__main__",
+    ],
+)
+def test_every_command_prints_its_help(module, capsys):
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,12 @@ def test_scores_on_a_transfer_set_are_those_of_the_chosen_predictor(ladder, tmp_
     assert rte["speculative"]["mean-prob"]["greedy"]["acceptance"]["value"] == pytest.approx(
         board["mean-prob"]["top1"]["value"]
     )
+    # every draft is reported; one that costs a target pass or more is never worth running
+    assert {"mean-prob", "network"} <= set(rte["speculative"])
+    for draft in rte["speculative"].values():
+        if draft["cost"] >= 1:
+            assert draft["greedy"]["draft_length"] == 0
+            assert draft["greedy"]["speedup"]["value"] == 1.0
     assert "vs_reference" in rte and "vs_reference" not in study["sets"][0]
     assert np.isfinite(rte["vs_reference"]["emergence"]["kl"]["value"])
 
@@ -129,3 +136,21 @@ def test_bad_input_is_refused_in_one_line(ladder, tmp_path):
               "--cache", str(ladder["wiki"].path)])  # fmt: skip
     with pytest.raises(ValueError, match="SET=CACHE"):
         run_study(ladder, tmp_path / "y", "--ceiling-cache", "nothing")
+
+
+def test_caches_whose_tokenizer_is_gone_or_differs_are_refused_in_one_line(ladder, tmp_path):
+    moved = {}
+    for name in ("wiki", "rte"):
+        moved[name] = tmp_path / name
+        shutil.copytree(ladder[name].path, moved[name])
+        meta = json.loads((moved[name] / "meta.json").read_text())
+        meta["tokenizer"] = str(tmp_path / "deleted-tokenizer")
+        (moved[name] / "meta.json").write_text(json.dumps(meta))
+    for caches, message in [
+        ([moved["wiki"], moved["rte"]], "does not load"),
+        ([ladder["wiki"].path, moved["rte"]], "different tokenizers"),
+    ]:
+        args = ["--checkpoint", ladder["ckpt"], "--out", tmp_path / "out", "--bootstrap", "20"]
+        with pytest.raises(ValueError, match=message) as error:
+            main([str(a) for a in args + [x for c in caches for x in ("--cache", c)]])
+        assert "\n" not in str(error.value)

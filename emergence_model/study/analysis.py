@@ -8,7 +8,7 @@ import numpy as np
 
 from emergence_model.cache import FeatureCache
 from emergence_model.evaluate import summarize
-from emergence_model.speculative import best_draft_length, draft_cost_ratio, expected_speedup
+from emergence_model.speculative import best_draft_length, expected_speedup
 from emergence_model.stats import difference_with_ci, mean_with_ci
 from emergence_model.strategies import (
     ModelSubset,
@@ -112,7 +112,9 @@ def draft_names(named: dict[str, Strategy]) -> list[str]:
 
 
 def draft_cost(strategy: Strategy, cache: FeatureCache, config: StudyConfig) -> float:
-    """A draft step's cost over a target pass: --cost-ratio, else the parameters it runs."""
+    """A draft step's cost over a target pass: --cost-ratio, else the parameters it runs over the
+    target's (above 1 where the draft's models outweigh the target: then speculating never pays,
+    which the report shows rather than hides)."""
     if config.cost_ratio is not None:
         return config.cost_ratio
     counts = cache.param_counts[:-1]
@@ -122,7 +124,7 @@ def draft_cost(strategy: Strategy, cache: FeatureCache, config: StudyConfig) -> 
         used = [counts[i] for i in strategy.indices]
     else:
         used = counts
-    return draft_cost_ratio(used, cache.param_counts[-1])
+    return float(sum(used)) / cache.param_counts[-1]
 
 
 def speculative_summary(
@@ -130,13 +132,11 @@ def speculative_summary(
 ) -> dict:
     """Per draft: greedy and sampled acceptance with intervals, its cost, the best draft length
     and the expected speed-up there (the interval is the acceptance's, through the formula).
-    A draft that costs more than the target (its parameters outweigh the target's) is left out."""
+    A draft that costs a target pass or more gets draft length 0 and speed-up 1: do not
+    speculate."""
     out = {}
     for name in draft_names(named):
-        try:
-            cost = draft_cost(named[name], cache, config)
-        except ValueError:
-            continue
+        cost = draft_cost(named[name], cache, config)
         scored = per_row["strategies"][name]
         entry: dict = {"cost": cost}
         for mode, metric in (("greedy", "top1"), ("sampled", "accept")):

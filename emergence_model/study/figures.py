@@ -89,31 +89,41 @@ def scaling_figure(name: str, scaling: dict):
     return _finish(figure, ax)
 
 
+def _draft_kind(draft: str) -> str:
+    if draft.startswith("model:"):
+        return "one small model"
+    if draft.startswith("network:"):
+        return "network on the k smallest"
+    return draft
+
+
 def speedup_figure(name: str, speculative: dict):
-    """Expected speed-up of speculative decoding against draft cost, per draft, greedy and
-    sampled, with the acceptance's interval carried through the formula."""
+    """Expected speed-up of speculative decoding against draft cost, per draft, greedy (solid)
+    and sampled (dashed), with the acceptance's interval carried through the formula; drafts of
+    one kind (each small model alone, networks on the k smallest) joined in order of cost."""
     plt = pyplot()
     figure, ax = plt.subplots(figsize=(7.0, 4.2))
-    for mode, marker, color in (("greedy", "o", "#1f77b4"), ("sampled", "s", "#ff7f0e")):
-        for draft, entry in speculative.items():
-            s = entry[mode]["speedup"]
+    kinds: dict[str, list[dict]] = {}
+    for draft, entry in speculative.items():
+        kinds.setdefault(_draft_kind(draft), []).append(entry)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (kind, entries), color in zip(kinds.items(), colors, strict=False):
+        entries = sorted(entries, key=lambda e: e["cost"])
+        for mode, style, marker in (("greedy", "-", "o"), ("sampled", "--", "s")):
+            values = [e[mode]["speedup"] for e in entries]
             ax.errorbar(
-                [entry["cost"]],
-                [s["value"]],
-                yerr=[[s["value"] - s["ci"][0]], [s["ci"][1] - s["value"]]],
-                fmt=marker,
+                [e["cost"] for e in entries],
+                [v["value"] for v in values],
+                yerr=[
+                    [v["value"] - v["ci"][0] for v in values],
+                    [v["ci"][1] - v["value"] for v in values],
+                ],
+                fmt=marker + style,
                 color=color,
                 capsize=2,
+                markersize=5,
+                label=f"{kind}, {mode}",
             )
-            if mode == "greedy":
-                ax.annotate(
-                    draft,
-                    (entry["cost"], s["value"]),
-                    fontsize=7,
-                    xytext=(4, 3),
-                    textcoords="offset points",
-                )
-        ax.plot([], [], marker, color=color, label=mode)
     ax.axhline(1.0, color="#999999", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("draft cost per step / target pass (parameters run)")
@@ -170,7 +180,7 @@ def sets_figure(rows: Sequence[tuple[str, dict, dict | None]]):
     """Per prefix set: the network's and the best baseline's agreement with the target beside
     the noise ceiling, and the mean emergence score (KL to the best predictor)."""
     plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 0.8 + 0.55 * len(rows)))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 1.3 + 0.55 * len(rows)))
     names = [name for name, _, _ in rows][::-1]
     y = np.arange(len(names))
     for offset, key, color in ((0.18, "network", "#d62728"), (-0.18, "best_baseline", "#1f77b4")):
@@ -204,7 +214,7 @@ def sets_figure(rows: Sequence[tuple[str, dict, dict | None]]):
     left.set_yticks(y, names)
     left.set_xlim(0, 100)
     left.set_xlabel("top-1 agreement with the target (%)")
-    left.legend(fontsize=8, loc="lower right")
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
     kl = [summary["emergence"]["kl"] for _, summary, _ in rows[::-1]]
     right.barh(
         y,
