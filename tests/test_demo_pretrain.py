@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from emergence_model.demo.config import DemoConfig
-from emergence_model.demo.pretrain import batch_windows, learning_rate, windows
+from emergence_model.demo.pretrain import batch_windows, learning_rate, windows, with_repeats
 
 
 def test_batch_order_depends_on_step_and_seed_only():
@@ -30,3 +30,35 @@ def test_windows_share_their_boundary_token():
     assert w.tolist() == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8]]
     with pytest.raises(ValueError, match="longer corpus"):
         windows(np.arange(3), 4)
+
+
+def _repeats_a_span(window: np.ndarray, least: int = 12) -> bool:
+    """Whether some run of `least` tokens occurs twice in `window` at different places."""
+    seen = set()
+    for i in range(len(window) - least + 1):
+        key = window[i : i + least].tobytes()
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
+def test_repeated_windows_copy_a_span_of_their_own_window():
+    rng = np.random.default_rng(0)
+    train = rng.integers(2, 2048, size=(40, 129))  # random tokens: no span repeats by chance
+    assert with_repeats(train, 0.0, seed=0) is train
+    out = with_repeats(train, 1.0, seed=0)
+    assert out.shape == (80, 129) and np.array_equal(out[:40], train)
+    for source, copy in zip(train, out[40:], strict=True):
+        assert set(copy.tolist()) <= set(source.tolist())  # only the window's own tokens
+        assert _repeats_a_span(copy) and not _repeats_a_span(source)
+    # each window's copy depends on the seed and the window alone
+    assert np.array_equal(with_repeats(train[:10], 1.0, seed=0)[10:], out[40:50])
+    half = with_repeats(train, 0.5, seed=0)
+    assert 40 < len(half) < 80
+    assert not np.array_equal(with_repeats(train, 1.0, seed=1)[40:], out[40:])
+
+
+def test_repeat_share_is_checked():
+    with pytest.raises(ValueError, match="--repeat-share must be between 0 and 1"):
+        DemoConfig(repeat_share=1.5)

@@ -40,7 +40,13 @@ from emergence_model.demo.config import (
     suite_path,
 )
 from emergence_model.demo.corpus import Corpus, prepare_corpus
-from emergence_model.demo.pretrain import token_stream, train_model, window_losses, windows
+from emergence_model.demo.pretrain import (
+    token_stream,
+    train_model,
+    window_losses,
+    windows,
+    with_repeats,
+)
 from emergence_model.demo.tokenizer import prepare_tokenizer
 from emergence_model.files import write_json_atomic
 from emergence_model.lm import count_parameters, gpt_neox_config, logit_rows
@@ -313,6 +319,7 @@ def training_windows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training windows [W, T+1] and the held-out windows that score every model."""
     train = windows(token_stream(tokenizer, corpus.train), config.seq_len)
+    train = with_repeats(train, config.repeat_share, config.seed)
     valid = windows(token_stream(tokenizer, corpus.valid), config.seq_len)
     return train, valid[: max(1, config.valid_tokens // config.seq_len)]
 

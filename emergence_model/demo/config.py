@@ -92,6 +92,9 @@ class DemoConfig:
     replica_seed: int | None = None
     """Seed of the target's second training (another initialisation and batch order, the same
     data), whose agreement with the target is the noise ceiling (default: --seed + 1)."""
+    repeat_share: float = 0.0
+    """Share of the training windows read a second time with one of their spans repeated through
+    the window (in-context copying to learn; give more --steps to read them): 0, none."""
     corpus: str | None = None
     """Plain-text corpus file (documents separated by blank lines); default: stdlib docstrings."""
     tokenizer: str | None = None
@@ -112,6 +115,8 @@ class DemoConfig:
             raise ValueError("the ladder needs at least two models (small ones and a target)")
         if self.target_checkpoints < 0:
             raise ValueError("--target-checkpoints must be at least 0")
+        if not 0.0 <= self.repeat_share <= 1.0:
+            raise ValueError(f"--repeat-share must be between 0 and 1, got {self.repeat_share}")
         if self.replica_seed is not None and self.replica_seed == self.seed:
             raise ValueError("--replica-seed must differ from --seed, or the replica is the target")
 

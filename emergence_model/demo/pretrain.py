@@ -46,6 +46,41 @@ def windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     )
 
 
+# Repeated spans: the length of a span and the text between its copies, in tokens.
+REPEAT_SPAN = (12, 40)
+REPEAT_GAP = (0, 24)
+
+
+def with_repeats(train: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """The training windows [W, T+1] followed by a copy of a seeded `share` of them in which one
+    span of the window's own tokens (12-40 long) is written again and again through the window,
+    with 0-24 tokens of the window's text between copies: text that rewards copying what came
+    earlier in the context, as web text's repeated passages do for Pythia. Window w's copy is a
+    function of (seed, w) alone, so it does not depend on the share of the others."""
+    if share <= 0:
+        return train
+    length = train.shape[1]
+    extra = []
+    for w in range(len(train)):
+        rng = np.random.default_rng([seed, w])
+        if rng.random() >= share:
+            continue
+        x = np.array(train[w], copy=True)
+        span = min(int(rng.integers(REPEAT_SPAN[0], REPEAT_SPAN[1] + 1)), length)
+        gap = int(rng.integers(REPEAT_GAP[0], REPEAT_GAP[1] + 1))
+        start = int(rng.integers(0, length - span + 1))
+        source = train[w, start : start + span].copy()
+        pos = int(rng.integers(0, 16))
+        while pos < length:
+            end = min(length, pos + span)
+            x[pos:end] = source[: end - pos]
+            pos = end + gap
+        extra.append(x)
+    if not extra:
+        return train
+    return np.concatenate([train, np.stack(extra)])
+
+
 @functools.lru_cache(maxsize=4)
 def _epoch_order(num_windows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_windows)

@@ -31,7 +31,9 @@ def emergence_histogram(sets: Sequence[tuple[str, np.ndarray]], best: str):
     figure, ax = plt.subplots(figsize=(7.5, 4.0))
     values = [np.clip(v, 1e-4, None) for _, v in sets]
     top = max(float(v.max()) for v in values)
-    bins = np.logspace(-4, math.log10(max(top, 1e-3)) + 0.05, 40)
+    # from the smallest values any set has in numbers (its 0.1th percentile), not from the floor
+    low = min(float(np.percentile(v, 0.1)) for v in values)
+    bins = np.logspace(math.log10(low) - 0.05, math.log10(max(top, 10 * low)) + 0.05, 40)
     for i, ((name, _), v) in enumerate(zip(sets, values, strict=True)):
         ax.hist(
             v,
