@@ -1,0 +1,101 @@
+"""Is it copying? Each model's copy rate on an induction set against a control.
+
+    python bench/induction_control.py --suite-dir ~/.cache/emergence-model/demo
+    python bench/induction_control.py --suite-dir suites/copying --steps
+
+An induction prompt is a passage, then its first k words again; the copy is the word that
+followed them the first time. A model can name that word without looking back, from the k
+words alone. The control asks the same question without the passage to copy from: the same k
+words after another prompt's passage (a seeded shuffle). Copying in context is the copy rate
+minus the control's, per model, with a paired 95% bootstrap interval. The copy rates are read
+from the suite's demo-induction cache (`python -m emergence_model.demo caches`); the controls are
+scored here with each model. Only prompts whose continuation starts with the same token after
+the control are kept. `--steps` adds the target's checkpoints (the demo-steps cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+
+from emergence_model.cache import open_cache
+from emergence_model.demo.config import CACHES_DIR, suite_path
+from emergence_model.extract import next_token_logprobs
+from emergence_model.lm import load_model
+from emergence_model.prefixes import source_field
+from emergence_model.prompts import INDUCTION_REPEAT, expected_token_ids
+from emergence_model.stats import mean_with_ci
+from emergence_model.study.ladder import load_cache_tokenizer
+from emergence_model.suites import parse_model_spec
+
+
+def passage_and_head(prompt: str, expected: str) -> tuple[str, str]:
+    """Split an induction prompt into its passage and the repeated words: the k whose repeat
+    ends the prompt and whose first occurrence is followed by the expected word."""
+    words = prompt.split()
+    for k in range(INDUCTION_REPEAT[0], INDUCTION_REPEAT[1] + 1):
+        passage, head = words[:-k], words[-k:]
+        if passage[:k] == head and len(passage) > k and passage[k] == expected.strip():
+            return " ".join(passage), " ".join(head)
+    raise ValueError(f"not an induction prompt of {INDUCTION_REPEAT} repeated words: {prompt!r}")
+
+
+def control_prompts(prompts: list[str], expected: list[str], seed: int) -> list[str]:
+    """Each prompt's repeated words after another prompt's passage (a seeded derangement)."""
+    split = [passage_and_head(p, e) for p, e in zip(prompts, expected, strict=True)]
+    order = list(range(len(split)))
+    random.Random(seed).shuffle(order)
+    others = [order[i] if order[i] != i else (i + 1) % len(split) for i in range(len(split))]
+    return [f"{split[j][0]} {split[i][1]}" for i, j in enumerate(others)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite-dir", type=Path, help="the demo suite (default: the demo's)")
+    parser.add_argument("--steps", action="store_true", help="also the target's checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the control's shuffle")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    caches = suite_path(args.suite_dir) / CACHES_DIR
+    paths = [caches / "demo-induction"]
+    if args.steps:
+        paths.append(caches / "steps" / "demo-induction")
+    print("| model | copy % | control % | copy - control, points |")
+    print("| --- | --- | --- | --- |")
+    for path in paths:
+        cache = open_cache(path)
+        names = cache.meta["model_names"]
+        expected = source_field(cache.meta["source"], "expected")
+        controls = control_prompts(cache.prefixes, expected, args.seed)
+        tokenizer = load_cache_tokenizer([cache])
+        copy = np.array(expected_token_ids(tokenizer, cache.prefixes, expected))
+        control_copy = np.array(expected_token_ids(tokenizer, controls, expected))
+        keep = np.flatnonzero((copy >= 0) & (copy == control_copy))
+        kept_controls = [controls[i] for i in keep]
+        models = range(len(names)) if path == paths[0] else range(len(names) - 1)
+        for m in models:
+            hit = cache.argmax[keep, m] == copy[keep]
+            model_id, revision = parse_model_spec(names[m])
+            model = load_model(model_id, revision=revision)
+            scores = next_token_logprobs(
+                model, tokenizer, kept_controls, batch_size=args.batch_size
+            )
+            control_hit = scores.argmax(axis=1) == copy[keep]
+            diff = mean_with_ci(hit.astype(float) - control_hit)
+            print(
+                f"| {Path(names[m]).name} | {100 * hit.mean():.1f} "
+                f"| {100 * control_hit.mean():.1f} "
+                f"| {100 * diff['value']:+.1f} [{100 * diff['ci'][0]:+.1f}, "
+                f"{100 * diff['ci'][1]:+.1f}] |",
+                flush=True,
+            )
+    print(f"\n{len(keep)} of {len(cache.prefixes)} prompts (the continuation's first token is the "
+          "same after the control)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
