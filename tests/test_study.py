@@ -12,9 +12,11 @@ import pytest
 import torch
 from conftest import make_sentences
 from synthetic_cache import write_synthetic_cache
+from transformers import AutoTokenizer
 
 from emergence_model.checkpoint import build_predictor, load_checkpoint
 from emergence_model.extract import ExtractConfig, extract_suite
+from emergence_model.prompts import induction_prefixes
 from emergence_model.study.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,3 +156,34 @@ def test_caches_whose_tokenizer_is_gone_or_differs_are_refused_in_one_line(ladde
         with pytest.raises(ValueError, match=message) as error:
             main([str(a) for a in args + [x for c in caches for x in ("--cache", c)]])
         assert "\n" not in str(error.value)
+
+
+def test_copying_is_split_by_whether_the_target_copies(ladder, tiny_suite, tmp_path):
+    texts = [" ".join(make_sentences(3, seed=s)) for s in range(80)]
+    prefixes, expected = induction_prefixes(texts, seed=0, words=(12, 20))
+    config = ExtractConfig(device="cpu", batch_size=8, progress=False)
+    probe = extract_suite(tiny_suite.model_ids, prefixes, tmp_path / "probe", config)
+    # tiny models never copy: make the target's own choice the expected word of every other
+    # prompt, so that both groups are there
+    tokenizer = AutoTokenizer.from_pretrained(tiny_suite.model_ids[-1])
+    chosen = [tokenizer.decode([int(t)]) for t in probe.target_argmax]
+    expected = [c if i % 2 else e for i, (c, e) in enumerate(zip(chosen, expected, strict=True))]
+    source = {"dataset": "induction", "expected": expected}
+    induction = extract_suite(tiny_suite.model_ids, prefixes, tmp_path / "induction", config,
+                              source=source)  # fmt: skip
+    out = tmp_path / "study"
+    args = ["--checkpoint", ladder["ckpt"], "--cache", ladder["wiki"].path, "--cache"]
+    (study,) = main([str(a) for a in [*args, induction.path, "--out", out, "--bootstrap", "30"]])
+    split = study["sets"][1]["copies"]["split"]
+    rows = [json.loads(line) for line in (out / "per_prefix.jsonl").open()]
+    rows = [r for r in rows if r["set"] == "induction" and r.get("copy_token", -1) >= 0]
+    copies = [r for r in rows if r["target_token"] == r["copy_token"]]
+    others = [r for r in rows if r["target_token"] != r["copy_token"]]
+    assert split["copies"]["prefixes"] == len(copies) > 0
+    assert split["other"]["prefixes"] == len(others) > 0
+    assert split["copies"]["kl"]["value"] == pytest.approx(np.mean([r["kl"] for r in copies]))
+    assert split["other"]["miss"]["value"] == pytest.approx(np.mean([r["miss"] for r in others]))
+    difference = np.mean([r["kl"] for r in copies]) - np.mean([r["kl"] for r in others])
+    assert split["copies"]["minus_other"]["kl"]["value"] == pytest.approx(difference)
+    assert split["new"]["prefixes"] <= split["copies"]["prefixes"]
+    assert "the target copies, the largest small model does not" in (out / "report.md").read_text()

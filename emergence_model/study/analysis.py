@@ -214,6 +214,29 @@ def copy_rates(cache: FeatureCache, expected: np.ndarray, per_row: dict, config)
     }
 
 
+def copy_split(expected: np.ndarray, per_row: dict, rows: dict, config) -> dict:
+    """Is the target harder to predict where it copies? The prompts with a known copy, split by
+    whether the target's top token is the copy: each group's KL and top-1 miss (of the best
+    predictor) and their difference with an interval from resampling both groups. "new" are the
+    target's copies that the largest small model does not make (what appears at the target)."""
+    known = expected >= 0
+    copies = known & (per_row["target"]["token"] == expected)
+    groups = {"copies": copies, "new": copies & ~per_row["easy"], "other": known & ~copies}
+    out: dict = {name: {"prefixes": int(mask.sum())} for name, mask in groups.items()}
+    for name, mask in groups.items():
+        for metric in ("kl", "miss"):
+            out[name][metric] = mean_with_ci(rows[metric][mask], config.bootstrap, config.seed)
+    for name in ("copies", "new"):
+        out[name]["minus_other"] = {
+            metric: difference_with_ci(
+                rows[metric][groups[name]], rows[metric][groups["other"]], config.bootstrap,
+                config.seed,
+            )
+            for metric in ("kl", "miss")
+        }  # fmt: skip
+    return out
+
+
 def ceiling_agreement(cache: FeatureCache, ceiling: FeatureCache, config) -> dict:
     """The target's agreement with itself trained again from another seed: the first model of
     `ceiling` (the retrained target) against its target, on the same prefixes as `cache`."""

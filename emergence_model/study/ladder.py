@@ -20,6 +20,7 @@ from emergence_model.study.analysis import (
     choose_best,
     compare_to_reference,
     copy_rates,
+    copy_split,
     emergence_rows,
     most_emergent,
     summarize_set,
@@ -118,9 +119,9 @@ def study_ladder(
         expected = expected_copy_tokens(cache, tokenizer)
         r["expected"] = expected
         if expected is not None:
-            summary["copies"] = copy_rates(
-                cache, expected[result["per_row"]["rows"]], result["per_row"], config
-            )
+            in_rows = expected[result["per_row"]["rows"]]
+            summary["copies"] = copy_rates(cache, in_rows, result["per_row"], config)
+            summary["copies"]["split"] = copy_split(in_rows, result["per_row"], r, config)
         if summary["name"] in ceiling_caches:
             summary["ceiling"] = ceiling_agreement(cache, ceiling_caches[summary["name"]], config)
         summary["most_emergent"] = most_emergent(result, r, config.top_emergent, decode)

@@ -421,4 +421,26 @@ def _copies(study: dict) -> list[str]:
             + "; ".join(f"{name} {_stat(stat, 'top1')}%" for name, stat in c["models"].items())
         )
         lines.append("")
+        if "split" in c:
+            lines += _copy_split(c["split"])
     return lines
+
+
+def _copy_split(split: dict) -> list[str]:
+    """Where the target copies against where it does not: KL and miss of the best predictor."""
+    names = {
+        "copies": "the target copies",
+        "new": "the target copies, the largest small model does not",
+        "other": "the target does not copy",
+    }
+    table = []
+    for key, title in names.items():
+        group = split[key]
+        row = [title, str(group["prefixes"]), _stat(group["kl"]), _stat(group["miss"], "top1")]
+        for metric, kind in (("kl", ""), ("miss", "top1")):
+            diff = group.get("minus_other", {}).get(metric)
+            row.append(_stat(diff, kind) if diff else "")
+        table.append(row)
+    head = ["prompts where", "n", "KL, nats", "top-1 miss %", "KL minus the rest"]
+    head.append("miss minus the rest, points")
+    return [*markdown_table(head, table), ""]
