@@ -421,7 +421,7 @@ def _copies(study: dict) -> list[str]:
             + "; ".join(f"{name} {_stat(stat, 'top1')}%" for name, stat in c["models"].items())
         )
         lines.append("")
-        if "split" in c:
+        if c.get("split", {}).get("copies", {}).get("prefixes"):
             lines += _copy_split(c["split"])
     return lines
 
