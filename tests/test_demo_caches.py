@@ -174,3 +174,25 @@ def test_a_time_ladder_and_a_size_ladder_go_through_the_same_network_and_baselin
         checkpoint = load_checkpoint(out)
         assert checkpoint["scale_axis"] == axis
         assert checkpoint["scales"] == open_cache(path).scales[:-1]
+
+
+def test_the_study_with_no_arguments_studies_both_demo_ladders_and_reuses_them(
+    study_suite_dir, tmp_path, monkeypatch
+):
+    from emergence_model.study.__main__ import main as study
+
+    out = tmp_path / "study"
+    args = ["--suite-dir", str(study_suite_dir), "--out", str(out), "--bootstrap", "20"]
+    args += ["--no-subset-networks", "--generate-prompts", "2", "--generate-tokens", "2"]
+    first = study(args)
+    assert [s["title"] for s in first] == ["demo-size", "demo-steps"]
+    assert [s["name"] for s in first[0]["sets"]] == list(SIZE_DATASETS)
+    assert first[1]["scale_axis"] == "tokens" and "ceiling" in first[0]["sets"][0]
+    assert (out / "work" / "checkpoints" / "demo-size.ckpt").is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a network trained again")
+
+    monkeypatch.setattr("emergence_model.study.demo.train_and_evaluate", fail)
+    again = study(args)
+    assert again[0]["sets"][0]["emergence"] == first[0]["sets"][0]["emergence"]

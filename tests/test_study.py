@@ -64,6 +64,7 @@ def test_the_study_writes_its_report_and_every_prefix(ladder, tmp_path):
         "Cascade",
         "The most emergent prefixes",
         "Measured: speculative decoding",
+        "Sampled acceptance (%) of each draft on every set",
     ):
         assert section in report
     for link in [line.split("](")[1][:-1] for line in report.splitlines() if "![" in line]:

@@ -346,6 +346,7 @@ def _practical(study: dict) -> list[str]:
             )
         lines += markdown_table(head, table)
         lines += ["", f"![speed-up]({figure_name(study, 'speedup')})", ""]
+        lines += _acceptance_by_set(study)
         if "generation" in study:
             lines += _generation(study["generation"])
     lines += [
@@ -372,6 +373,30 @@ def _practical(study: dict) -> list[str]:
     lines += markdown_table(head, table)
     lines += ["", f"![cascade]({figure_name(study, 'cascade')})", ""]
     return lines
+
+
+def _acceptance_by_set(study: dict) -> list[str]:
+    """Sampled acceptance sum_x min(p, q) of each draft on every set, and each set's difference
+    to the reference set (intervals resample both sets)."""
+    sets = [s for s in study["sets"] if s.get("speculative")]
+    if len(sets) < 2:
+        return []
+    reference = sets[0]["name"]
+    head = ["draft", *[f"{s['name']}" for s in sets]]
+    table = []
+    for draft in sets[0]["speculative"]:
+        row = [draft]
+        for s in sets:
+            cell = _stat(s["speculative"][draft]["sampled"]["acceptance"], "top1")
+            diff = s.get("vs_reference", {}).get("sampled_acceptance", {}).get(draft)
+            row.append(f"{cell}; {_stat(diff, 'top1')} vs {reference}" if diff else cell)
+        table.append(row)
+    return [
+        f"Sampled acceptance (%) of each draft on every set, and minus `{reference}`'s:",
+        "",
+        *markdown_table(head, table),
+        "",
+    ]
 
 
 def _generation(generation: dict) -> list[str]:
