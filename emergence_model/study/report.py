@@ -98,8 +98,9 @@ def draw_figures(out: Path, ladders: Sequence[dict]) -> list[Path]:
                     out / figure_name(study, "scaling", summary["name"]),
                 )
             )
-            if "copies" in summary:
-                copies = summary["copies"]
+            copies = summary.get("copies")
+            # a set on which no model ever copies (e.g. RTE's answers) has nothing to draw
+            if copies and any(m["value"] > 0 for m in copies["models"].values()):
                 copy_curves.append(
                     (
                         f"{study['title']}: {summary['name']}",
