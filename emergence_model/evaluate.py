@@ -101,7 +101,7 @@ def score_rows(
     # number of rows although nothing large outlives its chunk.
     columns: dict = {name: {} for name in strategies}
     target_columns: dict = {}
-    for start in range(0, n, chunk_rows):
+    for start in range(0, max(n, 1), chunk_rows):  # once at least: no rows, empty columns
         chunk = indices[start : start + chunk_rows]
         at = slice(start, start + len(chunk))
         rows = torch.from_numpy(cache.rows(chunk))  # (n, M + 1, V)

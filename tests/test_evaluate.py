@@ -73,6 +73,14 @@ def test_rows_match_a_direct_computation(cache):
     assert per_row["target"]["logprob"] == pytest.approx(
         target_logp[rows, target].numpy(), abs=1e-6
     )
+    # chunking changes nothing; no rows give empty columns of every metric
+    whole = score_rows(cache, strategies, chunk_rows=len(cache))
+    for name, metrics in scored.items():
+        for metric, values in metrics.items():
+            assert np.array_equal(whole["strategies"][name][metric], values), (name, metric)
+    empty = score_rows(cache, strategies, indices=np.array([], dtype=np.int64))
+    assert set(empty["strategies"]["mean-prob"]) == set(scored["mean-prob"])
+    assert empty["target"]["small_logprob"].shape == (0, cache.num_models - 1)
 
 
 @pytest.mark.parametrize("folds", [1, 3])
