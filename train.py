@@ -30,10 +30,13 @@ from emergence_model.cli import add_config_arguments, config_from_args, exit_on_
 from emergence_model.demo.caches import prepare_demo_caches
 from emergence_model.evaluate import EvalConfig
 from emergence_model.model import PredictorConfig
-from emergence_model.pipeline import check_hardware, default_run_dir, train_and_evaluate
+from emergence_model.pipeline import (
+    DEMO_CHECKPOINT,
+    check_hardware,
+    default_run_dir,
+    train_and_evaluate,
+)
 from emergence_model.training import TrainConfig
-
-DEMO_CHECKPOINT = Path("checkpoints/demo.ckpt")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

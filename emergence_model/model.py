@@ -396,9 +396,7 @@ class PerTokenPredictor(nn.Module):
         """(B, M, V) probabilities, e.g. the challenge's float16 -> (B, V) logits, as
         `forward(log(probs))` but with logs of the candidates only; `probs` is left as it was."""
         self.check_inputs(probs)
-        p = probs.float()
-        # floored out of place: a float32 input is the caller's array
-        p = p.clamp_min_(PROB_FLOOR) if p is not probs else p.clamp_min(PROB_FLOOR)
+        p = probs.to(torch.float32, copy=True).clamp_min_(PROB_FLOOR)  # the copy is floored
         return self.combine(
             self.features(p, lambda idx: floor_logprobs(torch.log(p.gather(2, idx))))
         ).logits

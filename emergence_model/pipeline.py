@@ -42,6 +42,9 @@ from emergence_model.strategies import (
 )
 from emergence_model.training import TrainConfig, fit_cross_fitted, write_config
 
+DEMO_CHECKPOINT = Path("checkpoints/demo.ckpt")
+"""Where `python train.py` saves the offline demo's network (and the study looks for it)."""
+
 
 def tune_baselines(cache, train_idx: np.ndarray) -> dict:
     """Baselines with parameters, tuned on the training split only."""

@@ -20,11 +20,8 @@ from emergence_model.demo.caches import SIZE_DATASETS, STEPS_DATASETS, prepare_d
 from emergence_model.demo.config import log, suite_path
 from emergence_model.evaluate import EvalConfig
 from emergence_model.model import PredictorConfig
-from emergence_model.pipeline import train_and_evaluate
+from emergence_model.pipeline import DEMO_CHECKPOINT, train_and_evaluate
 from emergence_model.training import TrainConfig
-
-TRAIN_CHECKPOINT = Path("checkpoints/demo.ckpt")
-"""What `python train.py` writes for the demo: reused when it was trained on this suite."""
 
 
 def trained_on(checkpoint: Path, cache_path: Path) -> bool:
@@ -66,7 +63,7 @@ def demo_ladders(suite_dir: str | Path | None, out: Path) -> list[dict]:
     ladders = [
         {
             "checkpoint": ensure_checkpoint(
-                [TRAIN_CHECKPOINT, own / "demo-size.ckpt"],
+                [DEMO_CHECKPOINT, own / "demo-size.ckpt"],
                 size[0],
                 size[1:],
                 own / "demo-size.ckpt",

@@ -15,6 +15,8 @@ import numpy as np
 
 from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.lm import load_tokenizer
+from emergence_model.prefixes import source_field
+from emergence_model.prompts import expected_token_ids
 from emergence_model.study.analysis import (
     ceiling_agreement,
     choose_best,
@@ -69,22 +71,12 @@ def token_decoder(tokenizer):
 
 def expected_copy_tokens(cache: FeatureCache, tokenizer) -> np.ndarray | None:
     """(n,) the in-context copy token of each prefix of an induction set (-1 where the text
-    gives none), from the continuations its source recorded; None for other sets.
-
-    The copy is the first token of the continuation as the tokenizer splits prefix + continuation
-    (byte-level BPE keeps the leading space with the word)."""
-    expected = (cache.meta.get("source") or {}).get("expected")
+    gives none), from the continuations its source recorded (`prompts.expected_token_ids`);
+    None for other sets."""
+    expected = source_field(cache.meta.get("source") or {}, "expected")
     if not expected:
         return None
-    tokens = np.full(cache.num_prefixes, -1, dtype=np.int64)
-    for i, (prefix, continuation) in enumerate(zip(cache.prefixes, expected, strict=True)):
-        if not continuation:
-            continue
-        head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        full = tokenizer(prefix + continuation, add_special_tokens=False)["input_ids"]
-        if len(full) > len(head) and full[: len(head)] == head:
-            tokens[i] = full[len(head)]
-    return tokens
+    return np.array(expected_token_ids(tokenizer, cache.prefixes, expected), dtype=np.int64)
 
 
 def study_ladder(
