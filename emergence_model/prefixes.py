@@ -240,6 +240,14 @@ def source_field(source: dict, field: str) -> list | None:
     return source.get(field)
 
 
+def source_task(source: dict) -> str | None:
+    """The task a cache's prefixes pose ("induction", "rte", "cot"; its shards' for a combined
+    cache), None for plain text."""
+    if "combined" in source:
+        return next((t for part in source["combined"] if (t := source_task(part))), None)
+    return source.get("task")
+
+
 def _take(prefixes: list[str], meta: dict, rows: slice) -> tuple[list[str], dict]:
     """The prefixes in `rows`, with their per-prefix metadata."""
     meta = dict(meta)

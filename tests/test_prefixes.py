@@ -10,6 +10,7 @@ from emergence_model.prefixes import (
     describe_sources,
     load_prefixes,
     source_field,
+    source_task,
 )
 from emergence_model.prompts import COT_TEMPLATE, RTE_TEMPLATE
 
@@ -250,6 +251,8 @@ def test_shards_carry_their_own_per_prefix_fields_and_join_back(tmp_path):
     assert source_field(combined, "expected") == meta["expected"]
     assert source_field(combined, "labels") == meta["labels"]
     assert source_field({"dataset": "x"}, "expected") is None
+    assert source_task(combined) == source_task(meta) == "rte"
+    assert source_task({"dataset": "x"}) is None
 
 
 def test_local_txt_one_prefix_per_line_blank_lines_skipped(tmp_path):

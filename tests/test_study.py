@@ -169,7 +169,7 @@ def test_copying_is_split_by_whether_the_target_copies(ladder, tiny_suite, tmp_p
     tokenizer = AutoTokenizer.from_pretrained(tiny_suite.model_ids[-1])
     chosen = [tokenizer.decode([int(t)]) for t in probe.target_argmax]
     expected = [c if i % 2 else e for i, (c, e) in enumerate(zip(chosen, expected, strict=True))]
-    source = {"dataset": "induction", "expected": expected}
+    source = {"dataset": "induction", "task": "induction", "expected": expected}
     induction = extract_suite(tiny_suite.model_ids, prefixes, tmp_path / "induction", config,
                               source=source)  # fmt: skip
     out = tmp_path / "study"

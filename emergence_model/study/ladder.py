@@ -15,7 +15,7 @@ import numpy as np
 
 from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.lm import load_tokenizer
-from emergence_model.prefixes import source_field
+from emergence_model.prefixes import source_field, source_task
 from emergence_model.prompts import expected_token_ids
 from emergence_model.study.analysis import (
     ceiling_agreement,
@@ -72,9 +72,10 @@ def token_decoder(tokenizer):
 def expected_copy_tokens(cache: FeatureCache, tokenizer) -> np.ndarray | None:
     """(n,) the in-context copy token of each prefix of an induction set (-1 where the text
     gives none), from the continuations its source recorded (`prompts.expected_token_ids`);
-    None for other sets."""
-    expected = source_field(cache.meta.get("source") or {}, "expected")
-    if not expected:
+    None for other sets (an RTE answer is expected, not copied)."""
+    source = cache.meta.get("source") or {}
+    expected = source_field(source, "expected")
+    if source_task(source) != "induction" or not expected:
         return None
     return np.array(expected_token_ids(tokenizer, cache.prefixes, expected), dtype=np.int64)
 

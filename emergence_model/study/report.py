@@ -98,9 +98,8 @@ def draw_figures(out: Path, ladders: Sequence[dict]) -> list[Path]:
                     out / figure_name(study, "scaling", summary["name"]),
                 )
             )
-            copies = summary.get("copies")
-            # a set on which no model ever copies (e.g. RTE's answers) has nothing to draw
-            if copies and any(m["value"] > 0 for m in copies["models"].values()):
+            if "copies" in summary:
+                copies = summary["copies"]
                 copy_curves.append(
                     (
                         f"{study['title']}: {summary['name']}",
