@@ -17,9 +17,11 @@ Three steps, each one small module, the same weights for every token of the voca
    per-prefix offset. Candidates hold the target's top token on 99.9-100% of the demo's prefixes,
    and scoring a [100, 6, 50277] batch stays a few passes over the input on a CPU.
 3. Two outputs of that MLP: `logits`, trained on the target's top token, rank the tokens (the
-   guess); the distribution, trained on KL to the target's whole distribution, is the predicted
-   distribution of the target, with the guess made its mode so that its top-1 is the guess's.
-   Both start at zero, so an untrained network is the mean-probability baseline.
+   guess); the distribution, trained on KL to the target's whole distribution and mixed with
+   each small model's distribution and their mean by weights fitted on held-out prefixes
+   (`fit_mixture`), is the predicted distribution of the target, with the guess made its mode so
+   that its top-1 is the guess's. Both outputs start at zero and the mixture at the distribution
+   output alone, so an untrained network is the mean-probability baseline.
 
 The features do not depend on learned weights, so several trained networks (`heads`, e.g. the
 members of a cross-fitted ensemble) share them and cost little more than one. Any number of
@@ -293,9 +295,19 @@ class TokenHead(nn.Module):
             config.dropout,
         )
         self.token_out = ZeroLinear(config.hidden_size, 2)  # (logit, distribution) corrections
+        # Weights of the predicted distribution's mixture: the distribution output, each small
+        # model's distribution, their mean; fitted after training (`fit_mixture`).
+        self.register_buffer("mixture", default_mixture(config.num_models))
         self.tail_out = ZeroLinear(context, 2)  # per-prefix offsets of every other token
         if self.embedding is not None:
             nn.init.normal_(self.embedding.weight, std=0.01)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Saved before the mixture existed: the distribution output alone, as it was then.
+        key = prefix + "mixture"
+        if key not in state_dict and prefix + "token_out.weight" in state_dict:
+            state_dict[key] = default_mixture(len(self.mixture) - 2)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def guide_weights(self, context: torch.Tensor) -> torch.Tensor:
         """Per-prefix context (B, C) -> weights of the guides (B, G)."""
@@ -327,6 +339,39 @@ class TokenHead(nn.Module):
         cand_log_mean = features.candidate_guides[:, -1]  # (B, K)
         scores = torch.stack([cand_base + correction, cand_log_mean + dist_correction], dim=2)
         return HeadOutputs(weights, self.tail_out(features.context), scores)
+
+
+def default_mixture(num_models: int) -> torch.Tensor:
+    """Mixture weights (distribution output, each small model, their mean) of the output alone."""
+    weights = torch.zeros(num_models + 2)
+    weights[0] = 1.0
+    return weights
+
+
+def mixture_components(distribution: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """The distribution output's logits (B, V) and the small models' floored log-probs (B, M, V)
+    -> the mixture's components as probabilities (B, M + 2, V): the output, each model, their
+    mean (each model renormalised: the floor adds a little mass)."""
+    p = logprobs.exp()
+    p = p / p.sum(dim=2, keepdim=True)
+    q = F.softmax(distribution, dim=1).unsqueeze(1)
+    return torch.cat([q, p, p.mean(dim=1, keepdim=True)], dim=1)
+
+
+def fit_mixture(
+    components: torch.Tensor, target: torch.Tensor, iterations: int = 100
+) -> torch.Tensor:
+    """Mixture weights w (J,) on the simplex minimising the mean KL(target || sum_j w_j c_j) over
+    the rows of `components` (N, J, V) and the target's probabilities (N, V): EM from uniform
+    weights, whose updates never increase the KL (the problem is convex in w)."""
+    n, j, _ = components.shape
+    weights = torch.full((j,), 1.0 / j, dtype=components.dtype)
+    for _ in range(iterations):
+        mix = torch.einsum("j,njv->nv", weights, components).clamp_min(1e-30)
+        # each component's expected share of the target's mass
+        share = torch.einsum("nv,njv->j", target / mix, components) * weights / n
+        weights = share / share.sum()
+    return weights
 
 
 def make_mode(distribution: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
@@ -460,16 +505,37 @@ class PerTokenPredictor(nn.Module):
             [*(f.transpose(1, 2) for f in per_model), torch.stack(columns, dim=2)], dim=2
         )
 
+    @property
+    def mixture(self) -> torch.Tensor:
+        """Weights of the predicted distribution's mixture (distribution output, each small
+        model, their mean): the mean of the heads'."""
+        return torch.stack([head.mixture for head in self.heads]).mean(dim=0)
+
+    def predicted_log_probs(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """(B, M, V) log-probs -> the predicted log-distribution of the target (B, V): the mixture
+        of the distribution output with the small models' distributions and their mean, the guess
+        (argmax of the logits) made its mode."""
+        x = floor_logprobs(logprobs)
+        logits, distribution = self.outputs(x)
+        weights = self.mixture
+        if torch.equal(weights, default_mixture(self.config.num_models).to(weights)):
+            mixed = distribution  # the output alone: no pass over the small models' probabilities
+        else:
+            components = mixture_components(distribution, x)  # (B, J, V)
+            mixed = torch.log(torch.einsum("j,bjv->bv", weights, components).clamp_min(1e-30))
+        return make_mode(mixed, logits.argmax(dim=1))
+
     @torch.no_grad()
     def log_probs(self, logprobs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
-        """Predicted target log-distribution (N, V) from log-probs, a few rows at a time: the
-        distribution output, normalised, with the guess (argmax of the logits) as its mode."""
-        return self._chunked(self.outputs, logprobs, chunk_rows)
+        """`predicted_log_probs` of log-probs (N, M, V), a few rows at a time."""
+        return self._chunked(self.predicted_log_probs, logprobs, chunk_rows)
 
     @torch.no_grad()
     def log_probs_from_probs(self, probs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
         """`log_probs` from probabilities (N, M, V), e.g. the challenge's float16."""
-        return self._chunked(lambda p: self.outputs(probs_to_logprobs(p)), probs, chunk_rows)
+        return self._chunked(
+            lambda p: self.predicted_log_probs(probs_to_logprobs(p)), probs, chunk_rows
+        )
 
     def _chunked(self, fn, inputs: torch.Tensor, chunk_rows: int) -> torch.Tensor:
         self.check_inputs(inputs)
@@ -477,6 +543,5 @@ class PerTokenPredictor(nn.Module):
         out = torch.empty(inputs.shape[0], inputs.shape[2], dtype=torch.float32)
         for start in range(0, inputs.shape[0], chunk_rows):
             rows = inputs[start : start + chunk_rows].to(device)
-            logits, distribution = fn(rows)
-            out[start : start + chunk_rows] = make_mode(distribution, logits.argmax(dim=1)).cpu()
+            out[start : start + chunk_rows] = fn(rows).cpu()
         return out

@@ -34,7 +34,14 @@ from emergence_model.cache import FeatureCache
 from emergence_model.checkpoint import CHECKPOINT_FORMAT
 from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
-from emergence_model.model import Outputs, PerTokenPredictor, PredictorConfig
+from emergence_model.model import (
+    Outputs,
+    PerTokenPredictor,
+    PredictorConfig,
+    fit_mixture,
+    floor_logprobs,
+    mixture_components,
+)
 from emergence_model.splits import Split, fold_splits, split_indices
 
 
@@ -58,6 +65,10 @@ class TrainConfig:
     distribution_weight: float = 1.0
     """Weight of KL(target || distribution output) in the loss: the predicted distribution is
     trained on the target's whole distribution (0: it stays the mean of the small models')."""
+    mixture: bool = True
+    """Fit the predicted distribution as a mixture of the distribution output, each small
+    model's distribution and their mean, weights chosen on each fold's validation prefixes
+    (least KL from the target; the top-1 does not change). --no-mixture: the output alone."""
     train_fraction: float = 1.0
     """Share of each fold's training prefixes used (a learning curve; 1: all)."""
     folds: int = 5
@@ -278,6 +289,7 @@ def _fold_key(
     """What a fold's network depends on: the cache's contents, both configs and the split."""
     settings = dataclasses.asdict(train_config)
     del settings["progress"]  # how a run looks, not what it computes
+    del settings["mixture"]  # fitted after the network, on its validation prefixes
     identity = {
         "format": CHECKPOINT_FORMAT,  # a network of an older design is trained again
         **cache.content_key(),
@@ -311,6 +323,34 @@ def _load_member(path: Path, key: str) -> tuple[PerTokenPredictor, dict] | None:
     predictor = PerTokenPredictor(PredictorConfig(**saved["config"]))
     predictor.load_state_dict(saved["state_dict"])
     return predictor.eval(), saved["metrics"]
+
+
+# Validation prefixes the mixture is fitted on, at most: enough for its M + 2 weights, and
+# (rows, M + 2, V) float32 stays under half a GiB at Pythia's vocabulary.
+MIXTURE_ROWS = 256
+
+
+@torch.no_grad()
+def fit_member_mixture(
+    predictor: PerTokenPredictor, cache: FeatureCache, rows: np.ndarray
+) -> torch.Tensor:
+    """Set the mixture weights of `predictor` (one head) to those with the least KL from the
+    target on `rows` of `cache` (at most MIXTURE_ROWS of them, evenly spaced); returns them."""
+    if len(predictor.heads) != 1:
+        raise ValueError("fit_member_mixture fits one head: call it on a fold's network")
+    rows = np.asarray(rows)
+    if len(rows) > MIXTURE_ROWS:
+        rows = rows[np.linspace(0, len(rows) - 1, MIXTURE_ROWS).round().astype(np.int64)]
+    data = torch.from_numpy(cache.rows(rows))  # (N, M + 1, V) float32
+    inputs, target = floor_logprobs(data[:, :-1]), F.softmax(data[:, -1], dim=-1)
+    predictor = predictor.eval()
+    chunks = [inputs[i : i + 32] for i in range(0, len(rows), 32)]
+    components = torch.cat(
+        [mixture_components(predictor.outputs(x).distribution, x) for x in chunks]
+    )
+    weights = fit_mixture(components, target)
+    predictor.heads[0].mixture.copy_(weights)
+    return weights
 
 
 def fit_cross_fitted(
@@ -354,6 +394,9 @@ def fit_cross_fitted(
                         },
                         f,
                     )
+        weights = fit_member_mixture(predictor, cache, split[1]) if c.mixture else None
+        if weights is not None:
+            print(f"fold {k + 1}/{len(splits)}: mixture {[round(w, 3) for w in weights.tolist()]}")
         members.append(predictor)
         metrics[f"fold-{k}"] = fold_metrics
     return PerTokenPredictor.ensemble(members).eval(), splits, metrics

@@ -8,9 +8,12 @@ from emergence_model.cache import LOG_PROB_FLOOR
 from emergence_model.model import (
     PerTokenPredictor,
     PredictorConfig,
+    default_mixture,
     extrapolation_weights,
+    fit_mixture,
     floor_logprobs,
     make_mode,
+    mixture_components,
     probs_to_logprobs,
 )
 
@@ -236,4 +239,55 @@ def test_an_ensemble_averages_its_members_log_probabilities():
         ensemble.log_probs_from_probs(probs),
         ensemble.log_probs(torch.log(probs.float())),
         atol=1e-4,
+    )
+
+
+def mean_kl(target: torch.Tensor, q: torch.Tensor) -> float:
+    return (target * (target.log() - q.log())).sum(dim=1).mean().item()
+
+
+def test_fit_mixture_recovers_the_weights_of_a_mixture_and_never_does_worse():
+    generator = torch.Generator().manual_seed(0)
+    components = torch.softmax(2 * torch.randn(200, 4, 30, generator=generator), dim=-1)
+    true = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    target = torch.einsum("j,njv->nv", true, components)
+    weights = fit_mixture(components, target, iterations=300)
+    assert weights.sum().item() == pytest.approx(1.0) and (weights >= 0).all()
+    assert weights.tolist() == pytest.approx(true.tolist(), abs=0.02)
+    # on a target that no mixture makes, the fit beats every component and the uniform weights
+    other = torch.softmax(2 * torch.randn(200, 30, generator=generator), dim=-1)
+    other = 0.5 * other + 0.5 * components[:, 1]
+    fitted = fit_mixture(components, other)
+    best = mean_kl(other, torch.einsum("j,njv->nv", fitted, components))
+    for j in range(4):
+        assert best <= mean_kl(other, components[:, j]) + 1e-6
+    assert best <= mean_kl(other, components.mean(dim=1)) + 1e-6
+
+
+def test_log_probs_mix_the_output_with_the_small_models_and_keep_the_guess():
+    predictor = randomize(make_predictor())
+    x = random_logprobs()
+    alone = predictor.log_probs(x)
+    weights = torch.tensor([0.4, 0.1, 0.2, 0.2, 0.1])  # output, three models, their mean
+    predictor.heads[0].mixture.copy_(weights)
+    mixed = predictor.log_probs(x)
+    logits, distribution = predictor.outputs(x)
+    components = mixture_components(distribution, floor_logprobs(x))
+    expected = torch.einsum("j,bjv->bv", weights, components).log()
+    guess = logits.argmax(dim=1)
+    torch.testing.assert_close(mixed, make_mode(expected, guess))
+    assert torch.equal(mixed.argmax(dim=1), guess) and torch.equal(alone.argmax(dim=1), guess)
+    assert mixed.exp().sum(dim=1) == pytest.approx(torch.ones(4))
+    assert not torch.allclose(mixed, alone)
+
+
+def test_a_network_saved_before_the_mixture_loads_as_the_output_alone():
+    predictor = randomize(make_predictor())
+    state = {k: v for k, v in predictor.state_dict().items() if not k.endswith("mixture")}
+    again = make_predictor()
+    again.heads[0].mixture.fill_(0.2)
+    again.load_state_dict(state)
+    assert torch.equal(again.mixture, default_mixture(3))
+    torch.testing.assert_close(
+        again.eval().log_probs(random_logprobs()), predictor.log_probs(random_logprobs())
     )

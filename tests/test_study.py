@@ -188,3 +188,17 @@ def test_copying_is_split_by_whether_the_target_copies(ladder, tiny_suite, tmp_p
     assert split["copies"]["minus_other"]["kl"]["value"] == pytest.approx(difference)
     assert split["new"]["prefixes"] <= split["copies"]["prefixes"]
     assert "the target copies, the largest small model does not" in (out / "report.md").read_text()
+
+
+def test_the_demo_study_trains_again_a_checkpoint_of_an_older_training(ladder, tmp_path):
+    from emergence_model.study.demo import trained_on
+
+    assert trained_on(ladder["ckpt"], ladder["wiki"].path)
+    assert not trained_on(ladder["ckpt"], ladder["rte"].path)  # another cache
+    checkpoint = load_checkpoint(ladder["ckpt"])
+    # the checkpoint's fitted mixture, on the simplex
+    assert build_predictor(checkpoint).mixture.sum().item() == pytest.approx(1.0)
+    del checkpoint["train_config"]["mixture"]  # as made before the mixture existed
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    assert not trained_on(older, ladder["wiki"].path)

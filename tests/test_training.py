@@ -10,7 +10,7 @@ from synthetic_cache import write_synthetic_cache
 
 from emergence_model.cache import open_cache
 from emergence_model.cli import add_config_arguments, config_from_args, field_docs
-from emergence_model.model import PredictorConfig
+from emergence_model.model import PredictorConfig, default_mixture
 from emergence_model.strategies import MeanProbability
 from emergence_model.training import (
     PredictorModule,
@@ -178,6 +178,16 @@ def test_cross_fitting_resumes_from_finished_folds(tiny_cache, tmp_path, monkeyp
     assert trained == ["fold-1", "fold-2"] and metrics_again == metrics
     x = torch.from_numpy(tiny_cache.rows(range(8))[:, :-1])
     torch.testing.assert_close(again.log_probs(x), first.log_probs(x))
+    alone, _, _ = fit_cross_fitted(
+        tiny_cache, config, dataclasses.replace(train, mixture=False), tmp_path
+    )
+    assert trained == ["fold-1", "fold-2"]  # the mixture is fitted after the network: reused
+    assert torch.equal(alone.mixture, default_mixture(alone.config.num_models))
+    assert again.mixture.sum().item() == pytest.approx(1.0)
+    assert not torch.equal(again.mixture, alone.mixture)
+    torch.testing.assert_close(
+        again.log_probs(x).argmax(1), alone.log_probs(x).argmax(1)
+    )  # the mixture never changes the guess
     trained.clear()
     fit_cross_fitted(tiny_cache, config, dataclasses.replace(train, lr=1e-2), tmp_path)
     assert trained == ["fold-0", "fold-1", "fold-2"]  # another config: nothing is reused

@@ -12,6 +12,7 @@ Both share the noise ceiling: the target trained again from another seed.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from emergence_model.cache import open_cache
@@ -25,12 +26,17 @@ from emergence_model.training import TrainConfig
 
 
 def trained_on(checkpoint: Path, cache_path: Path) -> bool:
-    """Whether `checkpoint` loads and was trained on the cache at `cache_path`."""
+    """Whether `checkpoint` loads, was trained on the cache at `cache_path` and by this version's
+    training (its recorded training config has every field of TrainConfig: one made before, e.g.
+    before the fitted mixture, is trained again, its finished folds reused)."""
     try:
-        recorded = load_checkpoint(checkpoint).get("data", {}).get("fingerprint")
+        loaded = load_checkpoint(checkpoint)
     except CheckpointError:
         return False
-    return recorded == open_cache(cache_path).fingerprint
+    recorded = loaded.get("data", {}).get("fingerprint")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    current = isinstance(loaded.get("train_config"), dict) and fields <= set(loaded["train_config"])
+    return recorded == open_cache(cache_path).fingerprint and current
 
 
 def ensure_checkpoint(
