@@ -6,11 +6,11 @@
 The first fold of train.py's default cross-fitting (5 folds, seed 0) holds out a fifth of the
 prefixes for scoring; this reads only the rest (its training and validation prefixes), splits
 them into 4 inner folds and trains each variant once per inner fold with a plain PyTorch loop
-(AdamW, 8 epochs unless the variant says otherwise, one-cycle cosine schedule, the same loss as
-train.py: cross-entropy on the target's top token plus KL of the distribution output). Every
-prefix is guessed once by the network that did not see it; the table gives each variant's top-1
-and its paired difference to the first variant (95% bootstrap). A variant takes 15-45 s on 2 cores
-on the demo's ladders. Ladders are ROOT/<name>/caches/demo-wiki (see predictor_ladders.py).
+(AdamW, 8 epochs unless the variant says otherwise, one-cycle cosine schedule, train.py's loss:
+cross-entropy on the target's top token plus KL of the distribution output). Every prefix is
+guessed once by the network that did not see it; the table gives each variant's top-1 and its
+paired difference to the first variant (95% bootstrap). A variant takes 15-45 s on 2 cores on the
+demo's ladders. Ladders are ROOT/<name>/caches/demo-wiki (see predictor_ladders.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,6 +33,7 @@ from emergence_model.cache import open_cache  # noqa: E402
 from emergence_model.data import predictor_config_for  # noqa: E402
 from emergence_model.model import Outputs, PerTokenPredictor, PredictorConfig  # noqa: E402
 from emergence_model.splits import fold_splits  # noqa: E402
+from emergence_model.training import PredictorModule, TrainConfig  # noqa: E402
 
 
 class IssueMLP(nn.Module):
@@ -100,6 +100,7 @@ def train_and_guess(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Train `variant` on rows[train] and return its guesses on rows[test]."""
+    objective = PredictorModule(dataclasses.asdict(config), dataclasses.asdict(TrainConfig()))
     torch.manual_seed(seed)
     model = variant.make(config, config.num_models)
     optimizer = torch.optim.AdamW(model.parameters(), lr=variant.lr, weight_decay=0.01)
@@ -113,16 +114,11 @@ def train_and_guess(
         shuffled = train[torch.randperm(len(train), generator=order).numpy()]
         for start in range(0, len(shuffled), batch_size):
             batch = rows[shuffled[start : start + batch_size]]
-            x, target = batch[:, :-1], batch[:, -1]
-            out = model.outputs(x)
-            loss = F.cross_entropy(out.logits, target.argmax(dim=1))
-            if isinstance(model, PerTokenPredictor):
-                loss = loss + F.kl_div(
-                    F.log_softmax(out.distribution, -1),
-                    F.log_softmax(target, -1),
-                    log_target=True,
-                    reduction="batchmean",
-                )
+            target = batch[:, -1]
+            loss, _ = objective.loss(
+                model.outputs(batch[:, :-1]),
+                {"target": target.argmax(dim=1), "target_logprobs": target},
+            )  # the issue's MLP: its distribution is the mean's, a KL without gradient
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
