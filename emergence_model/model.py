@@ -430,7 +430,9 @@ class PerTokenPredictor(nn.Module):
     def outputs(self, logprobs: torch.Tensor) -> Outputs:
         """(B, M, V) log-probs (floored at log(2**-24) here) -> both outputs, (B, V) each."""
         self.check_inputs(logprobs)
-        x = floor_logprobs(logprobs)
+        return self._floored_outputs(floor_logprobs(logprobs))
+
+    def _floored_outputs(self, x: torch.Tensor) -> Outputs:
         return self.combine(self.features(x.exp(), lambda idx: x.gather(2, idx)))
 
     def forward(self, logprobs: torch.Tensor) -> torch.Tensor:
@@ -515,8 +517,9 @@ class PerTokenPredictor(nn.Module):
         """(B, M, V) log-probs -> the predicted log-distribution of the target (B, V): the mixture
         of the distribution output with the small models' distributions and their mean, the guess
         (argmax of the logits) made its mode."""
-        x = floor_logprobs(logprobs)
-        logits, distribution = self.outputs(x)
+        self.check_inputs(logprobs)
+        x = floor_logprobs(logprobs)  # one floored copy for the outputs and the mixture
+        logits, distribution = self._floored_outputs(x)
         weights = self.mixture
         if torch.equal(weights, default_mixture(self.config.num_models).to(weights)):
             mixed = distribution  # the output alone: no pass over the small models' probabilities
