@@ -7,7 +7,8 @@ The first fold of train.py's default cross-fitting (5 folds, seed 0) holds out a
 prefixes for scoring; this reads only the rest (its training and validation prefixes), splits
 them into 4 inner folds and trains each variant once per inner fold with a plain PyTorch loop
 (AdamW, 8 epochs unless the variant says otherwise, one-cycle cosine schedule, train.py's loss:
-cross-entropy on the target's top token plus KL of the distribution output). Every prefix is
+cross-entropy on the target's top token plus KL of the distribution output; a variant may change
+the loss's TrainConfig fields or train on a share of each inner training set). Every prefix is
 guessed once by the network that did not see it; the table gives each variant's top-1 and its
 paired difference to the first variant (95% bootstrap). A variant takes 15-45 s on 2 cores on the
 demo's ladders. Ladders are ROOT/<name>/caches/demo-wiki (see predictor_ladders.py).
@@ -73,6 +74,8 @@ class Variant:
     make: Callable[[PredictorConfig, int], nn.Module]
     epochs: int = 8
     lr: float = 1e-3
+    loss: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields of the loss
+    rows: float = 1.0  # share of each inner training set it is trained on
 
 
 def network(**changes) -> Callable[[PredictorConfig, int], nn.Module]:
@@ -81,11 +84,18 @@ def network(**changes) -> Callable[[PredictorConfig, int], nn.Module]:
 
 VARIANTS = {
     "default": Variant(network()),
+    "64 candidates": Variant(network(num_candidates=64)),
+    "8 candidates": Variant(network(num_candidates=8)),
     "12 epochs": Variant(network(), epochs=12),
     "MLP width 64": Variant(network(hidden_size=64)),
     "two hidden layers": Variant(network(num_layers=2)),
     "learning rate 3e-3": Variant(network(), lr=3e-3),
     "no token embedding": Variant(network(token_embedding=0)),
+    "soft targets, weight 0.5": Variant(network(), loss={"soft_weight": 0.5}),
+    "soft targets at temperature 0.25": Variant(
+        network(), loss={"soft_weight": 1.0, "target_temperature": 0.25}
+    ),
+    "half the training prefixes": Variant(network(), rows=0.5),
     "the issue's per-token MLP": Variant(lambda _, m: IssueMLP(m), lr=3e-3),
 }
 
@@ -100,7 +110,14 @@ def train_and_guess(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Train `variant` on rows[train] and return its guesses on rows[test]."""
-    objective = PredictorModule(dataclasses.asdict(config), dataclasses.asdict(TrainConfig()))
+    if variant.rows < 1:
+        keep = np.random.default_rng(seed).permutation(len(train))[
+            : round(variant.rows * len(train))
+        ]
+        train = np.sort(train[keep])
+    objective = PredictorModule(
+        dataclasses.asdict(config), dataclasses.asdict(TrainConfig(**variant.loss))
+    )
     torch.manual_seed(seed)
     model = variant.make(config, config.num_models)
     optimizer = torch.optim.AdamW(model.parameters(), lr=variant.lr, weight_decay=0.01)

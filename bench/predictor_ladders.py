@@ -119,7 +119,7 @@ LADDERS = {
 # One change each against train.py's defaults (the design in the README's predictor section).
 ABLATIONS: dict[str, list[str]] = {
     "correction bounded to 1 nat": ["--max-correction", "1"],
-    "16 candidates": ["--num-candidates", "16"],
+    "64 candidates": ["--num-candidates", "64"],
     "256 candidates": ["--num-candidates", "256"],
     "base: mean": ["--base", "mean"],
     "base: largest": ["--base", "largest"],
@@ -136,6 +136,7 @@ ABLATIONS: dict[str, list[str]] = {
     "MLP width 64": ["--hidden-size", "64"],
     "the issue's network": [
         *("--base", "mean", "--max-correction", "1", "--token-embedding", "0"),
+        *("--num-candidates", "64"),
         *("--distribution-weight", "0", "--max-epochs", "4", "--lr", "3e-3", "--patience", "2"),
     ],
 }
@@ -273,21 +274,29 @@ def ablation_table(ladders: Sequence[str], runs: dict[tuple[str, str], Run]) -> 
     head = ["setting"]
     for name in ladders:
         head += [f"{name}: validation top-1", f"{name}: in-domain", f"{name}: transfer"]
+        head += [f"{name}: network's KL, in-domain / transfer"]
     rows = []
     for setting in dict.fromkeys(s for s, _ in runs):
         row = [setting]
         for name in ladders:
             run = runs.get((setting, name))
             if run is None:
-                row += ["-", "-", "-"]
+                row += ["-", "-", "-", "-"]
                 continue
             val = f"{100 * sum(run.val_top1) / len(run.val_top1):.2f}" if run.val_top1 else "-"
             diffs = {
-                title.split(" (")[0]: signed(s["comparisons"]["network"]["top1_diff"], 100, 1)
+                panel_name(title, s): signed(s["comparisons"]["network"]["top1_diff"], 100, 1)
                 for title, s in run.panels.items()
             }
-            transfer = "; ".join(v for k, v in diffs.items() if k.startswith("transfer"))
-            row += [val, diffs.get("in-domain", "-"), transfer or "-"]
+            in_domain = [v for k, v in diffs.items() if k.startswith("in-domain")]
+            transfer = {k.split()[-1]: v for k, v in diffs.items() if k.startswith("transfer")}
+            cell = "; ".join(f"{k} {v}" if len(transfer) > 1 else v for k, v in transfer.items())
+            kl = [
+                f"{s['strategies']['network']['kl']['value']:.3f}"
+                for s in run.panels.values()
+                if "kl" in s["strategies"]["network"]
+            ]
+            row += [val, in_domain[0] if in_domain else "-", cell or "-", " / ".join(kl) or "-"]
         rows.append(row)
     return markdown(head, rows)
 
