@@ -202,3 +202,23 @@ def test_the_demo_study_trains_again_a_checkpoint_of_an_older_training(ladder, t
     older = tmp_path / "older.ckpt"
     torch.save(checkpoint, older)
     assert not trained_on(older, ladder["wiki"].path)
+
+
+def test_the_demo_study_trains_again_its_own_network_of_older_defaults(ladder, monkeypatch):
+    from emergence_model.study import demo
+
+    path = ladder["wiki"].path
+    assert demo.trained_on(ladder["ckpt"], path)  # train.py's network: reused, whatever its flags
+    assert not demo.trained_on(ladder["ckpt"], path, defaults=True)  # 2 folds, width 8, ...
+    predictor, training = demo.default_settings()
+    assert {"hidden_size", "num_candidates", "token_embedding"} <= set(predictor)  # flags
+    assert not {"num_models", "scales", "num_heads", "progress"} & {*predictor, *training}
+    checkpoint = load_checkpoint(ladder["ckpt"])
+    as_trained = (
+        {k: checkpoint["config"][k] for k in predictor},
+        {k: checkpoint["train_config"][k] for k in training},
+    )
+    monkeypatch.setattr(demo, "default_settings", lambda: as_trained)
+    assert demo.trained_on(ladder["ckpt"], path, defaults=True)
+    as_trained[0]["num_candidates"] += 1  # a default changed since the study trained it
+    assert not demo.trained_on(ladder["ckpt"], path, defaults=True)

@@ -1,6 +1,6 @@
 """The study's default run on the offline demo: two ladders, the sets they are studied on, and
-the checkpoints, reused where `python train.py` (or an earlier study) made them, trained where
-missing.
+the checkpoints, reused where `python train.py` (or an earlier study, with the current defaults)
+made them, trained where missing.
 
 - demo-size: the demo suite's ladder of sizes, on demo-wiki (the reference set), demo-rte,
   demo-induction and demo-rte-fewshot, with the network train.py makes on demo-wiki;
@@ -25,27 +25,50 @@ from emergence_model.pipeline import DEMO_CHECKPOINT, train_and_evaluate
 from emergence_model.training import TrainConfig
 
 
-def trained_on(checkpoint: Path, cache_path: Path) -> bool:
+def default_settings() -> tuple[dict, dict]:
+    """What the study trains a missing network with: PredictorConfig's defaults (its flags, not
+    what train.py fills in from the cache and the folds) and TrainConfig's (less how a run
+    looks)."""
+    defaults = PredictorConfig()
+    predictor = {
+        f.name: getattr(defaults, f.name)
+        for f in dataclasses.fields(PredictorConfig)
+        if f.metadata.get("cli", True)
+    }
+    training = dataclasses.asdict(TrainConfig(progress=False))
+    del training["progress"]
+    return predictor, training
+
+
+def trained_on(checkpoint: Path, cache_path: Path, defaults: bool = False) -> bool:
     """Whether `checkpoint` loads, was trained on the cache at `cache_path` and by this version's
     training (its recorded training config has every field of TrainConfig: one made before, e.g.
-    before the fitted mixture, is trained again, its finished folds reused)."""
+    before the fitted mixture, is trained again, its finished folds reused). With `defaults`,
+    also with this version's default settings (`default_settings`): a network the study trained
+    itself under an older default is trained again."""
     try:
         loaded = load_checkpoint(checkpoint)
     except CheckpointError:
         return False
     recorded = loaded.get("data", {}).get("fingerprint")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    current = isinstance(loaded.get("train_config"), dict) and fields <= set(loaded["train_config"])
+    train_config = loaded.get("train_config")
+    current = isinstance(train_config, dict) and fields <= set(train_config)
+    if current and defaults:
+        predictor, training = default_settings()
+        wanted = [(predictor, loaded["config"]), (training, train_config)]
+        current = all(got.get(k) == v for want, got in wanted for k, v in want.items())
     return recorded == open_cache(cache_path).fingerprint and current
 
 
 def ensure_checkpoint(
     candidates: list[Path], train_cache: Path, transfer_caches: list[Path], out: Path
 ) -> Path:
-    """The first of `candidates` trained on `train_cache`, else a network trained now (with the
-    defaults train.py uses) and saved at `out`."""
+    """The first of `candidates` trained on `train_cache` (`out`, the study's own, only if with
+    the current defaults), else a network trained now (with the defaults train.py uses) and
+    saved at `out`."""
     for path in candidates:
-        if path.is_file() and trained_on(path, train_cache):
+        if path.is_file() and trained_on(path, train_cache, defaults=path == out):
             log(f"reusing {path}, trained on {train_cache}")
             return path
     log(f"training the network on {train_cache} into {out}")
