@@ -19,6 +19,8 @@ Ladders (each in ROOT/<name>, --root, default /work/suites):
   from WikiText and to the real GLUE RTE training pairs.
 - real-onelayer: the same text, tokenizer and recipe with `ONE_LAYER_LADDER`, the issue's second
   ladder (there the largest small model is the best single guide).
+- real-long: the real ladder trained four times as long (2,240 steps, about four passes over
+  the text), so that the target has more to learn than its predecessors have.
 
 Each ladder is trained with `python train.py --train-cache ... --transfer-cache ...` (a new
 user's command) in ROOT/runs/<ladder>/<setting>, and a finished run whose settings and caches are
@@ -89,12 +91,14 @@ def demo_ladder(config: DemoConfig) -> Callable[[Path], tuple[Path, list[Path]]]
     return build
 
 
-def real_ladder(ladder: tuple[Rung, ...]) -> Callable[[Path], tuple[Path, list[Path]]]:
+def real_ladder(
+    ladder: tuple[Rung, ...], steps: int = DemoConfig.steps
+) -> Callable[[Path], tuple[Path, list[Path]]]:
     def build(suite_dir: Path) -> tuple[Path, list[Path]]:
         from build_real_suite import build_real_suite
 
         wiki, demo_rte, glue_rte = build_real_suite(
-            suite_dir, bpe_vocab=REAL_BPE_VOCAB, caches=True, ladder=ladder
+            suite_dir, bpe_vocab=REAL_BPE_VOCAB, caches=True, ladder=ladder, steps=steps
         )
         return wiki, [demo_rte, glue_rte]
 
@@ -113,6 +117,10 @@ LADDERS = {
     "real-onelayer": Ladder(
         real_ladder(ONE_LAYER_LADDER),
         f"WikiText-2, {REAL_BPE_VOCAB}-token BPE, one-layer small models, 2-layer target",
+    ),
+    "real-long": Ladder(
+        real_ladder(DemoConfig.ladder, steps=4 * DemoConfig.steps),
+        f"WikiText-2, {REAL_BPE_VOCAB}-token BPE, four times the steps",
     ),
 }
 
