@@ -142,13 +142,18 @@ def cascade_figure(sets: Sequence[tuple[str, dict]]):
     for i, (name, cascade) in enumerate(sets):
         entry = cascade["network"]
         ax.plot(entry["curve"]["saved"], entry["curve"]["agreement"], color=_color(i), label=name)
+        points: dict[tuple[float, float], list[str]] = {}  # one label for levels that coincide
         for level, point in entry["levels"].items():
-            ax.plot(point["saved"]["value"], point["agreement"]["value"], "o", color=_color(i))
-            ax.annotate(
-                f"{float(level):.0%}",
-                (point["saved"]["value"], point["agreement"]["value"]),
+            xy = (point["saved"]["value"], point["agreement"]["value"])
+            points.setdefault((round(xy[0], 3), round(xy[1], 3)), []).append(f"{float(level):.0%}")
+        for xy, levels in points.items():
+            ax.plot(*xy, "o", color=_color(i))
+            ax.annotate(  # staggered by set: the sets' points often coincide too
+                ", ".join(levels),
+                xy,
                 fontsize=7,
-                xytext=(3, -9),
+                color=_color(i),
+                xytext=(4, -9 - 8 * i),
                 textcoords="offset points",
             )
     ax.set_xlabel("share of target calls saved")
