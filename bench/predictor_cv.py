@@ -34,6 +34,7 @@ from emergence_model.cache import open_cache  # noqa: E402
 from emergence_model.data import predictor_config_for  # noqa: E402
 from emergence_model.model import Outputs, PerTokenPredictor, PredictorConfig  # noqa: E402
 from emergence_model.splits import fold_splits  # noqa: E402
+from emergence_model.stats import bootstrap_ci  # noqa: E402
 from emergence_model.training import PredictorModule, TrainConfig  # noqa: E402
 
 
@@ -75,7 +76,7 @@ class Variant:
     epochs: int = 8
     lr: float = 1e-3
     loss: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields of the loss
-    rows: float = 1.0  # share of each inner training set it is trained on
+    share: float = 1.0  # of each inner training set, what it is trained on
 
 
 def network(**changes) -> Callable[[PredictorConfig, int], nn.Module]:
@@ -95,7 +96,7 @@ VARIANTS = {
     "soft targets at temperature 0.25": Variant(
         network(), loss={"soft_weight": 1.0, "target_temperature": 0.25}
     ),
-    "half the training prefixes": Variant(network(), rows=0.5),
+    "half the training prefixes": Variant(network(), share=0.5),
     "the issue's per-token MLP": Variant(lambda _, m: IssueMLP(m), lr=3e-3),
 }
 
@@ -110,11 +111,9 @@ def train_and_guess(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Train `variant` on rows[train] and return its guesses on rows[test]."""
-    if variant.rows < 1:
-        keep = np.random.default_rng(seed).permutation(len(train))[
-            : round(variant.rows * len(train))
-        ]
-        train = np.sort(train[keep])
+    if variant.share < 1:
+        keep = np.random.default_rng(seed).permutation(len(train))
+        train = np.sort(train[keep[: round(variant.share * len(train))]])
     objective = PredictorModule(
         dataclasses.asdict(config), dataclasses.asdict(TrainConfig(**variant.loss))
     )
@@ -188,8 +187,7 @@ def main() -> None:
         base = 100 * mean_ok.float().mean().item()
         first = ok if first is None else first
         diff = ok - first
-        boot = np.random.default_rng(0).integers(0, len(diff), (1000, len(diff)))
-        low, high = np.percentile(diff[boot].mean(axis=1), [2.5, 97.5])
+        low, high = bootstrap_ci(diff)  # paired: resampling the prefixes' differences
         print(
             f"{name}: top-1 {ok.mean():.2f}%, minus mean-prob {ok.mean() - base:+.2f}, "
             f"minus {args.variants[0]} {diff.mean():+.2f} [{low:+.2f}, {high:+.2f}] "
