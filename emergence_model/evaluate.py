@@ -43,7 +43,7 @@ from emergence_model.checkpoint import (
     load_checkpoint,
 )
 from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
-from emergence_model.model import PerTokenPredictor, floor_logprobs
+from emergence_model.model import PerTokenPredictor, candidate_ids, floor_logprobs
 from emergence_model.report import format_table, write_reports
 from emergence_model.speculative import sampled_acceptance
 from emergence_model.splits import fold_splits
@@ -131,8 +131,8 @@ def score_rows(
                 _fill(out, "confidence", at, n, scores.amax(dim=1).exp())
             if isinstance(strategy, NetworkStrategy):
                 k = strategy.predictor.config.candidates_for(cache.vocab_size)
-                mean = torch.logsumexp(small, dim=1)
-                hits = (mean.topk(k, dim=1).indices == target[:, None]).any(dim=1)
+                cand = candidate_ids(torch.logsumexp(small, dim=1), small.argmax(dim=2), k)
+                hits = (cand == target[:, None]).any(dim=1)
                 _fill(out, "in_candidates", at, n, hits)
             del scores
     return {

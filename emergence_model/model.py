@@ -9,14 +9,15 @@ Three steps, each one small module, the same weights for every token of the voca
    which guide to trust on which prefix: the largest model where it leads the ladder, the mean
    where one model's quirk would carry it away, an extrapolation along the ladder (a weighting
    that grows with size) where the trend holds. It starts as the mean-probability baseline.
-2. A correction of the `num_candidates` most probable tokens under the mean: an MLP reads each
-   candidate's trajectory across the small models (its log-prob, its gap to each model's top and
-   its rank under each), the trend (its log-linear extrapolation in log scale to the target's and
-   the slope), its base value, the per-prefix context and a learned embedding of the token's
-   identity (the target's habits are token-specific). Every other token keeps its base plus one
-   per-prefix offset. The default 16 candidates hold the target's top token on 99.2-99.6% of
-   every ladder's in-domain prefixes (64 hold it on 99.7-100% and score no better on any
-   ladder's training folds, 0.3 points lower on the demo's: `bench/predictor_cv.py`), and
+2. A correction of `num_candidates` tokens, each small model's top token and then the most
+   probable under the mean (`candidate_ids`): an MLP reads each candidate's trajectory across the
+   small models (its log-prob, its gap to each model's top and its rank under each), the trend
+   (its log-linear extrapolation in log scale to the target's and the slope), its base value, the
+   per-prefix context and a learned embedding of the token's identity (the target's habits are
+   token-specific). Every other token keeps its base plus one per-prefix offset. The default 16
+   candidates hold the target's top token on 99.2-99.6% of every ladder's in-domain prefixes (64
+   hold it on 99.7-100% and score no better on any ladder's training folds, 0.3 points lower on
+   the demo's: `bench/predictor_cv.py`; measured before each model's top token joined them), and
    scoring a [100, 6, 50277] batch stays a few passes over the input on a CPU.
 3. Two outputs of that MLP: `logits`, trained on the target's top token, rank the tokens (the
    guess); the distribution, trained on KL to the target's whole distribution and mixed with
@@ -66,8 +67,8 @@ class PredictorConfig:
     """What the per-token correction is added to: gated (per-prefix learned weights of each small
     model's log-prob and the log mean-prob), mean, largest or extrapolate."""
     num_candidates: int = 16
-    """Tokens per prefix corrected by the MLP: the most probable under the mean of the small
-    models (0: every token, slow on a 50k vocabulary)."""
+    """Tokens per prefix corrected by the MLP: each small model's top token, then the most
+    probable under the mean of the small models (0: every token, slow on a 50k vocabulary)."""
     max_correction: float = 0.0
     """Bound on the MLP's change to a token's base log-prob, in nats (c * tanh(raw / c)); 0:
     unbounded."""
@@ -211,6 +212,17 @@ def base_weights(config: PredictorConfig) -> list[float]:
     return [0.0] * m + [1.0]
 
 
+def candidate_ids(log_mean: torch.Tensor, model_tops: torch.Tensor, k: int) -> torch.Tensor:
+    """The k tokens (B, k) the MLP corrects: every small model's top token (B, M), so that the
+    guess can follow any one model, then the most probable under the mean (B, V); ordered by the
+    mean, most probable first. With k below the number of distinct tops, the mean's favourites
+    among them."""
+    key = log_mean.scatter(1, model_tops, math.inf)  # a copy: the tops outrank every other token
+    ids = key.topk(k, dim=1).indices
+    order = log_mean.gather(1, ids).argsort(dim=1, descending=True, stable=True)
+    return ids.gather(1, order)
+
+
 def distribution_stats(logp: torch.Tensor) -> torch.Tensor:
     """Log-probs (..., K) of a distribution's most probable tokens -> (..., 3): top log-prob,
     top-2 margin and collision entropy (of those tokens: the rest adds little to sum p**2),
@@ -226,7 +238,7 @@ class Features(NamedTuple):
     """What every head reads: nothing here depends on learned weights."""
 
     log_mean: torch.Tensor  # (B, V) log of their mean probability, floored
-    candidates: torch.Tensor  # (B, K) token ids, most probable under the mean first
+    candidates: torch.Tensor  # (B, K) token ids (`candidate_ids`), by the mean, most probable first
     candidate_guides: torch.Tensor  # (B, G, K) the guides (models, then the mean) at candidates
     tokens: torch.Tensor  # (B, K, F) per-candidate features (context appended)
     context: torch.Tensor  # (B, C) per-prefix context (C = 0 without the context group)
@@ -465,13 +477,13 @@ class PerTokenPredictor(nn.Module):
 
     def features(self, p: torch.Tensor, candidate_logprobs) -> Features:
         """Floored probabilities p (B, M, V) and a gather of their log-probs at (B, M, K) ids ->
-        Features. Only the mean and its top-K read the whole vocabulary; everything else reads
-        the candidates (each model's top token is one: the mean gives it at least 1/M of its
-        probability)."""
+        Features. Only the mean, its top-K and each model's top token read the whole vocabulary;
+        everything else reads the candidates."""
         b, m, v = p.shape
         k = self.config.candidates_for(v)
         log_mean = floor_logprobs(torch.log(p.mean(dim=1)))  # (B, M, V) -> (B, V)
-        cand_log_mean, cand = log_mean.topk(k, dim=1)  # (B, K), most probable first
+        cand = candidate_ids(log_mean, p.argmax(dim=2), k)  # (B, K), most probable first
+        cand_log_mean = log_mean.gather(1, cand)
         xc = candidate_logprobs(cand.unsqueeze(1).expand(b, m, k))  # (B, M, K)
         context = p.new_zeros(b, 0)
         if self.config.uses("context"):

@@ -8,6 +8,7 @@ from emergence_model.cache import LOG_PROB_FLOOR
 from emergence_model.model import (
     PerTokenPredictor,
     PredictorConfig,
+    candidate_ids,
     default_mixture,
     extrapolation_weights,
     fit_mixture,
@@ -199,6 +200,26 @@ def test_the_gate_can_follow_the_largest_model():
     predictor.heads[0].gate[-1].bias.data = torch.tensor([0.0, 0.0, 1.0, -1.0])
     x = random_logprobs()
     assert torch.allclose(predictor(x), x[:, 2], atol=1e-5)
+
+
+def test_candidates_hold_every_model_s_top_token_ordered_by_the_mean():
+    log_mean = torch.log_softmax(torch.arange(10.0, 0.0, -1.0).expand(2, -1), dim=1)  # 0 first
+    tops = torch.tensor([[9, 0, 7], [3, 3, 3]])
+    cand = candidate_ids(log_mean, tops, 4)
+    assert cand.tolist() == [[0, 1, 7, 9], [0, 1, 2, 3]]
+
+
+def test_the_gate_can_follow_the_largest_model_where_the_mean_ranks_its_top_low():
+    predictor = make_predictor(num_candidates=4).eval()
+    predictor.heads[0].gate[-1].bias.data = torch.tensor([0.0, 0.0, 1.0, -1.0])
+    x = 0.1 * random_logprobs(n=8)
+    x[:, :2, :10] += 12.0  # the two smaller models spread over tokens 0-9 ...
+    x[:, 2, 40] += 1.0  # ... the largest is flat but for a lead of token 40
+    x = torch.log_softmax(x, dim=-1)
+    assert (torch.logsumexp(x, dim=1).topk(4, dim=1).indices != 40).all()  # not the mean's top 4
+    assert torch.allclose(predictor(x)[:, 40], x[:, 2, 40], atol=1e-5)  # scored as a candidate
+    predictor.heads[0].tail_out.bias.data[0] = -10.0  # and every non-candidate pushed down
+    assert (predictor(x).argmax(dim=1) == 40).all()
 
 
 def test_corrections_are_bounded():
