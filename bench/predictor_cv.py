@@ -92,6 +92,11 @@ VARIANTS = {
     "two hidden layers": Variant(network(num_layers=2)),
     "learning rate 3e-3": Variant(network(), lr=3e-3),
     "no token embedding": Variant(network(token_embedding=0)),
+    "features: no trajectory": Variant(network(features="trend,context")),
+    "features: no trend": Variant(network(features="trajectory,context")),
+    "base: largest": Variant(network(base="largest")),
+    "base: mean": Variant(network(base="mean")),
+    "base: extrapolate": Variant(network(base="extrapolate")),
     "soft targets, weight 0.5": Variant(network(), loss={"soft_weight": 0.5}),
     "soft targets at temperature 0.25": Variant(
         network(), loss={"soft_weight": 1.0, "target_temperature": 0.25}

@@ -21,6 +21,10 @@ Ladders (each in ROOT/<name>, --root, default /work/suites):
   ladder (there the largest small model is the best single guide).
 - real-long: the real ladder trained four times as long (2,240 steps, about four passes over
   the text), so that the target has more to learn than its predecessors have.
+- real-2x: the real ladder on twice the text, WikiText-2's test split appended, and twice the
+  steps (1,120). The test split is not in ../shared/data: fetch
+  `word_language_model/data/wikitext-2/test.txt` of github.com/pytorch/examples (WikiText-2,
+  Merity et al. 2016, CC BY-SA 3.0) to ../data/wikitext2-test.txt beside the repository.
 
 Each ladder is trained with `python train.py --train-cache ... --transfer-cache ...` (a new
 user's command) in ROOT/runs/<ladder>/<setting>, and a finished run whose settings and caches are
@@ -67,6 +71,7 @@ ONE_LAYER_LADDER = (
     Rung(192, 2, 6, 2.8e-3),
 )
 REAL_BPE_VOCAB = 8192
+WIKITEXT_TEST = REPO.parent / "data" / "wikitext2-test.txt"  # see real-2x above
 
 
 @dataclass(frozen=True)
@@ -92,13 +97,18 @@ def demo_ladder(config: DemoConfig) -> Callable[[Path], tuple[Path, list[Path]]]
 
 
 def real_ladder(
-    ladder: tuple[Rung, ...], steps: int = DemoConfig.steps
+    ladder: tuple[Rung, ...], steps: int = DemoConfig.steps, extra_text: tuple[Path, ...] = ()
 ) -> Callable[[Path], tuple[Path, list[Path]]]:
     def build(suite_dir: Path) -> tuple[Path, list[Path]]:
         from build_real_suite import build_real_suite
 
         wiki, demo_rte, glue_rte = build_real_suite(
-            suite_dir, bpe_vocab=REAL_BPE_VOCAB, caches=True, ladder=ladder, steps=steps
+            suite_dir,
+            bpe_vocab=REAL_BPE_VOCAB,
+            caches=True,
+            ladder=ladder,
+            steps=steps,
+            extra_text=extra_text,
         )
         return wiki, [demo_rte, glue_rte]
 
@@ -121,6 +131,10 @@ LADDERS = {
     "real-long": Ladder(
         real_ladder(DemoConfig.ladder, steps=4 * DemoConfig.steps),
         f"WikiText-2, {REAL_BPE_VOCAB}-token BPE, four times the steps",
+    ),
+    "real-2x": Ladder(
+        real_ladder(DemoConfig.ladder, steps=2 * DemoConfig.steps, extra_text=(WIKITEXT_TEST,)),
+        f"WikiText-2 validation + test, {REAL_BPE_VOCAB}-token BPE, twice the steps",
     ),
 }
 
