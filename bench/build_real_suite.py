@@ -4,7 +4,7 @@
     python bench/build_real_suite.py --steps 20 --rungs 3     # a short run that shows it works
     python bench/build_real_suite.py --caches                 # + wiki-style and GLUE RTE caches
     python bench/build_real_suite.py --bpe-vocab 8192 --caches   # an 8k BPE trained on the text
-    python bench/build_real_suite.py --extra-text wikitext2-test.txt   # more text after the shared
+    python bench/build_real_suite.py --extra-text wikitext2-test.txt   # + more WikiText-2 text
 
 The same builder as the demo (`emergence_model.demo.build.build_suite`) with `corpus=` and
 `tokenizer=`: documents are WikiText-2's paragraphs, split by a hash of their text, and the models
@@ -12,10 +12,10 @@ have Pythia's 50,304 logit rows for the tokenizer's 50,281 ids. `--bpe-vocab N` 
 byte-level BPE of N tokens on the WikiText training documents instead (the demo's tokenizer
 trainer): with 8,192 tokens the ladder is 0.5M to 4.9M parameters and builds several times faster
 than with Pythia's 50k embeddings. `--extra-text FILE ...` appends more text of the same kind
-(e.g. WikiText-2's test split, `word_language_model/data/wikitext-2/test.txt` of the PyTorch
-examples repository, CC BY-SA 3.0) to the shared WikiText-2 validation text; the documents of all
-of it are split by the same hash. With `--caches` it also caches the
-suite on the paragraphs' openings (`demo-wiki`) and on the real GLUE RTE training pairs in the
+(e.g. WikiText-2's test split, `word_language_model/data/wikitext-2/test.txt` of
+github.com/pytorch/examples, CC BY-SA 3.0) to the shared WikiText-2 validation text; the
+documents of all of it are split by the same hash. With `--caches` it also caches the suite on
+the paragraphs' openings (`demo-wiki`) and on the real GLUE RTE training pairs in the
 challenge's template, the transfer set the predictor is scored on with Pythia.
 
 Reads ../shared/data (a benchmark, never a test: a fresh clone has no ../shared).
