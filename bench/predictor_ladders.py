@@ -27,11 +27,12 @@ Ladders (each in ROOT/<name>, --root, default /work/suites):
   Merity et al. 2016, CC BY-SA 3.0) to ../data/wikitext2-test.txt beside the repository.
 
 Each ladder is trained with `python train.py --train-cache ... --transfer-cache ...` (a new
-user's command) in ROOT/runs/<ladder>/<setting>, and a finished run whose settings and caches are
-unchanged is read back rather than retrained (train.py itself resumes finished folds). The
-table gives, per ladder, the network minus the best baseline in top-1 agreement (points, 95%
-paired bootstrap), in-domain (cross-fitted over every prefix) and on transfer, and the same
-paired differences of KL(target || q) and of sum_x min(p, q) against the best baseline on each.
+user's command) in ROOT/runs/<ladder>/<setting>, and a finished run whose flags, caches, defaults
+and network design (`PREDICTOR_DESIGN`) are unchanged is read back rather than retrained
+(train.py itself resumes finished folds). The table gives, per ladder, the network minus the best
+baseline in top-1 agreement (points, 95% paired bootstrap), in-domain (cross-fitted over every
+prefix) and on transfer, and the same paired differences of KL(target || q) and of
+sum_x min(p, q) against the best baseline on each.
 `--ablations` adds one row per change of `ABLATIONS` (train.py flags against the defaults).
 """
 
@@ -56,7 +57,9 @@ from emergence_model.demo.build import build_suite  # noqa: E402
 from emergence_model.demo.caches import prepare_demo_caches  # noqa: E402
 from emergence_model.demo.config import DemoConfig, Rung, read_suite_record  # noqa: E402
 from emergence_model.evaluate import evaluate_cache, make_baselines  # noqa: E402
+from emergence_model.model import PREDICTOR_DESIGN  # noqa: E402
 from emergence_model.strategies import NetworkStrategy  # noqa: E402
+from emergence_model.study.demo import default_settings  # noqa: E402
 
 # Six one-layer small models and a two-layer target, the demo's widths and learning rates: with one
 # layer a small model cannot copy from its context, the target can start to, and the largest small
@@ -146,9 +149,9 @@ ABLATIONS: dict[str, list[str]] = {
     "base: mean": ["--base", "mean"],
     "base: largest": ["--base", "largest"],
     "base: extrapolate": ["--base", "extrapolate"],
-    "features: no trajectory": ["--features", "trend,context"],
-    "features: no trend": ["--features", "trajectory,context"],
-    "features: no context": ["--features", "trajectory,trend"],
+    "features: no trajectory": ["--features", "context"],
+    "features: with trend": ["--features", "trajectory,trend,context"],
+    "features: no context": ["--features", "trajectory"],
     "features: no token embedding": ["--token-embedding", "0"],
     "half the training prefixes": ["--train-fraction", "0.5"],
     "objective: no distribution loss": ["--distribution-weight", "0"],
@@ -158,7 +161,7 @@ ABLATIONS: dict[str, list[str]] = {
     "MLP width 64": ["--hidden-size", "64"],
     "the issue's network": [
         *("--base", "mean", "--max-correction", "1", "--token-embedding", "0"),
-        *("--num-candidates", "64"),
+        *("--num-candidates", "64", "--features", "trajectory,trend,context"),
         *("--distribution-weight", "0", "--max-epochs", "4", "--lr", "3e-3", "--patience", "2"),
     ],
 }
@@ -182,11 +185,15 @@ def train_ladder(
     run_dir = root / "runs" / name / setting
     settings = {
         "flags": list(flags),
+        # what the flags are changes to: a run of older defaults or network design is redone
+        "defaults": list(default_settings()),
+        "design": PREDICTOR_DESIGN,
         "caches": {str(p): open_cache(p).fingerprint for p in [train_cache, *transfers]},
     }
     results, recorded = run_dir / "report" / "results.json", run_dir / "settings.json"
     checkpoint = run_dir / "network.ckpt"
     fresh = results.exists() and recorded.exists() and checkpoint.exists()
+    settings = json.loads(json.dumps(settings))  # as read back
     if retrain or not fresh or json.loads(recorded.read_text()) != settings:
         command = [
             sys.executable,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from emergence_model.files import atomic_file
-from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.model import PREDICTOR_DESIGN, PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import NetworkStrategy, check_same_models
 
 # 2: scales along a declared axis (parameters or training tokens) instead of parameter counts.
@@ -82,6 +82,7 @@ def save_checkpoint(
     checkpoint = {
         "format_version": CHECKPOINT_FORMAT,
         "package_version": __version__,
+        "design": PREDICTOR_DESIGN,  # what the weights compute (model.py); not checked on load
         "config": plain(dataclasses.asdict(cfg)),
         "model_names": [str(n) for n in model_names],
         "scale_axis": str(scale_axis),

@@ -11,15 +11,15 @@ Three steps, each one small module, the same weights for every token of the voca
    that grows with size) where the trend holds. It starts as the mean-probability baseline.
 2. A correction of `num_candidates` tokens, each small model's top token and then the most
    probable under the mean (`candidate_ids`): an MLP reads each candidate's trajectory across the
-   small models (its log-prob, its gap to each model's top and its rank under each), the trend
-   (its log-linear extrapolation in log scale to the target's and the slope), its base value, the
-   per-prefix context and a learned embedding of the token's identity (the target's habits are
-   token-specific). Every other token keeps its base plus one per-prefix offset. The default 16
-   candidates hold the target's top token on 99.2-99.7% of every ladder's in-domain prefixes but
-   the overfitted real-long's (64, before each model's top token joined them, held it on 99.7-100%
-   and scored no better on any ladder's training folds, 0.3 points lower on the demo's:
-   `bench/predictor_cv.py`), and scoring a [100, 6, 50277] batch stays a few passes over the input
-   on a CPU.
+   small models (its log-prob, its gap to each model's top and its rank under each), its base
+   value, the per-prefix context and a learned embedding of the token's identity (the target's
+   habits are token-specific); optionally the trend (its log-linear extrapolation in log scale to
+   the target's and the slope), which did not earn its place by default. Every other token keeps
+   its base plus one per-prefix offset. The default 16 candidates hold the target's top token on
+   99.2-99.7% of every ladder's in-domain prefixes but the overfitted real-long's (64, before each
+   model's top token joined them, held it on 99.7-100% and scored no better on any ladder's
+   training folds, 0.3 points lower on the demo's: `bench/predictor_cv.py`), and scoring a
+   [100, 6, 50277] batch stays a few passes over the input on a CPU.
 3. Two outputs of that MLP: `logits`, trained on the target's top token, rank the tokens (the
    guess); the distribution, trained on KL to the target's whole distribution and mixed with
    each small model's distribution and their mean by weights fitted on held-out prefixes
@@ -51,6 +51,12 @@ _MODE_MARGIN = 1e-3
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 BASES = ("gated", "mean", "largest", "extrapolate")
+# What a trained network computes from its weights, as a number: bump it with any change to this
+# module that makes the same weights predict something else (e.g. which tokens are candidates), so
+# that train.py and the study train such networks again rather than reuse them. The checkpoint's
+# file format (checkpoint.CHECKPOINT_FORMAT) is another matter: it says whether a file loads.
+# 1: the mean's top tokens as the candidates; 2: each small model's top token among them.
+PREDICTOR_DESIGN = 2
 FEATURE_GROUPS = ("trajectory", "trend", "context")
 
 
@@ -73,11 +79,13 @@ class PredictorConfig:
     max_correction: float = 0.0
     """Bound on the MLP's change to a token's base log-prob, in nats (c * tanh(raw / c)); 0:
     unbounded."""
-    features: str = "trajectory,trend,context"
+    features: str = "trajectory,context"
     """Feature groups the MLP reads, comma-separated: trajectory (each model's log-prob, gap to
-    its top, rank), trend (extrapolation to the target's scale, slope), context (per-prefix
-    top log-prob, entropy, top-2 margin, collision entropy of each model; also what the gated
-    base and the tail offset read). The base and the mean's log-prob are always read."""
+    its top, rank), context (per-prefix top log-prob, top-2 margin, collision entropy of each
+    model; also what the gated base and the tail offset read) and, not by default, trend (the
+    log-linear extrapolation to the target's scale and its slope: the network without it was 0.2
+    points ahead on the demo's training folds and level on the others'). The base and the mean's
+    log-prob are always read."""
     token_embedding: int = 16
     """Size of a learned embedding of each candidate token's identity (0: none)."""
     dropout: float = 0.0

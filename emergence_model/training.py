@@ -35,6 +35,7 @@ from emergence_model.checkpoint import CHECKPOINT_FORMAT
 from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.model import (
+    PREDICTOR_DESIGN,
     Outputs,
     PerTokenPredictor,
     PredictorConfig,
@@ -291,7 +292,8 @@ def _fold_key(
     del settings["progress"]  # how a run looks, not what it computes
     del settings["mixture"]  # fitted after the network, on its validation prefixes
     identity = {
-        "format": CHECKPOINT_FORMAT,  # a network of an older design is trained again
+        "format": CHECKPOINT_FORMAT,  # a network another version wrote or computes
+        "design": PREDICTOR_DESIGN,  # differently is trained again
         **cache.content_key(),
         "predictor": dataclasses.asdict(predictor_config),
         "training": settings,

@@ -202,6 +202,10 @@ def test_the_demo_study_trains_again_a_checkpoint_of_an_older_training(ladder, t
     older = tmp_path / "older.ckpt"
     torch.save(checkpoint, older)
     assert not trained_on(older, ladder["wiki"].path)
+    checkpoint = load_checkpoint(ladder["ckpt"])
+    checkpoint["design"] -= 1  # weights fitted by an older network design
+    torch.save(checkpoint, older)
+    assert load_checkpoint(older) and not trained_on(older, ladder["wiki"].path)
 
 
 def test_the_demo_study_trains_again_its_own_network_of_older_defaults(ladder, monkeypatch):

@@ -192,6 +192,11 @@ def test_cross_fitting_resumes_from_finished_folds(tiny_cache, tmp_path, monkeyp
     fit_cross_fitted(tiny_cache, config, dataclasses.replace(train, lr=1e-2), tmp_path)
     assert trained == ["fold-0", "fold-1", "fold-2"]  # another config: nothing is reused
     trained.clear()
+    fit_cross_fitted(tiny_cache, config, train, tmp_path)  # the first config's, saved again
+    monkeypatch.setattr(training, "PREDICTOR_DESIGN", training.PREDICTOR_DESIGN + 1)
+    fit_cross_fitted(tiny_cache, config, train, tmp_path)
+    assert trained == ["fold-0", "fold-1", "fold-2"] * 2  # a new design of the network: retrained
+    trained.clear()
     rebuilt = tmp_path / "rebuilt"
     shutil.copytree(tiny_cache.path, rebuilt)
     argmax = np.load(rebuilt / "argmax.npy")

@@ -20,7 +20,7 @@ from emergence_model.checkpoint import CheckpointError, load_checkpoint
 from emergence_model.demo.caches import SIZE_DATASETS, STEPS_DATASETS, prepare_demo_study_caches
 from emergence_model.demo.config import log, suite_path
 from emergence_model.evaluate import EvalConfig
-from emergence_model.model import PredictorConfig
+from emergence_model.model import PREDICTOR_DESIGN, PredictorConfig
 from emergence_model.pipeline import DEMO_CHECKPOINT, train_and_evaluate
 from emergence_model.training import TrainConfig
 
@@ -41,11 +41,12 @@ def default_settings() -> tuple[dict, dict]:
 
 
 def trained_on(checkpoint: Path, cache_path: Path, defaults: bool = False) -> bool:
-    """Whether `checkpoint` loads, was trained on the cache at `cache_path` and by this version's
-    training (its recorded training config has every field of TrainConfig: one made before, e.g.
-    before the fitted mixture, is trained again, its finished folds reused). With `defaults`,
-    also with this version's default settings (`default_settings`): a network the study trained
-    itself under an older default is trained again."""
+    """Whether `checkpoint` loads, was trained on the cache at `cache_path`, by this version's
+    design of the network (`PREDICTOR_DESIGN`) and by this version's training (its recorded
+    training config has every field of TrainConfig: one made before, e.g. before the fitted
+    mixture, is trained again, its finished folds reused). With `defaults`, also with this
+    version's default settings (`default_settings`): a network the study trained itself under an
+    older default is trained again."""
     try:
         loaded = load_checkpoint(checkpoint)
     except CheckpointError:
@@ -54,6 +55,7 @@ def trained_on(checkpoint: Path, cache_path: Path, defaults: bool = False) -> bo
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_config = loaded.get("train_config")
     current = isinstance(train_config, dict) and fields <= set(train_config)
+    current = current and loaded.get("design") == PREDICTOR_DESIGN
     if current and defaults:
         predictor, training = default_settings()
         wanted = [(predictor, loaded["config"]), (training, train_config)]
