@@ -49,14 +49,15 @@ _LOGPROB_SCALE = 8.0
 # The guess is made the distribution's mode by this margin (nats) over the next token.
 _MODE_MARGIN = 1e-3
 
-_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
-BASES = ("gated", "mean", "largest", "extrapolate")
 # What a trained network computes from its weights, as a number: bump it with any change to this
 # module that makes the same weights predict something else (e.g. which tokens are candidates), so
 # that train.py and the study train such networks again rather than reuse them. The checkpoint's
 # file format (checkpoint.CHECKPOINT_FORMAT) is another matter: it says whether a file loads.
 # 1: the mean's top tokens as the candidates; 2: each small model's top token among them.
 PREDICTOR_DESIGN = 2
+
+_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+BASES = ("gated", "mean", "largest", "extrapolate")
 FEATURE_GROUPS = ("trajectory", "trend", "context")
 
 

@@ -292,8 +292,10 @@ def _fold_key(
     del settings["progress"]  # how a run looks, not what it computes
     del settings["mixture"]  # fitted after the network, on its validation prefixes
     identity = {
-        "format": CHECKPOINT_FORMAT,  # a network another version wrote or computes
-        "design": PREDICTOR_DESIGN,  # differently is trained again
+        # a network saved in another file format, or one that this version's code would
+        # compute differently from the same weights, is trained again
+        "format": CHECKPOINT_FORMAT,
+        "design": PREDICTOR_DESIGN,
         **cache.content_key(),
         "predictor": dataclasses.asdict(predictor_config),
         "training": settings,
