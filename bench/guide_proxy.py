@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from predictor_ladders import LADDERS  # bench/, beside this script
 
 from emergence_model.cache import open_cache
 from emergence_model.model import floor_logprobs
@@ -30,14 +31,6 @@ from emergence_model.strategies import STRATEGIES
 
 GUIDES = ("mean-prob", "largest", "extrapolate")
 SETS = ("demo-wiki", "demo-rte", "glue-rte")  # the training set, then the transfer sets
-LADDERS = (
-    *(f"seed{s}" for s in range(4)),
-    "onelayer",
-    "real",
-    "real-onelayer",
-    "real-long",
-    "real-2x",
-)
 
 
 def agreement(x: torch.Tensor, scales: list[float], target_scale: float, top: torch.Tensor):
@@ -56,7 +49,7 @@ def agreement(x: torch.Tensor, scales: list[float], target_scale: float, top: to
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("/work/suites"))
-    parser.add_argument("--ladders", nargs="+", default=list(LADDERS))
+    parser.add_argument("--ladders", nargs="+", default=list(LADDERS), choices=list(LADDERS))
     parser.add_argument("--rows", type=int, default=1500, help="prefixes per set, evenly spaced")
     args = parser.parse_args()
     print(
