@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -208,7 +209,7 @@ def train_ladder(
             "--no-progress",
             *flags,
         ]
-        print(f"[{name}/{setting}] {' '.join(command)}", flush=True)
+        print(f"[{name}/{setting}] {shlex.join(command)}", flush=True)
         started = time.perf_counter()
         run_dir.mkdir(parents=True, exist_ok=True)
         recorded.unlink(missing_ok=True)
