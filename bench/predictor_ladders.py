@@ -157,6 +157,9 @@ ABLATIONS: dict[str, list[str]] = {
     "half the training prefixes": ["--train-fraction", "0.5"],
     "objective: no distribution loss": ["--distribution-weight", "0"],
     "objective: logits half soft (KL)": ["--soft-weight", "0.5"],
+    "objective: logits soft at temperature 0.25": [
+        *("--soft-weight", "1", "--target-temperature", "0.25"),
+    ],
     "training: 4 epochs at lr 3e-3": ["--max-epochs", "4", "--lr", "3e-3"],
     "training: 12 epochs": ["--max-epochs", "12"],
     "MLP width 64": ["--hidden-size", "64"],
