@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from predictor_ladders import LADDERS  # bench/, beside this script
+from predictor_ladders import LADDERS, ROOT  # bench/, beside this script
 
 from emergence_model.cache import open_cache
 from emergence_model.model import floor_logprobs
@@ -48,7 +48,7 @@ def agreement(x: torch.Tensor, scales: list[float], target_scale: float, top: to
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("/work/suites"))
+    parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--ladders", nargs="+", default=list(LADDERS), choices=list(LADDERS))
     parser.add_argument("--rows", type=int, default=1500, help="prefixes per set, evenly spaced")
     args = parser.parse_args()

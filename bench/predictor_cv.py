@@ -30,6 +30,8 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from predictor_ladders import ROOT  # noqa: E402  (bench/, beside this script)
+
 from emergence_model.cache import open_cache  # noqa: E402
 from emergence_model.data import predictor_config_for  # noqa: E402
 from emergence_model.model import Outputs, PerTokenPredictor, PredictorConfig  # noqa: E402
@@ -158,7 +160,7 @@ def train_and_guess(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ladder", default="seed0")
-    parser.add_argument("--root", type=Path, default=Path("/work/suites"))
+    parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--inner-folds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)

@@ -5,7 +5,7 @@
     python bench/predictor_ladders.py --ladders seed0 onelayer --ablations   # + the ablations
     python bench/predictor_ladders.py --ladders seed1 -- --max-epochs 8      # train.py flags
 
-Ladders (each in ROOT/<name>, --root, default /work/suites):
+Ladders (each in ROOT/<name>, --root, default ../suites beside the repository):
 
 - seed0 .. seed3: the demo suite (`python -m emergence_model.demo caches --seed S`): the
   standard library's docstrings, a 2k BPE, seven GPT-NeoX models; trained on demo-wiki,
@@ -75,6 +75,7 @@ ONE_LAYER_LADDER = (
     Rung(192, 2, 6, 2.8e-3),
 )
 REAL_BPE_VOCAB = 8192
+ROOT = REPO.parent / "suites"  # the ladders, beside the repository (--root)
 WIKITEXT_TEST = REPO.parent / "data" / "wikitext2-test.txt"  # see real-2x above
 
 
@@ -343,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         epilog="flags after -- go to every train.py run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--root", type=Path, default=Path("/work/suites"))
+    parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--ladders", nargs="+", default=list(LADDERS), choices=list(LADDERS))
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--ablations", action="store_true", help="also one row per ABLATIONS")

@@ -15,12 +15,12 @@ Three steps, each one small module, the same weights for every token of the voca
    embedding of the token's identity (the target's habits are token-specific). Two more feature
    groups are options that did not earn their place by default: the trajectory (the candidate's
    log-prob, gap to the top and rank under each small model) and the trend (its log-linear
-   extrapolation in log scale to the target's and the slope). Every other token keeps
-   its base plus one per-prefix offset. The default 16 candidates hold the target's top token on
-   99.2-99.7% of every ladder's in-domain prefixes but the overfitted real-long's (64, before each
-   model's top token joined them, held it on 99.7-100% and scored no better on any ladder's
-   training folds, 0.3 points lower on the demo's: `bench/predictor_cv.py`), and scoring a
-   [100, 6, 50277] batch stays a few passes over the input on a CPU.
+   extrapolation in log scale to the target's and the slope). Every other token keeps its base
+   plus one per-prefix offset. The default 16 candidates hold the target's top token on
+   99.2-99.7% of every ladder's in-domain prefixes but the overfitted real-long's (64 score no
+   better on any ladder's training folds, 0.3 points lower on the real ladder's:
+   `bench/predictor_cv.py`), and scoring a [100, 6, 50277] batch stays a few passes over the
+   input on a CPU.
 3. Two outputs of that MLP: `logits`, trained on the target's top token, rank the tokens (the
    guess); the distribution, trained on KL to the target's whole distribution and mixed with
    each small model's distribution and their mean by weights fitted on held-out prefixes
