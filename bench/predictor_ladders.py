@@ -157,17 +157,16 @@ ABLATIONS: dict[str, list[str]] = {
     "features: no token embedding": ["--token-embedding", "0"],
     "half the training prefixes": ["--train-fraction", "0.5"],
     "objective: no distribution loss": ["--distribution-weight", "0"],
-    "objective: logits half soft (KL)": ["--soft-weight", "0.5"],
-    "objective: logits soft at temperature 0.25": [
-        *("--soft-weight", "1", "--target-temperature", "0.25"),
-    ],
+    "objective: logits on the top token (cross-entropy)": ["--soft-weight", "0"],
+    "objective: logits soft at temperature 1": ["--target-temperature", "1"],
     "training: 4 epochs at lr 3e-3": ["--max-epochs", "4", "--lr", "3e-3"],
     "training: 12 epochs": ["--max-epochs", "12"],
     "MLP width 64": ["--hidden-size", "64"],
     "the issue's network": [
         *("--base", "mean", "--max-correction", "1", "--token-embedding", "0"),
         *("--num-candidates", "64", "--features", "trajectory,trend,context"),
-        *("--distribution-weight", "0", "--max-epochs", "4", "--lr", "3e-3", "--patience", "2"),
+        *("--distribution-weight", "0", "--soft-weight", "0"),
+        *("--max-epochs", "4", "--lr", "3e-3", "--patience", "2"),
     ],
 }
 ONE_MEMBER = "one fold's network on transfer, not the ensemble"

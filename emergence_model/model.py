@@ -21,10 +21,11 @@ Three steps, each one small module, the same weights for every token of the voca
    better on any ladder's training folds, 0.3 points lower on the real ladder's:
    `bench/predictor_cv.py`), and scoring a [100, 6, 50277] batch stays a few passes over the
    input on a CPU.
-3. Two outputs of that MLP: `logits`, trained on the target's top token, rank the tokens (the
-   guess); the distribution, trained on KL to the target's whole distribution and mixed with
-   each small model's distribution and their mean by weights fitted on held-out prefixes
-   (`fit_mixture`), is the predicted distribution of the target, with the guess made its mode so
+3. Two outputs of that MLP: `logits`, trained on the target's top token (KL to its
+   distribution sharpened at temperature 0.25: `TrainConfig`), rank the tokens (the guess);
+   the distribution, trained on KL to the target's whole distribution and mixed with each small
+   model's distribution and their mean by weights fitted on held-out prefixes (`fit_mixture`),
+   is the predicted distribution of the target, with the guess made its mode so
    that its top-1 is the guess's. Both outputs start at zero and the mixture at the distribution
    output alone, so an untrained network is the mean-probability baseline.
 

@@ -1,13 +1,13 @@
 """Training the predictor with Lightning.
 
 `PredictorModule` wraps a `PerTokenPredictor` (the plain nn.Module in model.py): its logits learn
-the target's top token (cross-entropy, or KL to the target's whole distribution with
-`soft_weight`), its distribution output learns the target's whole distribution (KL,
-`distribution_weight`), with torchmetrics top-1 / top-5 agreement and the distribution's KL per
-stage. `fit_predictor` trains one network on a split of
-an opened cache (`data.py` serves its rows) with checkpointing on validation agreement, early
-stopping and CSV logs; `fit_cross_fitted` trains one per fold and keeps each finished one, so an
-interrupted run resumes. `TrainConfig`'s fields are train.py's flags (`cli.add_config_arguments`).
+the target's top token (KL to the target's distribution sharpened at `target_temperature`, or
+cross-entropy to its top token with `soft_weight` 0), its distribution output learns the target's
+whole distribution (KL, `distribution_weight`), with torchmetrics top-1 / top-5 agreement and the
+distribution's KL per stage. `fit_predictor` trains one network on a split of an opened cache
+(`data.py` serves its rows) with checkpointing on validation agreement, early stopping and CSV
+logs; `fit_cross_fitted` trains one per fold and keeps each finished one, so an interrupted run
+resumes. `TrainConfig`'s fields are train.py's flags (`cli.add_config_arguments`).
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ class TrainConfig:
     """Peak learning rate of AdamW (cosine decay after a short warm-up)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    soft_weight: float = 0.0
-    """The logits' loss = (1 - w) * cross-entropy to the target's top token + w * KL(target ||
-    softmax(logits))."""
-    target_temperature: float = 1.0
-    """Temperature of the target distribution in the logits' KL term (< 1 sharpens it)."""
+    soft_weight: float = 1.0
+    """The logits' loss = (1 - w) * cross-entropy to the target's top token + w * KL(target at
+    --target-temperature || softmax(logits)). 0: cross-entropy alone."""
+    target_temperature: float = 0.25
+    """Temperature of the target distribution in the logits' KL term (< 1 sharpens it towards
+    its top token; 1: the target's own distribution)."""
     distribution_weight: float = 1.0
     """Weight of KL(target || distribution output) in the loss: the predicted distribution is
     trained on the target's whole distribution (0: it stays the mean of the small models')."""

@@ -110,24 +110,30 @@ def test_trains_on_one_small_model_or_equal_scales(tmp_path, param_counts):
     assert predictor.log_probs(x).exp().sum(dim=1) == pytest.approx(torch.ones(4))
 
 
-def test_the_loss_trains_both_outputs():
+@pytest.mark.parametrize("soft_weight", [1.0, 0.0, 0.5])
+def test_the_loss_trains_both_outputs(soft_weight):
     predictor_config = PredictorConfig(
         hidden_size=4, num_models=2, vocab_size=6, scales=[1, 2], target_scale=4
     )
-    module = PredictorModule(
-        dataclasses.asdict(predictor_config), dataclasses.asdict(TrainConfig())
-    )
+    train_config = TrainConfig(soft_weight=soft_weight)  # the default temperature, 0.25
+    module = PredictorModule(dataclasses.asdict(predictor_config), dataclasses.asdict(train_config))
     x = torch.log_softmax(torch.randn(3, 2, 6), dim=-1)
     target_logprobs = torch.log_softmax(torch.randn(3, 6), dim=-1)
     batch = {"target": target_logprobs.argmax(1), "target_logprobs": target_logprobs}
     loss, kl = module.loss(module(x), batch)
     mean = torch.log(x.exp().mean(dim=1))  # an untrained network: both outputs are the mean's
+    log_q = torch.log_softmax(mean, -1)
     expected_kl = torch.nn.functional.kl_div(
-        torch.log_softmax(mean, -1), target_logprobs, log_target=True, reduction="batchmean"
+        log_q, target_logprobs, log_target=True, reduction="batchmean"
+    )
+    sharpened = torch.log_softmax(target_logprobs / 0.25, dim=-1)
+    expected_soft = torch.nn.functional.kl_div(
+        log_q, sharpened, log_target=True, reduction="batchmean"
     )
     expected_ce = torch.nn.functional.cross_entropy(mean, batch["target"])
+    logits_loss = (1 - soft_weight) * expected_ce + soft_weight * expected_soft
     assert kl.item() == pytest.approx(expected_kl.item(), abs=1e-5)
-    assert loss.item() == pytest.approx((expected_ce + expected_kl).item(), abs=1e-5)
+    assert loss.item() == pytest.approx((logits_loss + expected_kl).item(), abs=1e-5)
 
 
 def test_train_fraction_keeps_a_share_of_the_training_prefixes(tiny_cache, tmp_path):
