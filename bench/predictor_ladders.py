@@ -161,6 +161,7 @@ ABLATIONS: dict[str, list[str]] = {
     "objective: logits soft at temperature 1": ["--target-temperature", "1"],
     "training: 4 epochs at lr 3e-3": ["--max-epochs", "4", "--lr", "3e-3"],
     "training: 12 epochs": ["--max-epochs", "12"],
+    "training: learning rate from Lightning's finder": ["--lr-find"],
     "MLP width 64": ["--hidden-size", "64"],
     "the issue's network": [
         *("--base", "mean", "--max-correction", "1", "--token-embedding", "0"),

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.tuner import Tuner
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -56,6 +57,10 @@ class TrainConfig:
     """Passes over the training prefixes (at most: early stopping may end sooner)."""
     lr: float = 1e-3
     """Peak learning rate of AdamW (cosine decay after a short warm-up)."""
+    lr_find: bool = False
+    """Choose the peak learning rate with Lightning's learning-rate finder instead of --lr: 100
+    steps on the fold's training prefixes with the rate rising from 1e-5 to 1, then a tenth of
+    the rate where the loss was lowest (the fold's metrics record it)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     soft_weight: float = 1.0
@@ -143,6 +148,7 @@ class PredictorModule(pl.LightningModule):
         self.save_hyperparameters()
         self.predictor = PerTokenPredictor(PredictorConfig(**predictor_config))
         self.train_config = TrainConfig(**train_config)
+        self.lr = self.train_config.lr  # what the learning-rate finder sets (`lr_find`)
         v = self.predictor.config.vocab_size
         self.train_top1 = MulticlassAccuracy(num_classes=v, top_k=1, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes=v, top_k=1, average="micro")
@@ -193,7 +199,7 @@ class PredictorModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.train_config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, total // 50)
         schedule = torch.optim.lr_scheduler.SequentialLR(
@@ -271,12 +277,33 @@ def fit_predictor(
         enable_progress_bar=train_config.progress,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=data)
     metrics = {}
+    if c.lr_find and not c.fast_dev_run:
+        if trainer.world_size > 1:  # each process would read its own loss curve and rate
+            raise ValueError(
+                "--lr-find needs a one-device run: find the rate with --devices 1, then pass it "
+                "as --lr"
+            )
+        # Lightning's finder leaves the network as it was; its own suggestion, the steepest
+        # descent of the loss, lands on the flat start of this network's curve (its outputs start
+        # at zero), so the rate is a tenth of the one at the (smoothed) loss's minimum, skipping
+        # the first 10 steps as Lightning's suggestion does (the smoothing has not settled).
+        finder = Tuner(trainer).lr_find(
+            module, datamodule=data, min_lr=1e-5, max_lr=1.0, num_training=100, update_attr=False
+        )
+        losses = np.asarray(finder.results["loss"], dtype=float)[10:] if finder else np.array([])
+        if not np.isfinite(losses).any():
+            raise RuntimeError(
+                "the learning-rate finder saw no finite loss: pass --lr, not --lr-find"
+            )
+        module.lr = float(finder.results["lr"][10 + int(np.nanargmin(losses))]) / 10
+        metrics["lr"] = module.lr
+        print(f"learning rate from the finder: {module.lr:.3g}")
+    trainer.fit(module, datamodule=data)
     if checkpoint.best_model_path:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
-        metrics = {"best_val_top1": float(checkpoint.best_model_score)}
+        metrics["best_val_top1"] = float(checkpoint.best_model_score)
     metrics["epochs"] = int(trainer.current_epoch)
     predictor = module.predictor.cpu().eval()
     return predictor, data, metrics

@@ -97,6 +97,23 @@ def test_short_run_beats_the_mean_probability_where_the_answer_is_learnable(tmp_
     assert list((tmp_path / "run" / "lightning").glob("best-*.ckpt"))
 
 
+def test_the_learning_rate_finder_chooses_the_rate_and_the_network_still_learns(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "cache", num_prefixes=300, vocab_size=48)
+    train = TrainConfig(
+        max_epochs=12, batch_size=16, val_fraction=0.3, test_fraction=0.0, lr_find=True, **QUIET
+    )
+    predictor, data, metrics = fit_predictor(
+        cache, PredictorConfig(hidden_size=16), train, tmp_path / "run"
+    )
+    assert 1e-5 < metrics["lr"] < 1.0 and metrics["lr"] != train.lr
+    x = cache.rows(data.val_idx)[:, :-1]
+    target = cache.target_argmax[data.val_idx]
+    baseline = (MeanProbability().scores(x).argmax(1) == target).mean()
+    network = (predictor.log_probs(torch.from_numpy(x)).argmax(1).numpy() == target).mean()
+    assert network > baseline + 0.15, (network, baseline, metrics["lr"])
+    assert not list((tmp_path / "run").glob(".lr_find*"))  # the finder's own checkpoint is gone
+
+
 @pytest.mark.parametrize(
     "param_counts",
     [(1_000_000, 64_000_000), (1_000_000, 1_000_000, 64_000_000)],
