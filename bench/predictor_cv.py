@@ -94,6 +94,7 @@ VARIANTS = {
     "MLP width 64": Variant(network(hidden_size=64)),
     "two hidden layers": Variant(network(num_layers=2)),
     "learning rate 3e-3": Variant(network(), lr=3e-3),
+    "learning rate 3e-2": Variant(network(), lr=3e-2),
     "no token embedding": Variant(network(token_embedding=0)),
     "features: with trajectory": Variant(network(features="trajectory,context")),
     "features: with trend": Variant(network(features="trend,context")),
