@@ -12,7 +12,6 @@ change the loss's TrainConfig fields or train on a share of each inner training 
 is guessed once by the network that did not see it; the table gives each variant's top-1 and its
 paired difference to the first variant (95% bootstrap). A variant takes 15-45 s on 2 cores on the
 demo's ladders. Ladders are ROOT/<name>/caches/demo-wiki (see predictor_ladders.py).
-
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ Three steps, each one small module, the same weights for every token of the voca
    plus one per-prefix offset. The default 16 candidates hold the target's top token on
    99.2-99.7% of every ladder's in-domain prefixes but the overfitted real-long's (64 score 0.1
    to 0.2 points lower on the training folds of the demo's, the one-layer and the real ladder:
-   `bench/predictor_cv.py`), and scoring a [100, 6, 50277] batch stays a
-   few passes over the input on a CPU.
+   `bench/predictor_cv.py`), and scoring a [100, 6, 50277] batch stays a few passes over the
+   input on a CPU.
 3. Two outputs of that MLP: `logits`, trained on the target's top token (KL to its
    distribution sharpened at temperature 0.25: `TrainConfig`), rank the tokens (the guess);
    the distribution, trained on KL to the target's whole distribution and mixed with each small
