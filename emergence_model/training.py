@@ -148,7 +148,6 @@ class PredictorModule(pl.LightningModule):
         self.save_hyperparameters()
         self.predictor = PerTokenPredictor(PredictorConfig(**predictor_config))
         self.train_config = TrainConfig(**train_config)
-        self.lr = self.train_config.lr  # what the learning-rate finder sets (`lr_find`)
         v = self.predictor.config.vocab_size
         self.train_top1 = MulticlassAccuracy(num_classes=v, top_k=1, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes=v, top_k=1, average="micro")
@@ -199,7 +198,7 @@ class PredictorModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.train_config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, total // 50)
         schedule = torch.optim.lr_scheduler.SequentialLR(
@@ -291,14 +290,15 @@ def fit_predictor(
         finder = Tuner(trainer).lr_find(
             module, datamodule=data, min_lr=1e-5, max_lr=1.0, num_training=100, update_attr=False
         )
-        losses = np.asarray(finder.results["loss"], dtype=float)[10:] if finder else np.array([])
+        losses = np.asarray(finder.results["loss"], dtype=float)[10:]
         if not np.isfinite(losses).any():
             raise RuntimeError(
                 "the learning-rate finder saw no finite loss: pass --lr, not --lr-find"
             )
-        module.lr = float(finder.results["lr"][10 + int(np.nanargmin(losses))]) / 10
-        metrics["lr"] = module.lr
-        print(f"learning rate from the finder: {module.lr:.3g}")
+        lr = float(finder.results["lr"][10 + int(np.nanargmin(losses))]) / 10
+        module.train_config = dataclasses.replace(module.train_config, lr=lr)
+        metrics["lr"] = lr
+        print(f"learning rate from the finder: {lr:.3g}")
     trainer.fit(module, datamodule=data)
     if checkpoint.best_model_path:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
