@@ -79,6 +79,7 @@ class Variant:
     lr: float = 1e-3
     loss: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields of the loss
     share: float = 1.0  # of each inner training set, what it is trained on
+    seeds: int = 1  # networks trained from different seeds, joined as train.py joins heads
 
 
 def network(**changes) -> Callable[[PredictorConfig, int], nn.Module]:
@@ -103,6 +104,7 @@ VARIANTS = {
     "hard targets (cross-entropy)": Variant(network(), loss={"soft_weight": 0.0}),
     "soft targets at temperature 1": Variant(network(), loss={"target_temperature": 1.0}),
     "half the training prefixes": Variant(network(), share=0.5),
+    "three seeds per fold": Variant(network(), seeds=3),
     "the issue's per-token MLP": Variant(
         lambda _, m: IssueMLP(m), lr=3e-3, loss={"soft_weight": 0.0}
     ),
@@ -115,10 +117,29 @@ def train_and_guess(
     rows: torch.Tensor,
     train: np.ndarray,
     test: np.ndarray,
-    seed: int = 0,
-    batch_size: int = 32,
 ) -> torch.Tensor:
-    """Train `variant` on rows[train] and return its guesses on rows[test]."""
+    """Train `variant` on rows[train] and return its guesses on rows[test]: with several seeds,
+    those of the networks joined into one ensemble (`PerTokenPredictor.ensemble`)."""
+    models = [train_one(variant, config, rows, train, seed) for seed in range(variant.seeds)]
+    model = models[0] if len(models) == 1 else PerTokenPredictor.ensemble(models)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                model.outputs(rows[test[i : i + 64], :-1]).logits.argmax(dim=1)
+                for i in range(0, len(test), 64)
+            ]
+        )
+
+
+def train_one(
+    variant: Variant,
+    config: PredictorConfig,
+    rows: torch.Tensor,
+    train: np.ndarray,
+    seed: int,
+    batch_size: int = 32,
+) -> nn.Module:
+    """One network of `variant` trained on rows[train] from `seed`."""
     if variant.share < 1:
         keep = np.random.default_rng(seed).permutation(len(train))
         train = np.sort(train[keep[: round(variant.share * len(train))]])
@@ -148,14 +169,7 @@ def train_and_guess(
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-    model.eval()
-    with torch.no_grad():
-        return torch.cat(
-            [
-                model.outputs(rows[test[i : i + 64], :-1]).logits.argmax(dim=1)
-                for i in range(0, len(test), 64)
-            ]
-        )
+    return model.eval()
 
 
 def main() -> None:
