@@ -1,16 +1,15 @@
 """The predicted distribution's mixture weighed on validation prefixes only: no scored prefix read.
 
-    python bench/mixture_cv.py --ladder seed0          # after predictor_ladders.py trained it
+    python bench/mixture_cv.py --ladder seed0          # ROOT/seed0/caches/demo-wiki
 
-Reads a trained run's checkpoint (ROOT/runs/<ladder>/default/network.ckpt) and, for each fold of
-its cross-fitting, the fold's network and its validation prefixes (held out of the fold's training
-and never scored). Those are split in two halves by position; each variant is fitted on one half
-and scored on the other, then the other way round, so that every validation prefix is scored once
-by a fit that did not see it. Variants of the mixture of the distribution output, each small
-model's distribution and their mean:
+For each fold of train.py's default cross-fitting it reads the fold's validation prefixes (held out
+of the fold's training and never scored). Those are split in two halves by position; each variant
+is fitted on one half and scored on the other, then the other way round, so that every validation
+prefix is scored once by a fit that did not see it. Variants of the mixture of each small model's
+distribution and their mean (the network only makes the mixture's mode its guess, which this leaves
+out):
 - global (train.py's): one weight per component on the simplex, by EM (`fit_mixture`);
-- without the network's output: the same fit over the small models and their mean;
-- the network's output alone (`--no-mixture`);
+- the mean alone (`--no-mixture`);
 - per prefix: weights softmax(b + A c) with c each component's top log-prob, top-2 margin and
   collision entropy (standardised on the fitting half), b from the global fit and A from zero,
   fitted by L-BFGS on the same KL plus `--penalty` times the sum of A squared.
@@ -34,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from predictor_ladders import ROOT  # noqa: E402  (bench/, beside this script)
 
 from emergence_model.cache import open_cache  # noqa: E402
-from emergence_model.checkpoint import build_predictor, load_checkpoint  # noqa: E402
 from emergence_model.model import (  # noqa: E402
     distribution_stats,
     fit_mixture,
@@ -43,6 +41,7 @@ from emergence_model.model import (  # noqa: E402
 )
 from emergence_model.splits import fold_splits  # noqa: E402
 from emergence_model.stats import bootstrap_ci  # noqa: E402
+from emergence_model.training import TrainConfig  # noqa: E402
 
 # A fit maps (components (N, J, V), context (N, C), target (N, V)) of the fitting half to a
 # function of (components, context) of the other half -> mixture probabilities (N, V).
@@ -63,13 +62,8 @@ def global_fit(components, _context, target):
     return lambda c, _: fixed(weights, c)
 
 
-def without_output(components, _context, target):
-    weights = torch.cat([torch.zeros(1), fit_mixture(components[:, 1:], target)])
-    return lambda c, _: fixed(weights, c)
-
-
-def output_alone(components, _context, _target):
-    return lambda c, _: c[:, 0]
+def mean_alone(_components, _context, _target):
+    return lambda c, _: c[:, -1]
 
 
 def per_prefix(penalty: float) -> Fit:
@@ -96,16 +90,14 @@ def per_prefix(penalty: float) -> Fit:
 
 
 @torch.no_grad()
-def fold_inputs(predictor, cache, rows: np.ndarray, max_rows: int):
+def fold_inputs(cache, rows: np.ndarray, max_rows: int):
     """A fold's validation rows -> mixture components (N, J, V), per-component context (N, 3J)
     and the target's probabilities (N, V)."""
     if len(rows) > max_rows:
         rows = rows[np.linspace(0, len(rows) - 1, max_rows).round().astype(np.int64)]
     data = torch.from_numpy(cache.rows(rows))
-    x, target = floor_logprobs(data[:, :-1]), F.softmax(data[:, -1], dim=-1)
-    components = torch.cat(
-        [mixture_components(predictor.outputs(b).distribution, b) for b in x.split(32)]
-    )
+    components = mixture_components(floor_logprobs(data[:, :-1]))
+    target = F.softmax(data[:, -1], dim=-1)
     top = torch.log(components.clamp_min(1e-30)).topk(16, dim=2).values  # (N, J, 16)
     return components, distribution_stats(top).flatten(1), target
 
@@ -114,29 +106,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ladder", default="seed0")
     parser.add_argument("--root", type=Path, default=ROOT)
-    parser.add_argument("--setting", default="default", help="the run under ROOT/runs/<ladder>")
     parser.add_argument("--penalty", type=float, default=1e-2, help="per prefix: L2 on A")
     parser.add_argument("--max-rows", type=int, default=1024, help="validation rows per fold")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    checkpoint = load_checkpoint(args.root / "runs" / args.ladder / args.setting / "network.ckpt")
     cache = open_cache(args.root / args.ladder / "caches" / "demo-wiki")
-    tc = checkpoint["train_config"]
-    splits = fold_splits(
-        cache.prefixes, tc["folds"], tc["val_fraction"], tc["test_fraction"], tc["seed"]
-    )
-    ensemble = build_predictor(checkpoint)
+    c = TrainConfig()
+    splits = fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)
     variants: dict[str, Fit] = {
         "global (train.py's)": global_fit,
-        "without the network's output": without_output,
-        "the network's output alone": output_alone,
+        "the mean alone": mean_alone,
         f"per prefix (penalty {args.penalty:g})": per_prefix(args.penalty),
     }
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in variants}
     for k, (_, val, _) in enumerate(splits):
-        components, context, target = fold_inputs(ensemble.member(k), cache, val, args.max_rows)
+        components, context, target = fold_inputs(cache, val, args.max_rows)
         halves = torch.arange(len(target)) % 2 == 0
         for fit_on in (halves, ~halves):
             score_on = ~fit_on

@@ -7,8 +7,8 @@ The first fold of train.py's default cross-fitting (5 folds, seed 0) holds out a
 prefixes for scoring; this reads only the rest (its training and validation prefixes), splits them
 into 4 inner folds and trains each variant once per inner fold with a plain PyTorch loop (AdamW, 8
 epochs unless the variant says otherwise, one-cycle cosine schedule, train.py's loss: the logits'
-KL to the target sharpened at temperature 0.25 plus KL of the distribution output; a variant may
-change the loss's TrainConfig fields or train on a share of each inner training set). Every prefix
+KL to the target sharpened at temperature 0.25; a variant may change the loss's TrainConfig fields
+or train on a share of each inner training set). Every prefix
 is guessed once by the network that did not see it; the table gives each variant's top-1 and its
 paired difference to the first variant (95% bootstrap). A variant takes 15-45 s on 2 cores on the
 demo's ladders. Ladders are ROOT/<name>/caches/demo-wiki (see predictor_ladders.py).
@@ -34,7 +34,7 @@ from predictor_ladders import ROOT  # noqa: E402  (bench/, beside this script)
 
 from emergence_model.cache import open_cache  # noqa: E402
 from emergence_model.data import predictor_config_for  # noqa: E402
-from emergence_model.model import Outputs, PerTokenPredictor, PredictorConfig  # noqa: E402
+from emergence_model.model import PerTokenPredictor, PredictorConfig  # noqa: E402
 from emergence_model.splits import fold_splits  # noqa: E402
 from emergence_model.stats import bootstrap_ci  # noqa: E402
 from emergence_model.training import PredictorModule, TrainConfig  # noqa: E402
@@ -43,7 +43,7 @@ from emergence_model.training import PredictorModule, TrainConfig  # noqa: E402
 class IssueMLP(nn.Module):
     """The issue's per-token MLP: the largest model's log-prob plus an MLP of each model's
     log-prob, its gap to that model's top and that model's entropy, on the 64 most probable
-    tokens under the mean (0: every token); no distribution output (the mean's stands in)."""
+    tokens under the mean (0: every token)."""
 
     def __init__(self, num_models: int, hidden: int = 32, candidates: int = 64) -> None:
         super().__init__()
@@ -58,7 +58,7 @@ class IssueMLP(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def outputs(self, x: torch.Tensor) -> Outputs:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().clamp_min(math.log(2**-24))
         log_mean = torch.log(x.exp().mean(dim=1))
         entropy = -(x.exp() * x).sum(dim=2, keepdim=True)
@@ -69,7 +69,7 @@ class IssueMLP(nn.Module):
         xc = x.gather(2, ids.unsqueeze(1).expand(-1, x.shape[1], -1))
         features = torch.cat([xc / 8, (xc - top) / 8, entropy.expand_as(xc) / 4], dim=1)
         correction = self.mlp(features.transpose(1, 2)).squeeze(-1)
-        return Outputs(x[:, -1].scatter_add(1, ids, correction), log_mean)
+        return x[:, -1].scatter_add(1, ids, correction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +96,6 @@ VARIANTS = {
     "learning rate 3e-3": Variant(network(), lr=3e-3),
     "learning rate 3e-2": Variant(network(), lr=3e-2),
     "no token embedding": Variant(network(token_embedding=0)),
-    "features: with trajectory": Variant(network(features="trajectory,context")),
-    "features: with trend": Variant(network(features="trend,context")),
     "base: largest": Variant(network(base="largest")),
     "base: mean": Variant(network(base="mean")),
     "base: extrapolate": Variant(network(base="extrapolate")),
@@ -124,10 +122,7 @@ def train_and_guess(
     model = models[0] if len(models) == 1 else PerTokenPredictor.ensemble(models)
     with torch.no_grad():
         return torch.cat(
-            [
-                model.outputs(rows[test[i : i + 64], :-1]).logits.argmax(dim=1)
-                for i in range(0, len(test), 64)
-            ]
+            [model(rows[test[i : i + 64], :-1]).argmax(dim=1) for i in range(0, len(test), 64)]
         )
 
 
@@ -160,10 +155,9 @@ def train_one(
         for start in range(0, len(shuffled), batch_size):
             batch = rows[shuffled[start : start + batch_size]]
             target = batch[:, -1]
-            loss, _ = objective.loss(
-                model.outputs(batch[:, :-1]),
-                {"target": target.argmax(dim=1), "target_logprobs": target},
-            )  # the issue's MLP: its distribution is the mean's, a KL without gradient
+            loss = objective.loss(
+                model(batch[:, :-1]), {"target": target.argmax(dim=1), "target_logprobs": target}
+            )
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)

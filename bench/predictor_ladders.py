@@ -151,24 +151,15 @@ ABLATIONS: dict[str, list[str]] = {
     "base: mean": ["--base", "mean"],
     "base: largest": ["--base", "largest"],
     "base: extrapolate": ["--base", "extrapolate"],
-    "features: with trajectory": ["--features", "trajectory,context"],
-    "features: with trend": ["--features", "trend,context"],
     "features: no context": ["--features", ""],
     "features: no token embedding": ["--token-embedding", "0"],
     "half the training prefixes": ["--train-fraction", "0.5"],
-    "objective: no distribution loss": ["--distribution-weight", "0"],
     "objective: logits on the top token (cross-entropy)": ["--soft-weight", "0"],
     "objective: logits soft at temperature 1": ["--target-temperature", "1"],
     "training: 4 epochs at lr 3e-3": ["--max-epochs", "4", "--lr", "3e-3"],
     "training: 12 epochs": ["--max-epochs", "12"],
     "training: learning rate from Lightning's finder": ["--lr-find"],
     "MLP width 64": ["--hidden-size", "64"],
-    "the issue's network": [
-        *("--base", "mean", "--max-correction", "1", "--token-embedding", "0"),
-        *("--num-candidates", "64", "--features", "trajectory,trend,context"),
-        *("--distribution-weight", "0", "--soft-weight", "0"),
-        *("--max-epochs", "4", "--lr", "3e-3", "--patience", "2"),
-    ],
 }
 ONE_MEMBER = "one fold's network on transfer, not the ensemble"
 

@@ -28,7 +28,8 @@ from emergence_model.strategies import NetworkStrategy, check_same_models
 
 # 2: scales along a declared axis (parameters or training tokens) instead of parameter counts.
 # 3: the gated base, token embeddings and the distribution output (two outputs per head).
-CHECKPOINT_FORMAT = 3
+# 4: one output per head; the distribution's mixture weighs the small models and their mean.
+CHECKPOINT_FORMAT = 4
 REQUIRED_KEYS = (
     "format_version",
     "config",

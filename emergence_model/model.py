@@ -13,25 +13,26 @@ Three steps, each one small module, the same weights for every token of the voca
    probable under the mean (`candidate_ids`): an MLP reads each candidate's value under the
    mean and under the base (log-prob, gap to the top, rank), the per-prefix context and a learned
    embedding of the token's identity (the target's habits are token-specific). Two more feature
-   groups are options that did not earn their place by default: the trajectory (the candidate's
-   log-prob, gap to the top and rank under each small model) and the trend (its log-linear
-   extrapolation in log scale to the target's and the slope). Every other token keeps its base
-   plus one per-prefix offset. The default 16 candidates hold the target's top token on
-   99.2-99.7% of every ladder's in-domain prefixes but the overfitted real-long's (64 score 0.1
-   to 0.2 points lower on the training folds of the demo's, the one-layer and the real ladder:
-   `bench/predictor_cv.py`), and scoring a [100, 6, 50277] batch stays a few passes over the
-   input on a CPU.
-3. Two outputs of that MLP: `logits`, trained on the target's top token (KL to its
-   distribution sharpened at temperature 0.25: `TrainConfig`), rank the tokens (the guess);
-   the distribution, trained on KL to the target's whole distribution and mixed with each small
-   model's distribution and their mean by weights fitted on held-out prefixes (`fit_mixture`),
-   is the predicted distribution of the target, with the guess made its mode so
-   that its top-1 is the guess's. Both outputs start at zero and the mixture at the distribution
-   output alone, so an untrained network is the mean-probability baseline.
+   groups were measured and removed, as neither earned its place on the training folds of nine
+   ladders: the trajectory (the candidate's log-prob, gap to the top and rank under each small
+   model) and the trend (its log-linear extrapolation in log scale to the target's and the
+   slope). Every other token keeps its base plus one per-prefix offset. The default 16
+   candidates hold the target's top token on 99.2-99.7% of every ladder's in-domain prefixes but
+   the overfitted real-long's (64 score 0.1 to 0.2 points lower on the training folds of the
+   demo's, the one-layer and the real ladder: `bench/predictor_cv.py`), and scoring a [100, 6,
+   50277] batch stays a few passes over the input on a CPU.
+3. The MLP's output makes the `logits`, trained on the target's top token (KL to its
+   distribution sharpened at temperature 0.25: `TrainConfig`), which rank the tokens (the
+   guess). The predicted distribution of the target is a mixture of each small model's
+   distribution and their mean, by weights fitted on held-out prefixes (`fit_mixture`), with
+   the guess made its mode so that its top-1 is the guess's. The output starts at zero and the
+   mixture at the mean alone, so an untrained network is the mean-probability baseline. (A
+   second output, a distribution trained on KL to the target's and mixed in with the small
+   models, was measured and removed: the mixture without it is as close to the target.)
 
 The features do not depend on learned weights, so several trained networks (`heads`, e.g. the
 members of a cross-fitted ensemble) share them and cost little more than one. Any number of
-small models works: with one, or with equal scales, there is no trend and its features are zero.
+small models works: with one, or with equal scales, the extrapolation is their mean.
 """
 
 from __future__ import annotations
@@ -55,12 +56,15 @@ _MODE_MARGIN = 1e-3
 # module that makes the same weights predict something else (e.g. which tokens are candidates), so
 # that train.py and the study train such networks again rather than reuse them. The checkpoint's
 # file format (checkpoint.CHECKPOINT_FORMAT) is another matter: it says whether a file loads.
-# 1: the mean's top tokens as the candidates; 2: each small model's top token among them.
-PREDICTOR_DESIGN = 2
+# 1: the mean's top tokens as the candidates; 2: each small model's top token among them;
+# 3: one output (the logits), the distribution a mixture of the small models alone.
+PREDICTOR_DESIGN = 3
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 BASES = ("gated", "mean", "largest", "extrapolate")
-FEATURE_GROUPS = ("trajectory", "trend", "context")
+FEATURE_GROUPS = ("context",)
+# Feature groups of earlier versions, measured and removed (README: "What each part contributes").
+REMOVED_FEATURE_GROUPS = ("trajectory", "trend")
 
 
 @dataclass
@@ -83,13 +87,9 @@ class PredictorConfig:
     """Bound on the MLP's change to a token's base log-prob, in nats (c * tanh(raw / c)); 0:
     unbounded."""
     features: str = "context"
-    """Feature groups the MLP reads, comma-separated: context (per-prefix top log-prob, top-2
-    margin, collision entropy of each model and of the mean; also what the gated base and the
-    tail offset read) and, not by default, trajectory (each model's log-prob, gap to its top and
-    rank) and trend (the log-linear extrapolation to the target's scale and its slope): on the
-    training folds of nine ladders the network with either is never ahead of the one without
-    beyond its interval (within 0.3 points). The base's and the mean's log-prob, gap and rank are
-    always read."""
+    """Feature groups the MLP reads: context (per-prefix top log-prob, top-2 margin, collision
+    entropy of each model and of the mean; also what the gated base and the tail offset read), or
+    none (""). The base's and the mean's log-prob, gap and rank are always read."""
     token_embedding: int = 16
     """Size of a learned embedding of each candidate token's identity (0: none)."""
     dropout: float = 0.0
@@ -121,11 +121,13 @@ class PredictorConfig:
             raise ValueError(f"--num-candidates must be 0 (all) or more, got {self.num_candidates}")
         if self.max_correction < 0:
             raise ValueError(f"--max-correction must be 0 or more, got {self.max_correction}")
-        unknown = set(self.feature_groups) - set(FEATURE_GROUPS)
+        unknown = sorted(set(self.feature_groups) - set(FEATURE_GROUPS))
         if unknown:
+            removed = ", ".join(g for g in unknown if g in REMOVED_FEATURE_GROUPS)
+            why = f" ({removed}: measured, did not earn its place, removed)" if removed else ""
             raise ValueError(
-                f"--features takes groups from {','.join(FEATURE_GROUPS)} (or none), got "
-                f"{', '.join(sorted(unknown))}"
+                f"--features takes {','.join(FEATURE_GROUPS)} or nothing, got "
+                f"{', '.join(unknown)}{why}"
             )
         if self.token_embedding < 0:
             raise ValueError(f"--token-embedding must be 0 or more, got {self.token_embedding}")
@@ -177,8 +179,6 @@ class PredictorConfig:
     def num_token_features(self) -> int:
         """Per-candidate features the MLP reads, the per-head base and identity included."""
         n = 3 + 3  # the mean's log-prob, gap and rank; the base's
-        n += (3 * self.num_models + 1) if self.uses("trajectory") else 0  # + share of top votes
-        n += 2 if self.uses("trend") else 0
         return n + self.num_context_features + self.token_embedding
 
 
@@ -257,20 +257,13 @@ class Features(NamedTuple):
     context: torch.Tensor  # (B, C) per-prefix context (C = 0 without the context group)
 
 
-class Outputs(NamedTuple):
-    """Two outputs over the vocabulary, each up to a constant per row (log-softmax them)."""
-
-    logits: torch.Tensor  # (B, V) scores that rank the tokens: the guess is their argmax
-    distribution: torch.Tensor  # (B, V) logits of the predicted distribution of the target
-
-
 class HeadOutputs(NamedTuple):
     """What one head adds to the shared features; `PerTokenPredictor.combine` spreads it over
     the vocabulary."""
 
     guide_weights: torch.Tensor  # (B, G) weights of the guides in the base
-    tails: torch.Tensor  # (B, 2) offsets of every non-candidate token: logits, distribution
-    candidates: torch.Tensor  # (B, K, 2) the candidates' logits and distribution logits
+    tails: torch.Tensor  # (B, 1) offset of every non-candidate token's logit
+    candidates: torch.Tensor  # (B, K) the candidates' logits
 
 
 def _mlp(width: int, hidden: int, layers: int, activation: str, dropout: float) -> nn.Sequential:
@@ -321,20 +314,13 @@ class TokenHead(nn.Module):
             config.activation,
             config.dropout,
         )
-        self.token_out = ZeroLinear(config.hidden_size, 2)  # (logit, distribution) corrections
-        # Weights of the predicted distribution's mixture: the distribution output, each small
-        # model's distribution, their mean; fitted after training (`fit_mixture`).
+        self.token_out = ZeroLinear(config.hidden_size, 1)  # the logit's correction
+        # Weights of the predicted distribution's mixture: each small model's distribution,
+        # their mean; fitted after training (`fit_mixture`).
         self.register_buffer("mixture", default_mixture(config.num_models))
-        self.tail_out = ZeroLinear(context, 2)  # per-prefix offsets of every other token
+        self.tail_out = ZeroLinear(context, 1)  # per-prefix offset of every other token
         if self.embedding is not None:
             nn.init.normal_(self.embedding.weight, std=0.01)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # Saved before the mixture existed: the distribution output alone, as it was then.
-        key = prefix + "mixture"
-        if key not in state_dict and prefix + "token_out.weight" in state_dict:
-            state_dict[key] = default_mixture(len(self.mixture) - 2)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def guide_weights(self, context: torch.Tensor) -> torch.Tensor:
         """Per-prefix context (B, C) -> weights of the guides (B, G)."""
@@ -358,31 +344,27 @@ class TokenHead(nn.Module):
         ]
         if self.embedding is not None:
             per_token.append(self.embedding(cand))  # (B, K, E)
-        out = self.token_out(self.mlp(torch.cat(per_token, dim=2)))  # (B, K, F) -> (B, K, 2)
-        correction, dist_correction = out.unbind(dim=2)  # (B, K) each
+        correction = self.token_out(self.mlp(torch.cat(per_token, dim=2))).squeeze(2)  # (B, K)
         c = self.max_correction
         if c > 0:
             correction = c * torch.tanh(correction / c)
-        cand_log_mean = features.candidate_guides[:, -1]  # (B, K)
-        scores = torch.stack([cand_base + correction, cand_log_mean + dist_correction], dim=2)
-        return HeadOutputs(weights, self.tail_out(features.context), scores)
+        return HeadOutputs(weights, self.tail_out(features.context), cand_base + correction)
 
 
 def default_mixture(num_models: int) -> torch.Tensor:
-    """Mixture weights (distribution output, each small model, their mean) of the output alone."""
-    weights = torch.zeros(num_models + 2)
-    weights[0] = 1.0
+    """Mixture weights (each small model, their mean) of the mean alone."""
+    weights = torch.zeros(num_models + 1)
+    weights[-1] = 1.0
     return weights
 
 
-def mixture_components(distribution: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
-    """The distribution output's logits (B, V) and the small models' floored log-probs (B, M, V)
-    -> the mixture's components as probabilities (B, M + 2, V): the output, each model, their
-    mean (each model renormalised: the floor adds a little mass)."""
+def mixture_components(logprobs: torch.Tensor) -> torch.Tensor:
+    """The small models' floored log-probs (B, M, V) -> the mixture's components as
+    probabilities (B, M + 1, V): each model, their mean (each model renormalised: the floor adds
+    a little mass)."""
     p = logprobs.exp()
     p = p / p.sum(dim=2, keepdim=True)
-    q = F.softmax(distribution, dim=1).unsqueeze(1)
-    return torch.cat([q, p, p.mean(dim=1, keepdim=True)], dim=1)
+    return torch.cat([p, p.mean(dim=1, keepdim=True)], dim=1)
 
 
 def fit_mixture(
@@ -413,19 +395,31 @@ def make_mode(distribution: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(distribution.scatter(1, guess[:, None], raised), dim=1)
 
 
+def mean_features(log_mean: torch.Tensor) -> torch.Tensor:
+    """The candidates' log mean-prob (B, K), most probable first -> its value, gap to the top
+    candidate's and rank among the candidates (B, K, 3)."""
+    rank = torch.arange(log_mean.shape[1], device=log_mean.device, dtype=log_mean.dtype)
+    return torch.stack(
+        [
+            log_mean / _LOGPROB_SCALE,
+            (log_mean - log_mean[:, :1]) / _LOGPROB_SCALE,
+            torch.log1p(rank).expand_as(log_mean) / 4,
+        ],
+        dim=2,
+    )
+
+
 class PerTokenPredictor(nn.Module):
     """forward(logprobs (B, M, V)) -> logits (B, V) that rank the tokens; `log_probs` gives the
     predicted log-distribution of the target. The same MLP scores every candidate token.
 
-    With several heads (an ensemble), each output is the mean of the heads' log-probabilities."""
+    With several heads (an ensemble), the logits are the mean of the heads' log-probabilities and
+    the mixture's weights the mean of theirs."""
 
     def __init__(self, config: PredictorConfig) -> None:
         super().__init__()
         config.require_data_fields()
         self.config = config
-        slope, extrap = extrapolation_weights(config.scales, config.target_scale)
-        self.register_buffer("slope_weights", torch.tensor(slope), persistent=False)
-        self.register_buffer("extrap_weights", torch.tensor(extrap), persistent=False)
         self.heads = nn.ModuleList(TokenHead(config) for _ in range(config.num_heads))
 
     @classmethod
@@ -444,7 +438,11 @@ class PerTokenPredictor(nn.Module):
         """A one-head predictor sharing head `index`'s weights (e.g. a fold's network)."""
         single = PerTokenPredictor(PredictorConfig(**{**self.config.__dict__, "num_heads": 1}))
         single.heads[0] = self.heads[index]
-        return single.to(self.slope_weights.device).train(self.training)
+        return single.to(self.device).train(self.training)
+
+    @property
+    def device(self) -> torch.device:
+        return self.heads[0].token_out.weight.device
 
     def check_inputs(self, inputs: torch.Tensor) -> None:
         m, v = self.config.num_models, self.config.vocab_size
@@ -454,17 +452,14 @@ class PerTokenPredictor(nn.Module):
                 f"shape {tuple(inputs.shape)}: use a checkpoint trained on this suite"
             )
 
-    def outputs(self, logprobs: torch.Tensor) -> Outputs:
-        """(B, M, V) log-probs (floored at log(2**-24) here) -> both outputs, (B, V) each."""
-        self.check_inputs(logprobs)
-        return self._floored_outputs(floor_logprobs(logprobs))
-
-    def _floored_outputs(self, x: torch.Tensor) -> Outputs:
-        return self.combine(self.features(x.exp(), lambda idx: x.gather(2, idx)))
-
     def forward(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """(B, M, V) log-probs -> (B, V) logits that rank the tokens (argmax: the guess)."""
-        return self.outputs(logprobs).logits
+        """(B, M, V) log-probs (floored at log(2**-24) here) -> (B, V) logits that rank the
+        tokens (argmax: the guess)."""
+        self.check_inputs(logprobs)
+        return self._floored_logits(floor_logprobs(logprobs))
+
+    def _floored_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.features(x.exp(), lambda idx: x.gather(2, idx)))
 
     def forward_probs(self, probs: torch.Tensor) -> torch.Tensor:
         """(B, M, V) probabilities, e.g. the challenge's float16 -> (B, V) logits, as
@@ -473,20 +468,17 @@ class PerTokenPredictor(nn.Module):
         p = probs.to(torch.float32, copy=True).clamp_min_(PROB_FLOOR)  # the copy is floored
         return self.combine(
             self.features(p, lambda idx: floor_logprobs(torch.log(p.gather(2, idx))))
-        ).logits
+        )
 
-    def combine(self, features: Features) -> Outputs:
-        """Every head on the shared features, spread over the vocabulary. An ensemble's outputs
-        are the mean of its heads' (a normalised geometric mean of their distributions); only
-        the candidates differ by head, every other token is the log mean-prob plus the mean of
-        the heads' offsets."""
+    def combine(self, features: Features) -> torch.Tensor:
+        """Every head on the shared features, spread over the vocabulary: logits (B, V). An
+        ensemble's are the mean of its heads' (a normalised geometric mean of their
+        distributions); only the candidates differ by head, every other token is the log
+        mean-prob plus the mean of the heads' offsets."""
         heads = [head(features) for head in self.heads]
-        tails = torch.stack([h.tails for h in heads]).mean(dim=0)  # (B, 2)
-        scores = torch.stack([h.candidates for h in heads]).mean(dim=0)  # (B, K, 2)
-        log_mean, cand = features.log_mean, features.candidates
-        logits = (log_mean + tails[:, :1]).scatter_(1, cand, scores[..., 0])
-        distribution = (log_mean + tails[:, 1:]).scatter_(1, cand, scores[..., 1])
-        return Outputs(logits, distribution)
+        tails = torch.stack([h.tails for h in heads]).mean(dim=0)  # (B, 1)
+        scores = torch.stack([h.candidates for h in heads]).mean(dim=0)  # (B, K)
+        return (features.log_mean + tails).scatter_(1, features.candidates, scores)
 
     def features(self, p: torch.Tensor, candidate_logprobs) -> Features:
         """Floored probabilities p (B, M, V) and a gather of their log-probs at (B, M, K) ids ->
@@ -502,58 +494,25 @@ class PerTokenPredictor(nn.Module):
         if self.config.uses("context"):
             stats = distribution_stats(torch.cat([xc, cand_log_mean.unsqueeze(1)], dim=1))
             context = stats.flatten(1)  # (B, G, 3) -> (B, C)
-        tokens = self.token_features(xc, xc.amax(dim=2), cand_log_mean)  # (B, K, F)
+        tokens = mean_features(cand_log_mean)  # (B, K, 3)
         tokens = torch.cat([tokens, context.unsqueeze(1).expand(b, k, -1)], dim=2)
         guides = torch.cat([xc, cand_log_mean.unsqueeze(1)], dim=1)  # (B, G, K)
         return Features(log_mean, cand, guides, tokens, context)
 
-    def token_features(
-        self, x: torch.Tensor, top: torch.Tensor, log_mean: torch.Tensor
-    ) -> torch.Tensor:
-        """Candidates' log-probs x (B, M, K), each model's top log-prob (B, M) and the candidates'
-        log mean prob (B, K), most probable first -> features (B, K, F)."""
-        k = x.shape[2]
-        s = 1.0 / _LOGPROB_SCALE
-        mean_rank = torch.arange(k, device=x.device, dtype=x.dtype).expand_as(log_mean)
-        columns = [
-            log_mean * s,
-            (log_mean - log_mean[:, :1]) * s,
-            torch.log1p(mean_rank) / 4,
-        ]
-        per_model = []
-        if self.config.uses("trajectory"):
-            gap = (x - top.unsqueeze(2)).clamp_min(LOG_PROB_FLOOR)  # (B, M, K)
-            # rank of each candidate among the candidates, under each model: (B, M, K, K) compares
-            rank = (x.unsqueeze(2) > x.unsqueeze(3)).sum(dim=3).float()  # (B, M, K)
-            per_model = [x * s, gap * s, torch.log1p(rank) / 4]
-            columns.append((rank == 0).float().mean(dim=1))  # share of models ranking it first
-        if self.config.uses("trend"):
-            columns.append(torch.einsum("m,bmk->bk", self.extrap_weights, x) * s)
-            columns.append(torch.einsum("m,bmk->bk", self.slope_weights, x))
-        return torch.cat(
-            [*(f.transpose(1, 2) for f in per_model), torch.stack(columns, dim=2)], dim=2
-        )
-
     @property
     def mixture(self) -> torch.Tensor:
-        """Weights of the predicted distribution's mixture (distribution output, each small
-        model, their mean): the mean of the heads'."""
+        """Weights of the predicted distribution's mixture (each small model, their mean): the
+        mean of the heads'."""
         return torch.stack([head.mixture for head in self.heads]).mean(dim=0)
 
     def predicted_log_probs(self, logprobs: torch.Tensor) -> torch.Tensor:
         """(B, M, V) log-probs -> the predicted log-distribution of the target (B, V): the mixture
-        of the distribution output with the small models' distributions and their mean, the guess
-        (argmax of the logits) made its mode."""
+        of the small models' distributions and their mean, the guess (argmax of the logits) made
+        its mode."""
         self.check_inputs(logprobs)
-        x = floor_logprobs(logprobs)  # one floored copy for the outputs and the mixture
-        logits, distribution = self._floored_outputs(x)
-        weights = self.mixture
-        if torch.equal(weights, default_mixture(self.config.num_models).to(weights)):
-            mixed = distribution  # the output alone: no pass over the small models' probabilities
-        else:
-            components = mixture_components(distribution, x)  # (B, J, V)
-            mixed = torch.log(torch.einsum("j,bjv->bv", weights, components).clamp_min(1e-30))
-        return make_mode(mixed, logits.argmax(dim=1))
+        x = floor_logprobs(logprobs)  # one floored copy for the logits and the mixture
+        mixed = torch.einsum("j,bjv->bv", self.mixture, mixture_components(x))
+        return make_mode(torch.log(mixed.clamp_min(1e-30)), self._floored_logits(x).argmax(dim=1))
 
     @torch.no_grad()
     def log_probs(self, logprobs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
@@ -569,7 +528,7 @@ class PerTokenPredictor(nn.Module):
 
     def _chunked(self, fn, inputs: torch.Tensor, chunk_rows: int) -> torch.Tensor:
         self.check_inputs(inputs)
-        device = self.slope_weights.device
+        device = self.device
         out = torch.empty(inputs.shape[0], inputs.shape[2], dtype=torch.float32)
         for start in range(0, inputs.shape[0], chunk_rows):
             rows = inputs[start : start + chunk_rows].to(device)

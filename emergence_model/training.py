@@ -2,9 +2,9 @@
 
 `PredictorModule` wraps a `PerTokenPredictor` (the plain nn.Module in model.py): its logits learn
 the target's top token (KL to the target's distribution sharpened at `target_temperature`, or
-cross-entropy to its top token with `soft_weight` 0), its distribution output learns the target's
-whole distribution (KL, `distribution_weight`), with torchmetrics top-1 / top-5 agreement and the
-distribution's KL per stage. `fit_predictor` trains one network on a split of an opened cache
+cross-entropy to its top token with `soft_weight` 0), with torchmetrics top-1 / top-5 agreement
+per stage; the predicted distribution's mixture is fitted afterwards (`fit_member_mixture`).
+`fit_predictor` trains one network on a split of an opened cache
 (`data.py` serves its rows) with checkpointing on validation agreement, early stopping and CSV
 logs; `fit_cross_fitted` trains one per fold and keeps each finished one, so an interrupted run
 resumes. `TrainConfig`'s fields are train.py's flags (`cli.add_config_arguments`).
@@ -37,7 +37,6 @@ from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.model import (
     PREDICTOR_DESIGN,
-    Outputs,
     PerTokenPredictor,
     PredictorConfig,
     fit_mixture,
@@ -69,13 +68,10 @@ class TrainConfig:
     target_temperature: float = 0.25
     """Temperature of the target distribution in the logits' KL term (< 1 sharpens it towards
     its top token; 1: the target's own distribution)."""
-    distribution_weight: float = 1.0
-    """Weight of KL(target || distribution output) in the loss: the predicted distribution is
-    trained on the target's whole distribution (0: it stays the mean of the small models')."""
     mixture: bool = True
-    """Fit the predicted distribution as a mixture of the distribution output, each small
-    model's distribution and their mean, weights chosen on each fold's validation prefixes
-    (least KL from the target; the top-1 does not change). --no-mixture: the output alone."""
+    """Fit the predicted distribution as a mixture of each small model's distribution and their
+    mean, weights chosen on each fold's validation prefixes (least KL from the target; its mode
+    is the network's guess either way). --no-mixture: the mean alone."""
     train_fraction: float = 1.0
     """Share of each fold's training prefixes used (a learning curve; 1: all)."""
     folds: int = 5
@@ -112,10 +108,6 @@ class TrainConfig:
             raise ValueError(f"--max-epochs must be at least 1, got {self.max_epochs}")
         if not 0.0 <= self.soft_weight <= 1.0:
             raise ValueError(f"--soft-weight must be in [0, 1], got {self.soft_weight}")
-        if self.distribution_weight < 0:
-            raise ValueError(
-                f"--distribution-weight must be 0 or more, got {self.distribution_weight}"
-            )
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.target_temperature <= 0:
@@ -153,46 +145,36 @@ class PredictorModule(pl.LightningModule):
         self.val_top1 = MulticlassAccuracy(num_classes=v, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes=v, top_k=min(5, v), average="micro")
 
-    def forward(self, logprobs: torch.Tensor) -> Outputs:
-        return self.predictor.outputs(logprobs)
+    def forward(self, logprobs: torch.Tensor) -> torch.Tensor:
+        return self.predictor(logprobs)
 
-    def loss(self, outputs: Outputs, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The training loss and, where the target's distribution is in the batch, the
-        distribution output's KL from it (nats per prefix)."""
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The logits' loss: cross-entropy to the target's top token and KL to the target's
+        distribution sharpened at `target_temperature`, weighted by `soft_weight`."""
         c = self.train_config
         w = c.soft_weight
-        log_q = F.log_softmax(outputs.logits, dim=-1)
+        log_q = F.log_softmax(logits, dim=-1)
         loss = log_q.new_zeros(())
         if w < 1:
             loss = loss + (1 - w) * F.nll_loss(log_q, batch["target"])
-        kl = None
-        if "target_logprobs" in batch:
-            target = batch["target_logprobs"].float()
-            log_p = F.log_softmax(target, dim=-1)
-            log_d = F.log_softmax(outputs.distribution, dim=-1)
-            kl = F.kl_div(log_d, log_p, log_target=True, reduction="batchmean")
-            loss = loss + c.distribution_weight * kl
-            if w > 0:
-                log_t = F.log_softmax(target / c.target_temperature, dim=-1)
-                loss = loss + w * F.kl_div(log_q, log_t, log_target=True, reduction="batchmean")
-        return loss, kl
+        if w > 0:
+            log_t = F.log_softmax(batch["target_logprobs"].float() / c.target_temperature, dim=-1)
+            loss = loss + w * F.kl_div(log_q, log_t, log_target=True, reduction="batchmean")
+        return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        outputs = self(batch["logprobs"])
-        loss, _ = self.loss(outputs, batch)
-        self.train_top1(outputs.logits, batch["target"])
+        logits = self(batch["logprobs"])
+        loss = self.loss(logits, batch)
+        self.train_top1(logits, batch["target"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        outputs = self(batch["logprobs"])
-        self.val_top1(outputs.logits, batch["target"])
-        self.val_top5(outputs.logits, batch["target"])
-        loss, kl = self.loss(outputs, batch)
-        self.log("val/loss", loss, sync_dist=True)
-        if kl is not None:
-            self.log("val/kl", kl, sync_dist=True)
+        logits = self(batch["logprobs"])
+        self.val_top1(logits, batch["target"])
+        self.val_top5(logits, batch["target"])
+        self.log("val/loss", self.loss(logits, batch), sync_dist=True)
         self.log("val/top1", self.val_top1, prog_bar=True)
         self.log("val/top5", self.val_top5)
 
@@ -247,7 +229,7 @@ def fit_predictor(
         batch_size=c.batch_size,
         seed=c.seed,
         num_workers=c.num_workers,
-        with_target_logprobs=c.soft_weight > 0 or c.distribution_weight > 0,
+        with_target_logprobs=c.soft_weight > 0,
     )
     module = PredictorModule(dataclasses.asdict(config), dataclasses.asdict(train_config))
     checkpoint = ModelCheckpoint(
@@ -357,8 +339,8 @@ def _load_member(path: Path, key: str) -> tuple[PerTokenPredictor, dict] | None:
     return predictor.eval(), saved["metrics"]
 
 
-# Validation prefixes the mixture is fitted on, at most: enough for its M + 2 weights, and
-# (rows, M + 2, V) float32 stays under half a GiB at Pythia's vocabulary.
+# Validation prefixes the mixture is fitted on, at most: enough for its M + 1 weights, and
+# (rows, M + 1, V) float32 stays under half a GiB at Pythia's vocabulary.
 MIXTURE_ROWS = 256
 
 
@@ -373,14 +355,9 @@ def fit_member_mixture(
     rows = np.asarray(rows)
     if len(rows) > MIXTURE_ROWS:
         rows = rows[np.linspace(0, len(rows) - 1, MIXTURE_ROWS).round().astype(np.int64)]
-    data = torch.from_numpy(cache.rows(rows))  # (N, M + 1, V) float32
-    inputs, target = floor_logprobs(data[:, :-1]), F.softmax(data[:, -1], dim=-1)
-    predictor = predictor.eval()
-    chunks = [inputs[i : i + 32] for i in range(0, len(rows), 32)]
-    components = torch.cat(
-        [mixture_components(predictor.outputs(x).distribution, x) for x in chunks]
-    )
-    weights = fit_mixture(components, target)
+    data = torch.from_numpy(cache.rows(rows))  # (N, M + 1, V) float32: the target last
+    components = mixture_components(floor_logprobs(data[:, :-1]))
+    weights = fit_mixture(components, F.softmax(data[:, -1], dim=-1))
     predictor.heads[0].mixture.copy_(weights)
     return weights
 

@@ -9,7 +9,6 @@ from emergence_model.model import (
     PerTokenPredictor,
     PredictorConfig,
     candidate_ids,
-    default_mixture,
     extrapolation_weights,
     fit_mixture,
     floor_logprobs,
@@ -68,7 +67,8 @@ def test_extrapolation_weights_by_hand():
         ({"num_candidates": -1}, "--num-candidates"),
         ({"dropout": 1.0}, "--dropout"),
         ({"base": "median"}, "--base"),
-        ({"features": "trajectory,colour"}, "--features"),
+        ({"features": "context,colour"}, "--features"),
+        ({"features": "trajectory,context"}, "--features takes context.*trajectory: measured"),
         ({"token_embedding": -1}, "--token-embedding"),
     ],
 )
@@ -106,9 +106,9 @@ def test_output_is_a_distribution_over_the_vocabulary(num_candidates):
 def test_the_distribution_s_mode_is_the_guess():
     predictor = randomize(make_predictor(num_candidates=8))
     x = random_logprobs(n=32)
-    outputs = predictor.outputs(x)
-    guess = outputs.logits.argmax(dim=1)
-    assert not torch.equal(outputs.distribution.argmax(dim=1), guess)  # the outputs differ...
+    guess = predictor(x).argmax(dim=1)
+    mean = torch.log(floor_logprobs(x).exp().mean(dim=1))
+    assert not torch.equal(mean.argmax(dim=1), guess)  # the mixture's own mode differs...
     assert torch.equal(predictor.log_probs(x).argmax(dim=1), guess)  # ...the guess is the mode
 
 
@@ -144,7 +144,7 @@ def test_the_input_is_never_changed(dtype):
     logprobs[0, 0, 0] = -math.inf
     before = logprobs.clone()
     predictor.log_probs(logprobs)
-    predictor.outputs(logprobs)
+    predictor(logprobs)
     assert torch.equal(logprobs, before)
 
 
@@ -158,9 +158,7 @@ def test_same_weights_for_every_token_without_the_identity_embedding():
 
 def test_gradients_reach_every_parameter():
     predictor = randomize(make_predictor(num_candidates=8)).train()
-    outputs = predictor.outputs(random_logprobs())
-    target = torch.tensor([0, 1, 2, 3])
-    loss = F.cross_entropy(outputs.logits, target) + F.cross_entropy(outputs.distribution, target)
+    loss = F.cross_entropy(predictor(random_logprobs()), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in predictor.parameters())
 
@@ -233,7 +231,7 @@ def test_corrections_are_bounded():
     assert (predictor(x) - log_mean).abs().max() <= 0.5 + 1e-5
 
 
-@pytest.mark.parametrize("features", ["", "trajectory", "trend", "context"])
+@pytest.mark.parametrize("features", ["", "context"])
 def test_each_feature_group_can_be_left_out(features):
     predictor = randomize(make_predictor(num_candidates=8, features=features, token_embedding=0))
     x = random_logprobs()
@@ -250,10 +248,9 @@ def test_an_ensemble_averages_its_members_log_probabilities():
     ensemble = PerTokenPredictor.ensemble(members).eval()
     assert ensemble.config.num_heads == 3 and members[0].config.num_heads == 1
     x = random_logprobs()
-    for j in range(2):  # logits, distribution: a normalised geometric mean of the members'
-        each = torch.stack([torch.log_softmax(m.outputs(x)[j], dim=-1) for m in members])
-        expected = torch.log_softmax(each.mean(0), dim=-1)
-        assert torch.allclose(torch.log_softmax(ensemble.outputs(x)[j], -1), expected, atol=1e-5)
+    each = torch.stack([torch.log_softmax(m(x), dim=-1) for m in members])
+    expected = torch.log_softmax(each.mean(0), dim=-1)  # a normalised geometric mean
+    assert torch.allclose(torch.log_softmax(ensemble(x), -1), expected, atol=1e-5)
     assert torch.allclose(ensemble.member(1)(x), members[1](x), atol=1e-6)
     probs = x.exp().half()
     assert torch.allclose(
@@ -285,30 +282,20 @@ def test_fit_mixture_recovers_the_weights_of_a_mixture_and_never_does_worse():
     assert best <= mean_kl(other, components.mean(dim=1)) + 1e-6
 
 
-def test_log_probs_mix_the_output_with_the_small_models_and_keep_the_guess():
+def test_log_probs_mix_the_small_models_and_keep_the_guess():
     predictor = randomize(make_predictor())
     x = random_logprobs()
-    alone = predictor.log_probs(x)
-    weights = torch.tensor([0.4, 0.1, 0.2, 0.2, 0.1])  # output, three models, their mean
+    alone = predictor.log_probs(x)  # the mean alone, its mode the guess
+    p = floor_logprobs(x).exp()
+    p = p / p.sum(dim=2, keepdim=True)
+    guess = predictor(x).argmax(dim=1)
+    torch.testing.assert_close(alone, make_mode(torch.log(p.mean(dim=1)), guess))
+    weights = torch.tensor([0.1, 0.2, 0.4, 0.3])  # three models, their mean
     predictor.heads[0].mixture.copy_(weights)
     mixed = predictor.log_probs(x)
-    logits, distribution = predictor.outputs(x)
-    components = mixture_components(distribution, floor_logprobs(x))
+    components = mixture_components(floor_logprobs(x))
     expected = torch.einsum("j,bjv->bv", weights, components).log()
-    guess = logits.argmax(dim=1)
     torch.testing.assert_close(mixed, make_mode(expected, guess))
     assert torch.equal(mixed.argmax(dim=1), guess) and torch.equal(alone.argmax(dim=1), guess)
     assert mixed.exp().sum(dim=1) == pytest.approx(torch.ones(4))
     assert not torch.allclose(mixed, alone)
-
-
-def test_a_network_saved_before_the_mixture_loads_as_the_output_alone():
-    predictor = randomize(make_predictor())
-    state = {k: v for k, v in predictor.state_dict().items() if not k.endswith("mixture")}
-    again = make_predictor()
-    again.heads[0].mixture.fill_(0.2)
-    again.load_state_dict(state)
-    assert torch.equal(again.mixture, default_mixture(3))
-    torch.testing.assert_close(
-        again.eval().log_probs(random_logprobs()), predictor.log_probs(random_logprobs())
-    )
