@@ -7,9 +7,9 @@ The first fold of train.py's default cross-fitting (5 folds, seed 0) holds out a
 prefixes for scoring; this reads only the rest (its training and validation prefixes), splits them
 into 4 inner folds and trains each variant once per inner fold with a plain PyTorch loop (AdamW, 8
 epochs unless the variant says otherwise, one-cycle cosine schedule, train.py's loss: the logits'
-KL to the target sharpened at temperature 0.25; a variant may change the loss's TrainConfig fields
-or train on a share of each inner training set). Every prefix
-is guessed once by the network that did not see it; the table gives each variant's top-1 and its
+KL to the target sharpened at temperature 0.25; a variant may change the loss's TrainConfig fields,
+train on a share of each inner training set or join networks from several seeds). Every prefix is
+guessed once by the network that did not see it; the table gives each variant's top-1 and its
 paired difference to the first variant (95% bootstrap). A variant takes 15-45 s on 2 cores on the
 demo's ladders. Ladders are ROOT/<name>/caches/demo-wiki (see predictor_ladders.py).
 """

@@ -442,6 +442,7 @@ class PerTokenPredictor(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are (every head's are on one device)."""
         return self.heads[0].token_out.weight.device
 
     def check_inputs(self, inputs: torch.Tensor) -> None:

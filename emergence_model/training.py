@@ -4,10 +4,10 @@
 the target's top token (KL to the target's distribution sharpened at `target_temperature`, or
 cross-entropy to its top token with `soft_weight` 0), with torchmetrics top-1 / top-5 agreement
 per stage; the predicted distribution's mixture is fitted afterwards (`fit_member_mixture`).
-`fit_predictor` trains one network on a split of an opened cache
-(`data.py` serves its rows) with checkpointing on validation agreement, early stopping and CSV
-logs; `fit_cross_fitted` trains one per fold and keeps each finished one, so an interrupted run
-resumes. `TrainConfig`'s fields are train.py's flags (`cli.add_config_arguments`).
+`fit_predictor` trains one network on a split of an opened cache (`data.py` serves its rows) with
+checkpointing on validation agreement, early stopping and CSV logs; `fit_cross_fitted` trains one
+per fold and keeps each finished one, so an interrupted run resumes. `TrainConfig`'s fields are
+train.py's flags (`cli.add_config_arguments`).
 """
 
 from __future__ import annotations
