@@ -5,7 +5,8 @@
 For each fold of train.py's default cross-fitting it reads the fold's validation prefixes (held out
 of the fold's training and never scored). Those are split in two halves by position; each variant
 is fitted on one half and scored on the other, then the other way round, so that every validation
-prefix is scored once by a fit that did not see it. Variants of the mixture of each small model's
+prefix is scored once per fold by a fit that did not see it (the folds' validation sets overlap, so
+a prefix may count in several folds). Variants of the mixture of each small model's
 distribution and their mean (the network only makes the mixture's mode its guess, which this leaves
 out):
 - global (train.py's): one weight per component on the simplex, by EM (`fit_mixture`);
