@@ -358,12 +358,16 @@ def default_mixture(num_models: int) -> torch.Tensor:
     return weights
 
 
+def renormalised(p: torch.Tensor) -> torch.Tensor:
+    """Floored probabilities (B, M, V) -> each model's distribution again (the floor adds a
+    little mass)."""
+    return p / p.sum(dim=2, keepdim=True)
+
+
 def mixture_components(logprobs: torch.Tensor) -> torch.Tensor:
     """The small models' floored log-probs (B, M, V) -> the mixture's components as
-    probabilities (B, M + 1, V): each model, their mean (each model renormalised: the floor adds
-    a little mass)."""
-    p = logprobs.exp()
-    p = p / p.sum(dim=2, keepdim=True)
+    probabilities (B, M + 1, V): each model (`renormalised`), their mean."""
+    p = renormalised(logprobs.exp())
     return torch.cat([p, p.mean(dim=1, keepdim=True)], dim=1)
 
 
@@ -511,9 +515,13 @@ class PerTokenPredictor(nn.Module):
         of the small models' distributions and their mean, the guess (argmax of the logits) made
         its mode."""
         self.check_inputs(logprobs)
-        x = floor_logprobs(logprobs)  # one floored copy for the logits and the mixture
-        mixed = torch.einsum("j,bjv->bv", self.mixture, mixture_components(x))
-        return make_mode(torch.log(mixed.clamp_min(1e-30)), self._floored_logits(x).argmax(dim=1))
+        x = floor_logprobs(logprobs)
+        p = x.exp()  # one pass for the logits' features and the mixture
+        guess = self.combine(self.features(p, lambda idx: x.gather(2, idx))).argmax(dim=1)
+        # the mean's weight spread over the models it averages: no (B, M + 1, V) components
+        w = self.mixture
+        mixed = torch.einsum("m,bmv->bv", w[:-1] + w[-1] / (len(w) - 1), renormalised(p))
+        return make_mode(torch.log(mixed.clamp_min(1e-30)), guess)
 
     @torch.no_grad()
     def log_probs(self, logprobs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
