@@ -461,9 +461,7 @@ class PerTokenPredictor(nn.Module):
         """(B, M, V) log-probs (floored at log(2**-24) here) -> (B, V) logits that rank the
         tokens (argmax: the guess)."""
         self.check_inputs(logprobs)
-        return self._floored_logits(floor_logprobs(logprobs))
-
-    def _floored_logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = floor_logprobs(logprobs)
         return self.combine(self.features(x.exp(), lambda idx: x.gather(2, idx)))
 
     def forward_probs(self, probs: torch.Tensor) -> torch.Tensor:
