@@ -25,6 +25,10 @@ Ladders (each in ROOT/<name>, --root, default ../suites beside the repository):
   steps (1,120). The test split is not in ../shared/data: fetch
   `word_language_model/data/wikitext-2/test.txt` of github.com/pytorch/examples (WikiText-2,
   Merity et al. 2016, CC BY-SA 3.0) to ../data/wikitext2-test.txt beside the repository.
+- real-brown: real-2x's text and the Brown corpus (about 1.2M words of edited American English,
+  3.6 times real-2x's text in all), five times the steps (2,800: about two passes). Make
+  ../data/brown.txt with `python bench/brown_text.py brown.zip ../data/brown.txt` from
+  `packages/corpora/brown.zip` of github.com/nltk/nltk_data.
 
 Each ladder is trained with `python train.py --train-cache ... --transfer-cache ...` (a new
 user's command) in ROOT/runs/<ladder>/<setting>, and a finished run whose flags, caches, defaults
@@ -77,6 +81,7 @@ ONE_LAYER_LADDER = (
 REAL_BPE_VOCAB = 8192
 ROOT = REPO.parent / "suites"  # the ladders, beside the repository (--root)
 WIKITEXT_TEST = REPO.parent / "data" / "wikitext2-test.txt"  # see real-2x above
+BROWN_TEXT = REPO.parent / "data" / "brown.txt"  # see real-brown above
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,12 @@ LADDERS = {
     "real-2x": Ladder(
         real_ladder(DemoConfig.ladder, steps=2 * DemoConfig.steps, extra_text=(WIKITEXT_TEST,)),
         f"WikiText-2 validation + test, {REAL_BPE_VOCAB}-token BPE, twice the steps",
+    ),
+    "real-brown": Ladder(
+        real_ladder(
+            DemoConfig.ladder, steps=5 * DemoConfig.steps, extra_text=(WIKITEXT_TEST, BROWN_TEXT)
+        ),
+        f"WikiText-2 validation + test + Brown, {REAL_BPE_VOCAB}-token BPE, five times the steps",
     ),
 }
 
