@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("archive", type=Path, help="NLTK's brown.zip")
     parser.add_argument("out", type=Path, help="the text file to write")
     args = parser.parse_args()
+    if not args.archive.is_file():
+        raise SystemExit(f"no file at {args.archive}: fetch NLTK's packages/corpora/brown.zip")
     if not zipfile.is_zipfile(args.archive):
         raise SystemExit(f"{args.archive} is not a zip archive: pass NLTK's brown.zip")
     paragraphs = brown_paragraphs(args.archive)
