@@ -106,6 +106,9 @@ VARIANTS = {
     "the issue's per-token MLP": Variant(
         lambda _, m: IssueMLP(m), lr=3e-3, loss={"soft_weight": 0.0}
     ),
+    "the issue's per-token MLP, every token, 30 epochs": Variant(
+        lambda _, m: IssueMLP(m, candidates=0), epochs=30, lr=3e-3, loss={"soft_weight": 0.0}
+    ),
 }
 
 
