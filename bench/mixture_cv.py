@@ -172,6 +172,7 @@ def main() -> None:
         for fit_on in (halves, ~halves):
             score_on = ~fit_on
             for name, fit in variants.items():
+                # one variant mixes one more component: the extrapolation, last in `extended`
                 inputs = extended if fit is with_extrapolation else components
                 mix = fit(inputs[fit_on], context[fit_on], target[fit_on])
                 mixed = mix(inputs[score_on], context[score_on])
