@@ -47,6 +47,7 @@ from emergence_model.model import (  # noqa: E402
     floor_logprobs,
     mixture_components,
 )
+from emergence_model.speculative import sampled_acceptance  # noqa: E402
 from emergence_model.splits import fold_splits  # noqa: E402
 from emergence_model.stats import bootstrap_ci  # noqa: E402
 from emergence_model.training import TrainConfig  # noqa: E402
@@ -177,7 +178,8 @@ def main() -> None:
                 mix = fit(inputs[fit_on], context[fit_on], target[fit_on])
                 mixed = mix(inputs[score_on], context[score_on])
                 scores[name].append(kl_rows(target[score_on], mixed))
-                overlaps[name].append(torch.minimum(target[score_on], mixed).sum(dim=1))
+                log_q = torch.log(mixed.clamp_min(1e-30))
+                overlaps[name].append(sampled_acceptance(torch.log(target[score_on]), log_q))
         print(f"fold {k + 1}/{len(splits)}: {len(target)} validation prefixes", flush=True)
     n = len(torch.cat(scores["global (train.py's)"]))
     print(f"\n{args.ladder}: KL(target || q), nats, and sum min(p, q) on {n} validation prefixes\n")
