@@ -2,6 +2,7 @@
 
     python -m emergence_model.evaluate --cache cache/glue-rte --checkpoint checkpoints/wiki.ckpt
     python -m emergence_model.evaluate --cache cache/wikipedia --checkpoint CKPT --out reports/wiki
+    python -m emergence_model.evaluate --cache cache/glue-rte --checkpoint CKPT --calibrate 32
 
 For every strategy: top-1 and top-5 agreement with the target's argmax, the mean log-likelihood
 of the target's top token and KL(target || predicted) where the strategy has a distribution, each
@@ -13,6 +14,10 @@ was trained on (it records which fold held out each of its training prefixes), i
 cache or in any other, is scored only by a network that never saw it: the fold's head of a
 cross-fitted checkpoint; with --folds 1, prefixes the one network saw are left out. The summary's
 "rows" and "notes" say how many were scored which way.
+
+With --calibrate N, N prompts of a cache the network was not trained on calibrate it
+(`calibrate.py`: the target's outputs on them fit pools of the guides) and every strategy is scored
+on the other prompts, the calibrated network as one more; --out also gets calibration.json.
 
 The cache is read in chunks of rows, so a 20k x 7 x 50277 cache never sits in memory whole.
 Writes a table on screen and, with --out, results.json, results.md and agreement.png (report.py).
@@ -36,6 +41,7 @@ from emergence_model.cache import (
     prefix_digest,
     rows_fingerprint,
 )
+from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel
 from emergence_model.checkpoint import (
     CheckpointError,
     build_predictor,
@@ -65,12 +71,22 @@ class EvalConfig:
     """Seed of the bootstrap resampling."""
     chunk_rows: int = 64
     """Prefixes read from the cache and scored at a time."""
+    calibrate: int = 0
+    """With a network: this many prompts of each cache it was not trained on, drawn at random,
+    calibrate it (the target's outputs on them fit its guide pools: emergence_model.calibrate);
+    every strategy is scored on the other prompts, the calibrated network as one more."""
+    calibration_seed: int = 0
+    """Seed of the draw of the calibration prompts."""
 
     def __post_init__(self) -> None:
         if self.bootstrap < 1:
             raise ValueError(f"--bootstrap must be at least 1 resample, got {self.bootstrap}")
         if self.chunk_rows < 1:
             raise ValueError(f"--chunk-rows must be at least 1, got {self.chunk_rows}")
+        if self.calibrate < 0:
+            raise ValueError(
+                f"--calibrate takes a number of prompts, 0 or more, got {self.calibrate}"
+            )
 
 
 @torch.no_grad()
@@ -129,7 +145,7 @@ def score_rows(
                 accept = sampled_acceptance(target_logp, scores, normalized=True)
                 _fill(out, "accept", at, n, accept)
                 _fill(out, "confidence", at, n, scores.amax(dim=1).exp())
-            if isinstance(strategy, NetworkStrategy):
+            if isinstance(strategy, NetworkStrategy) and strategy.ranks_candidates:
                 k = strategy.predictor.config.candidates_for(cache.vocab_size)
                 cand = candidate_ids(torch.logsumexp(small, dim=1), small.argmax(dim=2), k)
                 hits = (cand == target[:, None]).any(dim=1)
@@ -455,6 +471,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for path, f in folds.items()
         if f is None
     ]
+    if config.calibrate and (len(checkpoints) != 1 or shared):
+        parser.error(
+            "--calibrate takes one --checkpoint and a cache it was not trained on (a transfer "
+            "cache): drop --calibrate to score its training cache"
+        )
     if shared and not args.all_rows:
         if len(checkpoints) > 1:
             parser.error(
@@ -477,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             predictor = build_predictor(c)
             strategies[key] = NetworkStrategy(predictor, c["model_names"], c["target_name"])
         parts, description = [(None, strategies)], "all prefixes"
+        if config.calibrate:
+            rows, strategies, pool = calibrated_panel(
+                cache, strategies, config.calibrate, config.calibration_seed
+            )
+            parts = [(rows, strategies)]
+            description = f"the {len(rows)} prefixes not among the {config.calibrate} calibrating"
         for path in shared:
             seen = int((folds[path] != NOT_TRAINED).sum())
             description = "all prefixes, --all-rows"
@@ -498,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.out:
         for path in write_reports(args.out, [(title, summary)]):
             print(f"wrote {path}")
+        if config.calibrate:
+            print(f"wrote {pool.save(Path(args.out) / CALIBRATION_FILE)}")
     return summary
 
 

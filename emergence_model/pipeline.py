@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from emergence_model.cache import check_cache_destination, check_output_file, open_cache
+from emergence_model.cache import (
+    check_cache_destination,
+    check_output_file,
+    open_cache,
+    prefix_digest,
+)
+from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel, calibration_rows
 from emergence_model.checkpoint import save_checkpoint
 from emergence_model.data import predictor_config_for
 from emergence_model.evaluate import (
@@ -89,7 +95,9 @@ def train_and_evaluate(
         )
     predictor_config_for(cache, predictor_config)  # at least two small models and a target
     c = train_config
-    fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)  # enough rows
+    splits = fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)
+    if eval_config.calibrate:
+        check_calibration(transfers, held_out_by(cache.prefixes, splits), eval_config.calibrate)
     predictor, splits, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir)
     if rank_zero_only.rank != 0:
         return {}  # with several GPUs, the other processes of Lightning's DDP stop here
@@ -140,9 +148,19 @@ def train_and_evaluate(
     # A transfer cache may share prefixes with the training cache: those are scored by the fold's
     # network that never saw them, as in-domain, and the summary says so.
     prefix_folds = held_out_by(cache.prefixes, splits)
+    pools = {}
     for other in transfers:
         seen = training_folds(other.prefixes, {"data": {"prefix_folds": prefix_folds}})
-        if (seen == NOT_TRAINED).all():
+        if eval_config.calibrate:
+            rows, calibrated, pool = calibrated_panel(
+                other, strategies, eval_config.calibrate, eval_config.calibration_seed
+            )
+            description = f"the prefixes not among the {eval_config.calibrate} calibrating"
+            summary = evaluate_cache(
+                other, [(rows, calibrated)], rows_description=description, **evaluation
+            )
+            pools[other.path.name] = pool
+        elif (seen == NOT_TRAINED).all():
             summary = evaluate_cache(other, [(None, strategies)], **evaluation)
         else:
             parts = fold_parts(predictor, names, target, make_baselines(params=baselines), seen)
@@ -179,10 +197,30 @@ def train_and_evaluate(
         train_config=dataclasses.asdict(train_config),
     )
     print()
-    for path in [*write_reports(run_dir / "report", panels), config_path]:
+    written = [
+        *write_reports(run_dir / "report", panels),
+        *(
+            pool.save(run_dir / "report" / f"{name}.{CALIBRATION_FILE}")
+            for name, pool in pools.items()
+        ),
+        config_path,
+    ]
+    for path in written:
         print(f"wrote {path}")
     print(f"saved {out}: use it with emergence_model.load_strategy({str(out)!r})")
     return dict(panels)
+
+
+def check_calibration(transfers: Sequence, prefix_folds: dict[str, int], n: int) -> None:
+    """Refuse --calibrate where a transfer cache is too small or shares prefixes with the
+    training cache (their network is the fold's, not the calibrated ensemble)."""
+    for other in transfers:
+        if any(prefix_digest(p) in prefix_folds for p in other.prefixes):
+            raise ValueError(
+                f"--calibrate: transfer cache {other.path} shares prefixes with the training "
+                "cache; calibrate on a cache of other prompts, or drop --calibrate"
+            )
+        calibration_rows(len(other), n)  # leaves something to score
 
 
 def default_run_dir(out: Path) -> Path:

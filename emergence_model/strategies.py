@@ -315,6 +315,9 @@ class NetworkStrategy(Strategy):
     """The learned per-token network, from a checkpoint (see `load_strategy`)."""
 
     gives_distribution = True
+    # whether the top token comes from the MLP's candidates (`candidate_ids`), whose recall the
+    # evaluation reports
+    ranks_candidates: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -328,13 +331,16 @@ class NetworkStrategy(Strategy):
         self.target_name = target_name
         self.chunk_rows = chunk_rows
 
-    def score_tensor(self, x, scales, target_scale):
+    def check_scales(self, scales: Sequence[float] | None) -> None:
         cfg = self.predictor.config
         if scales is not None and list(scales) != list(cfg.scales):
             raise ValueError(
                 f"the network was trained on small models of scales {cfg.scales}, got "
                 f"{list(scales)}: use a checkpoint trained on this suite"
             )
+
+    def score_tensor(self, x, scales, target_scale):
+        self.check_scales(scales)
         return self.predictor.log_probs(x, chunk_rows=self.chunk_rows)
 
     def __call__(self, sentences, model_names, target_model_name, probs) -> list[int]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from synthetic_cache import write_synthetic_cache
 
+from emergence_model.calibrate import GuidePool
 from emergence_model.checkpoint import load_checkpoint, load_strategy
 from emergence_model.strategies import ModelMismatchError
 
@@ -58,13 +59,20 @@ def test_train_evaluates_in_domain_and_on_transfer_and_saves_a_challenge_strateg
             "--run-dir",
             str(tmp_path / "run"),
             *FAST,
+            "--calibrate",
+            "10",
         ]
     )
     printed = capsys.readouterr().out
     assert "in-domain (wiki)" in printed and "transfer (rte)" in printed and "network" in printed
     in_domain, on_transfer = panels["in-domain (wiki)"], panels["transfer (rte)"]
-    assert in_domain["num_prefixes"] == 120 and on_transfer["num_prefixes"] == 40  # cross-fitted
+    assert in_domain["num_prefixes"] == 120  # cross-fitted
     assert "network" in in_domain["comparisons"]
+    # transfer: 10 prompts calibrate the network, every strategy is scored on the other 30
+    assert on_transfer["num_prefixes"] == 30 and "10 calibrating" in on_transfer["rows"]
+    assert "network, calibrated" in on_transfer["comparisons"]
+    pool = GuidePool.load(tmp_path / "run" / "report" / "rte.calibration.json")
+    assert pool.rows == 10 and pool.guides[-2:] == ["network", "prior"]
 
     checkpoint = load_checkpoint(out)
     # the synthetic target extrapolates past the largest small model: contrastive tunes beta up

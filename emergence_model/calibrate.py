@@ -1,0 +1,318 @@
+"""Calibrate a trained network on a few prompts of a new kind, labelled by the target.
+
+Transfer from the training prefixes alone cannot tell which guide to trust on a prompt format the
+training prefixes never showed (README: `bench/guide_proxy.py`). The target's outputs on a few
+prompts of the new kind are cheap where the target can be run (`cache_features.py` runs every
+model of a suite, the target included, on any prefixes), and a few suffice: `fit_guide_pool`
+fits two log-linear pools of the guides on them. The guides are each small model's
+log-distribution, the log of their mean probability, the network's (its logits, log-normalised)
+and the target's own habit on the new kind of prompt: the log of its mean distribution over the
+calibration prompts (the prior; while fitting, each prompt's prior leaves that prompt out, so its
+weight is fitted as it will be used, on prompts it did not see):
+
+- the guess pool ranks the tokens: weights that start at the network alone and minimise the
+  cross-entropy to the target's distribution sharpened at `temperature` (the network's own
+  objective, `TrainConfig.target_temperature`);
+- the distribution pool is the predicted distribution: weights that start at the mean and
+  minimise KL(target || pool), with the guess made its mode (`make_mode`).
+
+A pool's weights are free (a guide may count against, as in the contrastive baseline, or count
+more than once, which sharpens), with an L2 penalty pulling them to their start, so that with
+few prompts the calibrated network stays near the uncalibrated one. `CalibratedStrategy` scores
+with both pools and keeps the challenge's signature; a pool saves to JSON (`GuidePool.save`,
+numbers only) beside the checkpoint it was fitted for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emergence_model.cache import FeatureCache, as_tensor
+from emergence_model.files import write_json_atomic
+from emergence_model.model import (
+    PerTokenPredictor,
+    floor_logprobs,
+    make_mode,
+    probs_to_logprobs,
+)
+from emergence_model.strategies import NetworkStrategy, check_probs, check_same_models
+
+# The guess pool's objective: the target sharpened as for the network's logits (TrainConfig).
+DEFAULT_TEMPERATURE = 0.25
+# L2 pull of each pool's weights to their start (the network alone; the mean alone).
+DEFAULT_PENALTY = 1e-2
+# Calibration rows, at most: each holds (models + 2) x vocabulary float32 guides while fitting.
+MAX_CALIBRATION_ROWS = 1024
+
+
+class CalibrationError(ValueError):
+    """A calibration that cannot be fitted or loaded; the message says how to fix it."""
+
+
+PRIOR = "prior"  # the target's mean distribution on the calibration prompts, as a guide
+
+
+def guide_names(model_names: Sequence[str]) -> list[str]:
+    """The pools' guides, in order: each small model, their mean, the network, the prior."""
+    return [*model_names, "mean", "network", PRIOR]
+
+
+@torch.no_grad()
+def guide_log_probs(predictor: PerTokenPredictor, logprobs: torch.Tensor) -> torch.Tensor:
+    """Small models' log-probs (B, M, V) -> the guides' log-distributions (B, M + 2, V): each
+    model's (renormalised after the floor), the log of their mean probability, the network's
+    logits log-normalised."""
+    x = floor_logprobs(logprobs)
+    models = x.log_softmax(dim=2)
+    mean = torch.logsumexp(models, dim=1, keepdim=True) - np.log(models.shape[1])
+    network = predictor(x.to(predictor.device)).float().cpu().log_softmax(dim=1)
+    return torch.cat([models, mean, network[:, None]], dim=1)
+
+
+def pooled(weights: torch.Tensor, guides: torch.Tensor) -> torch.Tensor:
+    """Log-linear pool: log_softmax of the weighted sum of the guides (B, G, V) -> (B, V)."""
+    return torch.einsum("g,bgv->bv", weights, guides).log_softmax(dim=1)
+
+
+def fit_pool(
+    guides: torch.Tensor,
+    target: torch.Tensor,
+    start: torch.Tensor,
+    penalty: float = DEFAULT_PENALTY,
+    iterations: int = 100,
+) -> torch.Tensor:
+    """Weights (G,) minimising the mean cross-entropy from `target` probabilities (N, V) to the
+    pool of `guides` (N, G, V), plus `penalty` times their squared distance to `start`
+    (L-BFGS; the problem is convex in the weights)."""
+    weights = start.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = -(target * pooled(weights, guides)).sum(dim=1).mean()
+        loss = loss + penalty * ((weights - start) ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weights.detach()
+
+
+@dataclass
+class GuidePool:
+    """A calibration: the two pools' weights over `guides` (`guide_names`) and how they were
+    fitted."""
+
+    guides: list[str]
+    guess: list[float]
+    distribution: list[float]
+    prior: list[float]  # the prior guide's log-probabilities over the vocabulary
+    rows: int
+    temperature: float = DEFAULT_TEMPERATURE
+    penalty: float = DEFAULT_PENALTY
+
+    def __post_init__(self) -> None:
+        g = len(self.guides)
+        if len(self.guess) != g or len(self.distribution) != g:
+            raise CalibrationError(
+                f"a calibration needs one weight per guide ({g}: {', '.join(self.guides)}), got "
+                f"{len(self.guess)} and {len(self.distribution)}: fit it again with "
+                "emergence_model.calibrate.fit_guide_pool"
+            )
+        if not np.isfinite(self.guess + self.distribution + self.prior).all():
+            raise CalibrationError("a calibration's numbers must be finite: fit it again")
+
+    def guides_with_prior(self, guides: torch.Tensor) -> torch.Tensor:
+        """The network's guides (B, G - 1, V) (`guide_log_probs`) and the prior -> (B, G, V)."""
+        if guides.shape[2] != len(self.prior):
+            raise CalibrationError(
+                f"the calibration's prior covers a vocabulary of {len(self.prior)}, the inputs "
+                f"have {guides.shape[2]}: calibrate on caches of this suite"
+            )
+        prior = torch.tensor(self.prior, dtype=guides.dtype)
+        return torch.cat([guides, prior.expand(guides.shape[0], 1, -1)], dim=1)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the pool as JSON (numbers and names only), atomically."""
+        write_json_atomic(path, asdict(self))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> GuidePool:
+        """A pool written by `save` (plain JSON: nothing in it is executed)."""
+        try:
+            record = json.loads(Path(path).read_text())
+            return cls(**record)
+        except FileNotFoundError:
+            raise CalibrationError(
+                f"no calibration at {path}: fit one with python -m emergence_model.evaluate "
+                "--calibrate N --out DIR"
+            ) from None
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+            raise CalibrationError(
+                f"{path} is not a calibration written by GuidePool.save ({type(e).__name__}): "
+                "fit it again"
+            ) from None
+
+
+def fit_guide_pool(
+    predictor: PerTokenPredictor,
+    model_names: Sequence[str],
+    logprobs: torch.Tensor,
+    target_logits: torch.Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    penalty: float = DEFAULT_PENALTY,
+    exclude: Sequence[str] = (),
+) -> GuidePool:
+    """Fit both pools on calibration prompts: the small models' log-probs (N, M, V) and the
+    target's logits or log-probs (N, V) on the same prompts. Guides named in `exclude` (e.g.
+    "network", for what it adds) keep a weight of zero."""
+    n = logprobs.shape[0]
+    if not 2 <= n <= MAX_CALIBRATION_ROWS:
+        raise CalibrationError(
+            f"calibration takes 2 to {MAX_CALIBRATION_ROWS} prompts, got {n}: pass another "
+            "--calibrate"
+        )
+    if temperature <= 0:
+        raise CalibrationError(f"the temperature must be positive, got {temperature}")
+    predictor.check_inputs(logprobs)
+    names = guide_names(model_names)
+    unknown = sorted(set(exclude) - set(names))
+    if unknown:
+        raise CalibrationError(f"no guide named {unknown[0]!r}; the guides are {names}")
+    guides = torch.cat([guide_log_probs(predictor, logprobs[i : i + 64]) for i in range(0, n, 64)])
+    target = target_logits.float().log_softmax(dim=1)
+    p = target.exp()
+    # each prompt's prior leaves the prompt out; the saved prior is that of all N
+    leave_one_out = (p.sum(dim=0, keepdim=True) - p) / (n - 1)
+    guides = torch.cat([guides, floor_logprobs(leave_one_out.log()).log_softmax(dim=1)[:, None]], 1)
+    keep = [i for i, name in enumerate(names) if name not in exclude]
+
+    def fit(objective: torch.Tensor, start: str) -> list[float]:
+        first = names.index(start if start in [names[i] for i in keep] else "mean")
+        weights = torch.zeros(len(names))
+        at = F.one_hot(torch.tensor(keep.index(first)), len(keep)).float()
+        weights[keep] = fit_pool(guides[:, keep], objective, at, penalty)
+        return weights.tolist()
+
+    prior = floor_logprobs(p.mean(dim=0).log()).log_softmax(dim=0)
+    return GuidePool(
+        names,
+        guess=fit((target / temperature).softmax(dim=1), "network"),
+        distribution=fit(p, "mean"),
+        prior=prior.tolist(),
+        rows=n,
+        temperature=temperature,
+        penalty=penalty,
+    )
+
+
+def calibration_rows(num_rows: int, n: int, seed: int = 0) -> np.ndarray:
+    """`n` of `num_rows` rows drawn at random (sorted), for calibration; the rest are scored."""
+    if not 2 <= n < num_rows:
+        raise CalibrationError(
+            f"--calibrate {n} leaves nothing to score or to calibrate on a cache of {num_rows} "
+            f"prefixes: pass 2 to {num_rows - 1}"
+        )
+    return np.sort(np.random.default_rng(seed).choice(num_rows, size=n, replace=False))
+
+
+def calibrate(
+    strategy: NetworkStrategy,
+    cache: FeatureCache,
+    rows: np.ndarray,
+    temperature: float = DEFAULT_TEMPERATURE,
+    penalty: float = DEFAULT_PENALTY,
+    exclude: Sequence[str] = (),
+) -> CalibratedStrategy:
+    """The network of `strategy`, calibrated on `rows` of `cache` (their target outputs)."""
+    check_same_models(
+        strategy.model_names,
+        cache.model_names[:-1],
+        expected_target=strategy.target_name,
+        given_target=cache.target_name,
+        where=f"calibration cache {cache.path}",
+    )
+    data = torch.from_numpy(cache.rows(np.asarray(rows)))
+    names = strategy.model_names
+    pool = fit_guide_pool(
+        strategy.predictor, names, data[:, :-1], data[:, -1], temperature, penalty, exclude
+    )
+    return CalibratedStrategy(strategy, pool)
+
+
+class CalibratedStrategy(NetworkStrategy):
+    """A network calibrated on a few prompts of a new kind (`calibrate`): its scores are the
+    distribution pool's log-probs with the guess pool's top token as their mode."""
+
+    ranks_candidates = False  # the pools rank every token
+
+    def __init__(self, network: NetworkStrategy, pool: GuidePool) -> None:
+        super().__init__(network.predictor, network.model_names, network.target_name)
+        self.chunk_rows = network.chunk_rows
+        if pool.guides != guide_names(self.model_names):
+            raise CalibrationError(
+                f"the calibration was fitted for the guides {pool.guides}, this network has "
+                f"{guide_names(self.model_names)}: calibrate it again"
+            )
+        self.pool = pool
+        self._guess = torch.tensor(pool.guess)
+        self._distribution = torch.tensor(pool.distribution)
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, x.shape[0], self.chunk_rows):
+            guides = self.pool.guides_with_prior(
+                guide_log_probs(self.predictor, x[start : start + self.chunk_rows])
+            )
+            guess = pooled(self._guess, guides).argmax(dim=1)
+            out.append(make_mode(pooled(self._distribution, guides), guess))
+        return torch.cat(out) if out else x.new_zeros(0, x.shape[2])
+
+    def score_tensor(self, x, scales, target_scale):
+        self.check_scales(scales)
+        return self._scores(x)
+
+    def __call__(self, sentences, model_names, target_model_name, probs) -> list[int]:
+        check_same_models(
+            self.model_names,
+            model_names,
+            expected_target=self.target_name,
+            given_target=target_model_name,
+            where="the call",
+        )
+        probs = as_tensor(probs)
+        check_probs(probs, model_names)
+        self.predictor.check_inputs(probs)
+        guesses = []
+        for start in range(0, probs.shape[0], self.chunk_rows):
+            x = probs_to_logprobs(probs[start : start + self.chunk_rows])  # a float32 copy
+            guides = self.pool.guides_with_prior(guide_log_probs(self.predictor, x))
+            guesses += pooled(self._guess, guides).argmax(dim=1).tolist()
+        return guesses
+
+    def params(self) -> dict:
+        return {**super().params(), "calibrated_on": self.pool.rows}
+
+
+CALIBRATION_FILE = "calibration.json"  # the pool, beside evaluate's and train.py's reports
+CALIBRATED = "network, calibrated"  # the calibrated network's name among a panel's strategies
+
+
+def calibrated_panel(
+    cache: FeatureCache, strategies: dict, n: int, seed: int = 0
+) -> tuple[np.ndarray, dict, GuidePool]:
+    """`n` random prompts of `cache` calibrate `strategies["network"]`; returns the other rows
+    (to score), the strategies with the calibrated network added, and its pool."""
+    rows = calibration_rows(len(cache), n, seed)
+    calibrated = calibrate(strategies["network"], cache, rows)
+    rest = np.setdiff1d(np.arange(len(cache)), rows)
+    return rest, {**strategies, CALIBRATED: calibrated}, calibrated.pool
