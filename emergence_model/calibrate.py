@@ -49,7 +49,7 @@ from emergence_model.strategies import NetworkStrategy, check_probs, check_same_
 DEFAULT_TEMPERATURE = 0.25
 # L2 pull of each pool's weights to their start (the network alone; the mean alone).
 DEFAULT_PENALTY = 1e-2
-# Calibration rows, at most: each holds (models + 2) x vocabulary float32 guides while fitting.
+# Calibration rows, at most: each holds (models + 3) x vocabulary float32 guides while fitting.
 MAX_CALIBRATION_ROWS = 1024
 
 
@@ -188,6 +188,8 @@ def fit_guide_pool(
     unknown = sorted(set(exclude) - set(names))
     if unknown:
         raise CalibrationError(f"no guide named {unknown[0]!r}; the guides are {names}")
+    if "mean" in exclude:
+        raise CalibrationError("the pools start at the mean: it cannot be excluded")
     guides = torch.cat([guide_log_probs(predictor, logprobs[i : i + 64]) for i in range(0, n, 64)])
     target = target_logits.float().log_softmax(dim=1)
     p = target.exp()

@@ -97,6 +97,8 @@ def test_an_infinite_pull_keeps_the_start_and_the_prior_is_the_targets_mean(plan
     assert pool.guess[m + 1] == pool.guess[m + 2] == pool.distribution[m + 2] == 0.0
     with pytest.raises(CalibrationError, match="no guide named 'nework'"):
         fit_guide_pool(network.predictor, names, data[:, :-1], data[:, -1], exclude=("nework",))
+    with pytest.raises(CalibrationError, match="cannot be excluded"):
+        fit_guide_pool(network.predictor, names, data[:, :-1], data[:, -1], exclude=("mean",))
     with pytest.raises(CalibrationError, match="2 to"):
         fit_guide_pool(network.predictor, names, data[:1, :-1], data[:1, -1])
 
