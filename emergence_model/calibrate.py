@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emergence_model.cache import FeatureCache, as_tensor
+from emergence_model.cache import FeatureCache
 from emergence_model.files import write_json_atomic
 from emergence_model.model import (
     PerTokenPredictor,
@@ -43,7 +43,7 @@ from emergence_model.model import (
     make_mode,
     probs_to_logprobs,
 )
-from emergence_model.strategies import NetworkStrategy, check_probs, check_same_models
+from emergence_model.strategies import NetworkStrategy, check_same_models
 
 # The guess pool's objective: the target sharpened as for the network's logits (TrainConfig).
 DEFAULT_TEMPERATURE = 0.25
@@ -283,23 +283,9 @@ class CalibratedStrategy(NetworkStrategy):
         self.check_scales(scales)
         return self._scores(x)
 
-    def __call__(self, sentences, model_names, target_model_name, probs) -> list[int]:
-        check_same_models(
-            self.model_names,
-            model_names,
-            expected_target=self.target_name,
-            given_target=target_model_name,
-            where="the call",
-        )
-        probs = as_tensor(probs)
-        check_probs(probs, model_names)
-        self.predictor.check_inputs(probs)
-        guesses = []
-        for start in range(0, probs.shape[0], self.chunk_rows):
-            x = probs_to_logprobs(probs[start : start + self.chunk_rows])  # a float32 copy
-            guides = self.pool.guides_with_prior(guide_log_probs(self.predictor, x))
-            guesses += pooled(self._guess, guides).argmax(dim=1).tolist()
-        return guesses
+    def guesses(self, probs: torch.Tensor) -> torch.Tensor:
+        guides = guide_log_probs(self.predictor, probs_to_logprobs(probs))
+        return pooled(self._guess, self.pool.guides_with_prior(guides)).argmax(dim=1)
 
     def params(self) -> dict:
         return {**super().params(), "calibrated_on": self.pool.rows}

@@ -96,8 +96,9 @@ def train_and_evaluate(
     predictor_config_for(cache, predictor_config)  # at least two small models and a target
     c = train_config
     splits = fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)
+    prefix_folds = held_out_by(cache.prefixes, splits)  # fit_cross_fitted makes the same splits
     if eval_config.calibrate:
-        check_calibration(transfers, held_out_by(cache.prefixes, splits), eval_config.calibrate)
+        check_calibration(transfers, prefix_folds, eval_config.calibrate)
     predictor, splits, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir)
     if rank_zero_only.rank != 0:
         return {}  # with several GPUs, the other processes of Lightning's DDP stop here
@@ -147,7 +148,6 @@ def train_and_evaluate(
     }
     # A transfer cache may share prefixes with the training cache: those are scored by the fold's
     # network that never saw them, as in-domain, and the summary says so.
-    prefix_folds = held_out_by(cache.prefixes, splits)
     pools = {}
     for other in transfers:
         seen = training_folds(other.prefixes, {"data": {"prefix_folds": prefix_folds}})

@@ -359,9 +359,12 @@ class NetworkStrategy(Strategy):
             # A float32 copy of each chunk: the caller's array is never the network's to change.
             chunk = probs[start : start + self.chunk_rows].to(torch.float32, copy=True)
             with torch.no_grad():
-                logits = self.predictor.forward_probs(chunk)
-            guesses += logits.argmax(dim=1).tolist()
+                guesses += self.guesses(chunk).tolist()
         return guesses
+
+    def guesses(self, probs: torch.Tensor) -> torch.Tensor:
+        """A float32 copy of a chunk of probabilities (B, M, V) -> the guessed token ids (B,)."""
+        return self.predictor.forward_probs(probs).argmax(dim=1)
 
     def params(self) -> dict:
         return {"heads": self.predictor.config.num_heads, "target": self.target_name}

@@ -45,6 +45,19 @@ def untrained(cache) -> NetworkStrategy:
     return NetworkStrategy(PerTokenPredictor(config), cache.model_names[:-1], cache.target_name)
 
 
+def saved(path, network: NetworkStrategy, cache, data: dict):
+    """`network` saved as a checkpoint of `cache`'s suite, with `data` as its training record."""
+    save_checkpoint(
+        path,
+        network.predictor,
+        model_names=cache.model_names[:-1],
+        target_name=cache.target_name,
+        baselines={},
+        data=data,
+    )
+    return path
+
+
 def test_calibration_finds_the_planted_guide_and_beats_every_baseline(planted):
     network = untrained(planted)
     rows = calibration_rows(len(planted), 40, seed=1)
@@ -136,15 +149,7 @@ def test_calibration_must_leave_prompts_to_score(n):
 
 def test_evaluate_calibrates_on_a_transfer_cache_and_refuses_the_training_cache(planted, tmp_path):
     network = untrained(planted)
-    ckpt = tmp_path / "net.ckpt"
-    save_checkpoint(
-        ckpt,
-        network.predictor,
-        model_names=planted.model_names[:-1],
-        target_name=planted.target_name,
-        baselines={},
-        data={"fingerprint": "another cache"},
-    )
+    ckpt = saved(tmp_path / "net.ckpt", network, planted, {"fingerprint": "another cache"})
     args = ["--cache", str(planted.path), "--checkpoint", str(ckpt), "--bootstrap", "50"]
     summary = main([*args, "--calibrate", "40", "--out", str(tmp_path / "report")])
     assert summary["num_prefixes"] == 120 and "40 calibrating" in summary["rows"]
@@ -161,18 +166,9 @@ def test_evaluate_calibrates_on_a_transfer_cache_and_refuses_the_training_cache(
         main([*args, "--checkpoint", str(ckpt), "--calibrate", "40"])
     with pytest.raises(CalibrationError, match="leaves nothing to score"):
         main([*args, "--calibrate", "160"])
-    trained_here = tmp_path / "here.ckpt"
-    save_checkpoint(
-        trained_here,
-        network.predictor,
-        model_names=planted.model_names[:-1],
-        target_name=planted.target_name,
-        baselines={},
-        data={
-            "fingerprint": planted.fingerprint,
-            "split": {"folds": 1, "val_fraction": 0.1, "test_fraction": 0.3, "seed": 0},
-        },
-    )
+    split = {"folds": 1, "val_fraction": 0.1, "test_fraction": 0.3, "seed": 0}
+    data = {"fingerprint": planted.fingerprint, "split": split}
+    trained_here = saved(tmp_path / "here.ckpt", network, planted, data)
     with pytest.raises(SystemExit):  # its own training cache
         main(["--cache", str(planted.path), "--checkpoint", str(trained_here), "--calibrate", "4"])
 
