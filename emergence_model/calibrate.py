@@ -43,7 +43,7 @@ from emergence_model.model import (
     make_mode,
     probs_to_logprobs,
 )
-from emergence_model.strategies import NetworkStrategy, check_same_models
+from emergence_model.strategies import MeanProbability, NetworkStrategy, check_same_models
 
 # The guess pool's objective: the target sharpened as for the network's logits (TrainConfig).
 DEFAULT_TEMPERATURE = 0.25
@@ -72,7 +72,7 @@ def guide_log_probs(predictor: PerTokenPredictor, logprobs: torch.Tensor) -> tor
     logits log-normalised."""
     x = floor_logprobs(logprobs)
     models = x.log_softmax(dim=2)
-    mean = torch.logsumexp(models, dim=1, keepdim=True) - np.log(models.shape[1])
+    mean = MeanProbability().score_tensor(models, None, None)[:, None]
     network = predictor(x.to(predictor.device)).float().cpu().log_softmax(dim=1)
     return torch.cat([models, mean, network[:, None]], dim=1)
 
@@ -199,7 +199,7 @@ def fit_guide_pool(
     keep = [i for i, name in enumerate(names) if name not in exclude]
 
     def fit(objective: torch.Tensor, start: str) -> list[float]:
-        first = names.index(start if start in [names[i] for i in keep] else "mean")
+        first = names.index("mean" if start in exclude else start)
         weights = torch.zeros(len(names))
         at = F.one_hot(torch.tensor(keep.index(first)), len(keep)).float()
         weights[keep] = fit_pool(guides[:, keep], objective, at, penalty)
@@ -269,23 +269,21 @@ class CalibratedStrategy(NetworkStrategy):
         self._guess = torch.tensor(pool.guess)
         self._distribution = torch.tensor(pool.distribution)
 
-    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+    def guides(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """Small models' log-probs (B, M, V) -> every guide of the pools (B, G, V)."""
+        return self.pool.guides_with_prior(guide_log_probs(self.predictor, logprobs))
+
+    def score_tensor(self, x, scales, target_scale):
+        self.check_scales(scales)
         out = []
         for start in range(0, x.shape[0], self.chunk_rows):
-            guides = self.pool.guides_with_prior(
-                guide_log_probs(self.predictor, x[start : start + self.chunk_rows])
-            )
+            guides = self.guides(x[start : start + self.chunk_rows])
             guess = pooled(self._guess, guides).argmax(dim=1)
             out.append(make_mode(pooled(self._distribution, guides), guess))
         return torch.cat(out) if out else x.new_zeros(0, x.shape[2])
 
-    def score_tensor(self, x, scales, target_scale):
-        self.check_scales(scales)
-        return self._scores(x)
-
     def guesses(self, probs: torch.Tensor) -> torch.Tensor:
-        guides = guide_log_probs(self.predictor, probs_to_logprobs(probs))
-        return pooled(self._guess, self.pool.guides_with_prior(guides)).argmax(dim=1)
+        return pooled(self._guess, self.guides(probs_to_logprobs(probs))).argmax(dim=1)
 
     def params(self) -> dict:
         return {**super().params(), "calibrated_on": self.pool.rows}

@@ -18,12 +18,7 @@ import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from emergence_model.cache import (
-    check_cache_destination,
-    check_output_file,
-    open_cache,
-    prefix_digest,
-)
+from emergence_model.cache import check_cache_destination, check_output_file, open_cache
 from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel, calibration_rows
 from emergence_model.checkpoint import save_checkpoint
 from emergence_model.data import predictor_config_for
@@ -214,8 +209,9 @@ def train_and_evaluate(
 def check_calibration(transfers: Sequence, prefix_folds: dict[str, int], n: int) -> None:
     """Refuse --calibrate where a transfer cache is too small or shares prefixes with the
     training cache (their network is the fold's, not the calibrated ensemble)."""
+    recorded = {"data": {"prefix_folds": prefix_folds}}
     for other in transfers:
-        if any(prefix_digest(p) in prefix_folds for p in other.prefixes):
+        if (training_folds(other.prefixes, recorded) != NOT_TRAINED).any():
             raise ValueError(
                 f"--calibrate: transfer cache {other.path} shares prefixes with the training "
                 "cache; calibrate on a cache of other prompts, or drop --calibrate"

@@ -5,6 +5,7 @@ import pytest
 import torch
 from synthetic_cache import synthetic_logprobs, write_synthetic_cache
 
+from emergence_model.cache import prefix_digest
 from emergence_model.calibrate import (
     CALIBRATED,
     CalibratedStrategy,
@@ -178,8 +179,6 @@ def test_train_refuses_to_calibrate_on_its_own_prefixes(planted, tmp_path):
     digests = {"x": 0}
     with pytest.raises(CalibrationError, match="leaves nothing to score"):
         check_calibration([small], digests, 10)
-    from emergence_model.cache import prefix_digest
-
     with pytest.raises(ValueError, match="shares prefixes with the training cache"):
         check_calibration([planted], {prefix_digest(planted.prefixes[3]): 0}, 10)
     check_calibration([planted], digests, 10)
