@@ -38,17 +38,30 @@ def field_docs(cls: type) -> dict[str, str]:
 _FLAG_TYPES = {int: int, float: float, str: str, bool: bool, Path: Path}
 
 
-def _flag_type(cls: type, field: dataclasses.Field):
-    """The parser of a field's flag (int, float, str, bool, Path), None if it has none."""
+@dataclasses.dataclass(frozen=True)
+class FlagType:
+    """How a field's flag parses: the type of each value, and whether it takes several."""
+
+    kind: type
+    many: bool = False
+
+
+def _flag_type(cls: type, field: dataclasses.Field) -> FlagType | None:
+    """How a field's flag parses (int, float, str, bool, Path, or a list of one of them but bool;
+    a tuple is a fixed shape, not a flag), None if it has no flag."""
     hint = typing.get_type_hints(cls).get(field.name, field.type)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = args[0] if len(args) == 1 else None
-    return _FLAG_TYPES.get(hint)
+    if typing.get_origin(hint) is list:
+        kind = _FLAG_TYPES.get(typing.get_args(hint)[0])
+        return FlagType(kind, many=True) if kind not in (None, bool) else None
+    kind = _FLAG_TYPES.get(hint)
+    return FlagType(kind) if kind is not None else None
 
 
-def cli_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
-    """The fields of `cls` that are flags, with their types (metadata cli=False opts out)."""
+def cli_fields(cls: type) -> list[tuple[dataclasses.Field, FlagType]]:
+    """The fields of `cls` that are flags, with how they parse (metadata cli=False opts out)."""
     fields = []
     for f in dataclasses.fields(cls):
         kind = _flag_type(cls, f)
@@ -73,35 +86,73 @@ def add_config_arguments(
     `only_given`: a flag not on the command line is absent from the parsed namespace (rather than
     set to the default), so that `config_from_args` can tell "not given" from "given as the
     default", e.g. to keep the recorded configuration of something already built.
+
+    A list field takes one or more values, and a repeated flag adds to them
+    (`--cache a b` or `--cache a --cache b`). Field metadata: `choices` (the values allowed),
+    `flag` (another flag name than the field's) and `cli=False` (no flag).
     """
     group = parser.add_argument_group(title or f"{cls.__name__} options")
     docs = field_docs(cls)
-    for f, kind in cli_fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+    for f, flag_type in cli_fields(cls):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         default = _default(f)
+        shown = list(default) if flag_type.many and default is not None else default
         # "%" is argparse's format character: a docstring's "95%" must reach the help as is
-        text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
+        text = f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")
         options = dict(dest=f.name, help=text)
         options["default"] = argparse.SUPPRESS if only_given else default
+        kind = flag_type.kind
+        if "choices" in f.metadata:
+            options["choices"] = f.metadata["choices"]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
-        else:
-            metavar = "PATH" if kind is Path else kind.__name__.upper()
-            group.add_argument(flag, type=kind, metavar=metavar, **options)
-
-
-def config_from_args(cls: type, args: argparse.Namespace, base=None):
-    """An instance of `cls` from parsed flags; fields without a flag keep `base`'s values (or the
-    defaults). Validation is the dataclass's own `__post_init__`."""
-    given = {f.name: getattr(args, f.name) for f, _ in cli_fields(cls) if hasattr(args, f.name)}
-    if base is not None:
-        return dataclasses.replace(base, **given)
-    return cls(**given)
+            continue
+        options["metavar"] = "PATH" if kind is Path else kind.__name__.upper()
+        if "choices" in options:
+            options.pop("metavar")
+        if flag_type.many:
+            # Absent unless given, so that the values given replace the field's default rather
+            # than extend it; config_from_args fills in the default.
+            options.update(nargs="+", action="extend", default=argparse.SUPPRESS)
+        group.add_argument(flag, type=kind, **options)
 
 
 def given_fields(cls: type, args: argparse.Namespace) -> dict:
     """The fields of `cls` given on the command line (for flags added with `only_given`)."""
     return {f.name: getattr(args, f.name) for f, _ in cli_fields(cls) if hasattr(args, f.name)}
+
+
+def config_from_args(cls: type, args: argparse.Namespace, base=None):
+    """An instance of `cls` from parsed flags; fields without a flag keep `base`'s values (or the
+    defaults). Validation is the dataclass's own `__post_init__`."""
+    given = given_fields(cls, args)
+    if base is not None:
+        return dataclasses.replace(base, **given)
+    return cls(**given)
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Options every command shares: where the demo suite lives, CPU threads, progress bars."""
+
+    suite_dir: Path | None = None
+    """Where the demo suite is built and kept (default: ~/.cache/emergence-model/demo, or
+    $XDG_CACHE_HOME/emergence-model/demo)."""
+    threads: int | None = None
+    """torch CPU threads (default: torch's own choice, one per core)."""
+    progress: bool = True
+    """Show progress bars and progress lines (--no-progress for logs)."""
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+
+    def apply(self) -> None:
+        """Set what belongs to the process: torch's thread count."""
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
 
 def exit_on_user_error(main: Callable[[], object]) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from emergence_model.cache import CacheError
 from emergence_model.cli import (
+    RunOptions,
     add_config_arguments,
     config_from_args,
     exit_on_user_error,
@@ -99,3 +100,34 @@ def test_every_command_prints_its_help(module, capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--" in capsys.readouterr().out
+
+
+@dataclass
+class _Lists:
+    caches: list[Path] = field(default_factory=list)
+    """Caches, repeatable."""
+    ladders: list[str] = field(default_factory=lambda: ["a", "b"])
+    """Ladders."""
+    mode: str = field(default="x", metadata={"choices": ("x", "y")})
+    """A mode."""
+
+
+def test_list_fields_take_several_values_and_a_repeated_flag_adds_to_them():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, _Lists)
+    assert config_from_args(_Lists, parser.parse_args([])) == _Lists()
+    args = parser.parse_args(["--caches", "a", "b", "--caches", "c", "--ladders", "z"])
+    assert config_from_args(_Lists, args) == _Lists(
+        caches=[Path("a"), Path("b"), Path("c")], ladders=["z"]
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "w"])
+
+
+def test_run_options_are_one_group_every_command_shares():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, RunOptions)
+    options = config_from_args(RunOptions, parser.parse_args(["--threads", "1", "--no-progress"]))
+    assert options == RunOptions(threads=1, progress=False)
+    with pytest.raises(ValueError, match="--threads"):
+        RunOptions(threads=0)
