@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from emergence_model.files import atomic_file, check_output_path, write_json_atomic
+from emergence_model.folds import rows_fingerprint
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -126,19 +127,6 @@ def as_tensor(array):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(np.asarray(array))
-
-
-def rows_fingerprint(model_names: Sequence[str], prefixes: Sequence[str]) -> str:
-    """Identifies a cache's rows (its models and prefixes), so that evaluation can tell a
-    checkpoint's training cache when it sees it again."""
-    digest = hashlib.sha256(json.dumps([list(model_names), list(prefixes)]).encode())
-    return digest.hexdigest()[:16]
-
-
-def prefix_digest(prefix: str) -> str:
-    """A short digest of one prefix's text: how a checkpoint records its training prefixes, so
-    that evaluation can tell them when it meets them again in another cache."""
-    return hashlib.sha256(prefix.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def cast(array: np.ndarray, dtype) -> np.ndarray:
