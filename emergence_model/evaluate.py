@@ -44,7 +44,8 @@ from emergence_model.checkpoint import (
 )
 from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
 from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, training_folds
-from emergence_model.model import PerTokenPredictor, candidate_ids, floor_logprobs
+from emergence_model.logprobs import floor_logprobs
+from emergence_model.model import PerTokenPredictor, candidate_ids
 from emergence_model.report import format_table, write_reports
 from emergence_model.speculative import sampled_acceptance
 from emergence_model.stats import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci

@@ -37,12 +37,12 @@ from emergence_model.checkpoint import CHECKPOINT_FORMAT
 from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.folds import Folds, Split, split_indices
+from emergence_model.logprobs import floor_logprobs
 from emergence_model.model import (
     PREDICTOR_DESIGN,
     PerTokenPredictor,
     PredictorConfig,
     fit_mixture,
-    floor_logprobs,
     mixture_components,
 )
 
