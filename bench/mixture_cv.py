@@ -39,6 +39,7 @@ from predictor_ladders import ROOT  # noqa: E402  (bench/, beside this script)
 
 from emergence_model.cache import open_cache  # noqa: E402
 from emergence_model.data import predictor_config_for  # noqa: E402
+from emergence_model.folds import fold_splits  # noqa: E402
 from emergence_model.model import (  # noqa: E402
     PredictorConfig,
     distribution_stats,
@@ -48,7 +49,6 @@ from emergence_model.model import (  # noqa: E402
     mixture_components,
 )
 from emergence_model.speculative import sampled_acceptance  # noqa: E402
-from emergence_model.splits import fold_splits  # noqa: E402
 from emergence_model.stats import bootstrap_ci  # noqa: E402
 from emergence_model.training import TrainConfig  # noqa: E402
 

@@ -34,8 +34,8 @@ from predictor_ladders import ROOT  # noqa: E402  (bench/, beside this script)
 
 from emergence_model.cache import open_cache  # noqa: E402
 from emergence_model.data import predictor_config_for  # noqa: E402
+from emergence_model.folds import fold_splits  # noqa: E402
 from emergence_model.model import PerTokenPredictor, PredictorConfig  # noqa: E402
-from emergence_model.splits import fold_splits  # noqa: E402
 from emergence_model.stats import bootstrap_ci  # noqa: E402
 from emergence_model.training import PredictorModule, TrainConfig  # noqa: E402
 

@@ -4,9 +4,29 @@ The public API is imported lazily, so that `from emergence_model import open_cac
 pay for torch, Lightning or transformers.
 """
 
+import sys
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """A package's `__getattr__` and `__dir__` that import each public name of `exports` (name ->
+    the package's module that defines it) when first used, so that the package's `__init__`
+    imports none of its modules."""
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(import_module(f"{package}.{exports[name]}"), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(sys.modules[package].__all__)
+
+    return __getattr__, __dir__
+
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -30,15 +50,4 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'emergence_model' has no attribute {name!r}")
-    value = getattr(import_module(f"emergence_model.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -37,12 +37,8 @@ import torch.nn.functional as F
 
 from emergence_model.cache import FeatureCache
 from emergence_model.files import write_json_atomic
-from emergence_model.model import (
-    PerTokenPredictor,
-    floor_logprobs,
-    make_mode,
-    probs_to_logprobs,
-)
+from emergence_model.logprobs import floor_logprobs, probs_to_logprobs
+from emergence_model.model import PerTokenPredictor, make_mode
 from emergence_model.strategies import MeanProbability, NetworkStrategy, check_same_models
 
 # The guess pool's objective: the target sharpened as for the network's logits (TrainConfig).

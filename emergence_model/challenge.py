@@ -24,20 +24,22 @@ import numpy as np
 
 from emergence_model.cache import (
     CACHE_DTYPES,
-    CHUNK_BYTES,
-    LOG_PROB_FLOOR,
     NORMALISATION_TOLERANCE,
-    PROB_FLOOR,
     CacheError,
     FeatureCache,
-    as_tensor,
     check_cache_destination,
     check_output_file,
     create_cache,
     open_cache,
-    rows_per_chunk,
 )
 from emergence_model.files import atomic_file
+from emergence_model.logprobs import (
+    CHUNK_BYTES,
+    LOG_PROB_FLOOR,
+    PROB_FLOOR,
+    as_tensor,
+    rows_per_chunk,
+)
 from emergence_model.suites import resolve_param_counts
 
 # A pickle is a program for a small stack machine, so every object it names is replaced by a

@@ -2,7 +2,7 @@
 
 `CacheRows` is a torch Dataset of one cache's rows (small models' log-probs, the target's top
 token and, for the soft loss, the target's log-probs); `CacheDataModule` serves the train /
-validation / test rows of a split (`splits.py`) of one opened cache.
+validation / test rows of a split (`folds.py`) of one opened cache.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emergence_model.cache import FeatureCache
+from emergence_model.folds import Split
 from emergence_model.model import PredictorConfig
-from emergence_model.splits import Split
 
 
 class CacheRows(Dataset):

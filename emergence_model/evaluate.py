@@ -34,13 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emergence_model.cache import (
-    FeatureCache,
-    check_cache_destination,
-    open_cache,
-    prefix_digest,
-    rows_fingerprint,
-)
+from emergence_model.cache import FeatureCache, check_cache_destination, open_cache
 from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel
 from emergence_model.checkpoint import (
     CheckpointError,
@@ -49,10 +43,11 @@ from emergence_model.checkpoint import (
     load_checkpoint,
 )
 from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
-from emergence_model.model import PerTokenPredictor, candidate_ids, floor_logprobs
+from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, training_folds
+from emergence_model.logprobs import floor_logprobs
+from emergence_model.model import PerTokenPredictor, candidate_ids
 from emergence_model.report import format_table, write_reports
 from emergence_model.speculative import sampled_acceptance
-from emergence_model.splits import fold_splits
 from emergence_model.stats import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
 from emergence_model.strategies import STRATEGIES, NetworkStrategy, Strategy, baseline_names
 
@@ -298,48 +293,6 @@ def make_baselines(names: Sequence[str] | None = None, params: dict | None = Non
 def trained_on(cache: FeatureCache, checkpoint: dict) -> bool:
     """Whether `cache` holds the very rows the checkpoint was trained on."""
     return checkpoint.get("data", {}).get("fingerprint") == cache.fingerprint
-
-
-# training_folds's codes for a row that no network saw, and for one that every network saw
-NOT_TRAINED, SEEN_BY_ALL = -2, -1
-
-
-def held_out_by(prefixes: Sequence[str], splits: Sequence) -> dict[str, int]:
-    """Each training prefix's digest -> the fold whose network never saw it (its test part), or
-    SEEN_BY_ALL (--folds 1: the prefixes the one network trained or validated on). A checkpoint
-    keeps this as data["prefix_folds"], so that evaluation knows its training prefixes in any
-    cache."""
-    folds = {prefix_digest(text): SEEN_BY_ALL for text in prefixes}
-    for k, (_, _, test) in enumerate(splits):
-        for i in test:
-            folds[prefix_digest(prefixes[i])] = k
-    return folds
-
-
-def training_folds(prefixes: Sequence[str], checkpoint: dict) -> np.ndarray | None:
-    """Per prefix: the fold whose network never saw it (0..K-1), SEEN_BY_ALL, or NOT_TRAINED if
-    the checkpoint never trained on it; None if the checkpoint does not record its training
-    prefixes (checkpoints from before data["prefix_folds"], on any cache but their own)."""
-    data = checkpoint.get("data") or {}
-    recorded = data.get("prefix_folds")
-    if (
-        recorded is None
-        and "split" in data
-        and data.get("fingerprint")
-        == rows_fingerprint(checkpoint["model_names"] + [checkpoint["target_name"]], prefixes)
-    ):
-        split = data["split"]
-        splits = fold_splits(
-            prefixes,
-            split.get("folds", 1),
-            split["val_fraction"],
-            split["test_fraction"],
-            split["seed"],
-        )
-        recorded = held_out_by(prefixes, splits)
-    if recorded is None:
-        return None
-    return np.array([recorded.get(prefix_digest(p), NOT_TRAINED) for p in prefixes], np.int64)
 
 
 def fold_parts(

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from emergence_model.cache import LOG_PROB_FLOOR, PROB_FLOOR
+from emergence_model.logprobs import PROB_FLOOR, floor_logprobs, probs_to_logprobs
 
 # Log-probs and gaps are divided by this so that features are O(1).
 _LOGPROB_SCALE = 8.0
@@ -180,17 +180,6 @@ class PredictorConfig:
         """Per-candidate features the MLP reads, the per-head base and identity included."""
         n = 3 + 3  # the mean's log-prob, gap and rank; the base's
         return n + self.num_context_features + self.token_embedding
-
-
-def floor_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
-    """Floor log-probs at log(2**-24) (-inf from log(0) lands there too), as float32: the
-    challenge's float16 probabilities are zero below it, so a log-prob cache looks like them."""
-    return logprobs.float().clamp_min(LOG_PROB_FLOOR)
-
-
-def probs_to_logprobs(probs: torch.Tensor) -> torch.Tensor:
-    """Challenge probabilities (float16 is fine) -> floored float32 log-probs."""
-    return floor_logprobs(torch.log(probs.float()))
 
 
 def extrapolation_weights(

@@ -23,18 +23,15 @@ from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel, calibr
 from emergence_model.checkpoint import save_checkpoint
 from emergence_model.data import predictor_config_for
 from emergence_model.evaluate import (
-    NOT_TRAINED,
     EvalConfig,
     describe_folds,
     evaluate_cache,
     fold_parts,
-    held_out_by,
     make_baselines,
-    training_folds,
 )
+from emergence_model.folds import NOT_TRAINED, fold_codes
 from emergence_model.model import PredictorConfig
 from emergence_model.report import format_table, write_reports
-from emergence_model.splits import fold_splits
 from emergence_model.strategies import (
     FIT_CHUNK_ROWS,
     ContrastiveExtrapolation,
@@ -89,12 +86,10 @@ def train_and_evaluate(
             where=f"transfer cache {other.path}",
         )
     predictor_config_for(cache, predictor_config)  # at least two small models and a target
-    c = train_config
-    splits = fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)
-    prefix_folds = held_out_by(cache.prefixes, splits)  # fit_cross_fitted makes the same splits
+    folds = train_config.folds_of(cache.prefixes)  # made once: trained, scored and recorded
     if eval_config.calibrate:
-        check_calibration(transfers, prefix_folds, eval_config.calibrate)
-    predictor, splits, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir)
+        check_calibration(transfers, folds.prefix_folds, eval_config.calibrate)
+    predictor, _, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir, folds)
     if rank_zero_only.rank != 0:
         return {}  # with several GPUs, the other processes of Lightning's DDP stop here
     config_path = write_config(
@@ -116,13 +111,12 @@ def train_and_evaluate(
                 "network": NetworkStrategy(predictor.member(k), names, target),
             },
         )
-        for k, (train, _, test) in enumerate(splits)
+        for k, (train, _, test) in enumerate(folds.splits)
     ]
-    folds = train_config.folds
     rows = (
         "held-out test prefixes"
-        if folds == 1
-        else f"every prefix, by the network of the {folds} that never saw it"
+        if len(folds) == 1
+        else f"every prefix, by the network of the {len(folds)} that never saw it"
     )
     evaluation = dict(
         num_bootstrap=eval_config.bootstrap,
@@ -135,7 +129,7 @@ def train_and_evaluate(
             evaluate_cache(cache, parts, rows_description=rows, **evaluation),
         )
     ]
-    baselines = tune_baselines(cache, np.unique(np.concatenate([s[0] for s in splits])))
+    baselines = tune_baselines(cache, np.unique(np.concatenate([s[0] for s in folds.splits])))
     print(f"baselines tuned on the training prefixes: {baselines}")
     strategies = {
         **make_baselines(params=baselines),
@@ -145,7 +139,7 @@ def train_and_evaluate(
     # network that never saw them, as in-domain, and the summary says so.
     pools = {}
     for other in transfers:
-        seen = training_folds(other.prefixes, {"data": {"prefix_folds": prefix_folds}})
+        seen = folds.codes(other.prefixes)
         if eval_config.calibrate:
             rows, calibrated, pool = calibrated_panel(
                 other, strategies, eval_config.calibrate, eval_config.calibration_seed
@@ -180,14 +174,7 @@ def train_and_evaluate(
         data={
             "train_cache": str(cache.path),
             "fingerprint": cache.fingerprint,
-            # which network never saw each training prefix: evaluation finds them in any cache
-            "prefix_folds": prefix_folds,
-            "split": {
-                "folds": folds,
-                "val_fraction": train_config.val_fraction,
-                "test_fraction": train_config.test_fraction,
-                "seed": train_config.seed,
-            },
+            **folds.record(),  # which network never saw each training prefix, and the split
         },
         train_config=dataclasses.asdict(train_config),
     )
@@ -209,9 +196,8 @@ def train_and_evaluate(
 def check_calibration(transfers: Sequence, prefix_folds: dict[str, int], n: int) -> None:
     """Refuse --calibrate where a transfer cache is too small or shares prefixes with the
     training cache (their network is the fold's, not the calibrated ensemble)."""
-    recorded = {"data": {"prefix_folds": prefix_folds}}
     for other in transfers:
-        if (training_folds(other.prefixes, recorded) != NOT_TRAINED).any():
+        if (fold_codes(prefix_folds, other.prefixes) != NOT_TRAINED).any():
             raise ValueError(
                 f"--calibrate: transfer cache {other.path} shares prefixes with the training "
                 "cache; calibrate on a cache of other prompts, or drop --calibrate"

@@ -18,8 +18,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from emergence_model.cache import PROB_FLOOR, as_tensor
-from emergence_model.model import PerTokenPredictor, floor_logprobs, probs_to_logprobs
+from emergence_model.logprobs import PROB_FLOOR, as_tensor, floor_logprobs, probs_to_logprobs
+from emergence_model.model import PerTokenPredictor
 from emergence_model.suites import resolve_param_counts
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -18,6 +18,7 @@ import json
 import pickle
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,15 +36,15 @@ from emergence_model.cache import FeatureCache
 from emergence_model.checkpoint import CHECKPOINT_FORMAT
 from emergence_model.data import CacheDataModule, predictor_config_for
 from emergence_model.files import atomic_file, write_json_atomic
+from emergence_model.folds import Folds, Split, split_indices
+from emergence_model.logprobs import floor_logprobs
 from emergence_model.model import (
     PREDICTOR_DESIGN,
     PerTokenPredictor,
     PredictorConfig,
     fit_mixture,
-    floor_logprobs,
     mixture_components,
 )
-from emergence_model.splits import Split, fold_splits, split_indices
 
 
 @dataclass
@@ -127,6 +128,10 @@ class TrainConfig:
     @property
     def held_out_fraction(self) -> float:
         return self.test_fraction if self.folds == 1 else 1.0 / self.folds
+
+    def folds_of(self, prefixes: Sequence[str]) -> Folds:
+        """The cross-fitting folds of a training cache's `prefixes` that these settings make."""
+        return Folds.of(prefixes, self.folds, self.val_fraction, self.test_fraction, self.seed)
 
 
 MEMBER_FILE = "member.pt"
@@ -367,26 +372,29 @@ def fit_cross_fitted(
     predictor_config: PredictorConfig,
     train_config: TrainConfig,
     run_dir: str | Path,
-) -> tuple[PerTokenPredictor, list[Split], dict]:
-    """One network per fold of `fold_splits` (run_dir/fold-K), joined into an ensemble whose
-    head K never saw the test rows of split K; returns it, the splits and per-fold metrics.
+    folds: Folds | None = None,
+) -> tuple[PerTokenPredictor, Folds, dict]:
+    """One network per fold of `folds` (run_dir/fold-K; default: `train_config.folds_of` the
+    cache's prefixes), joined into an ensemble whose head K never saw the test rows of split K;
+    returns it, the folds and per-fold metrics.
 
     Each finished fold's network is kept in run_dir/fold-K/member.pt: a run interrupted after
     some folds (or repeated with the same cache, configs and split) trains only the others.
     """
     c = train_config
-    splits = fold_splits(cache.prefixes, c.folds, c.val_fraction, c.test_fraction, c.seed)
+    if folds is None:
+        folds = c.folds_of(cache.prefixes)
     members, metrics = [], {}
-    for k, split in enumerate(splits):
+    for k, split in enumerate(folds.splits):
         fold_dir = Path(run_dir) / f"fold-{k}"
         key = _fold_key(cache, predictor_config, train_config, split)
         saved = None if c.fast_dev_run else _load_member(fold_dir / MEMBER_FILE, key)
         if saved is not None:
-            print(f"fold {k + 1}/{len(splits)}: reusing the network in {fold_dir / MEMBER_FILE}")
+            print(f"fold {k + 1}/{len(folds)}: reusing the network in {fold_dir / MEMBER_FILE}")
             predictor, fold_metrics = saved
         else:
             print(
-                f"fold {k + 1}/{len(splits)}: {len(split[0])} training, {len(split[1])} "
+                f"fold {k + 1}/{len(folds)}: {len(split[0])} training, {len(split[1])} "
                 f"validation, {len(split[2])} held-out prefixes"
             )
             predictor, _, fold_metrics = fit_predictor(
@@ -405,10 +413,10 @@ def fit_cross_fitted(
                     )
         weights = fit_member_mixture(predictor, cache, split[1]) if c.mixture else None
         if weights is not None:
-            print(f"fold {k + 1}/{len(splits)}: mixture {[round(w, 3) for w in weights.tolist()]}")
+            print(f"fold {k + 1}/{len(folds)}: mixture {[round(w, 3) for w in weights.tolist()]}")
         members.append(predictor)
         metrics[f"fold-{k}"] = fold_metrics
-    return PerTokenPredictor.ensemble(members).eval(), splits, metrics
+    return PerTokenPredictor.ensemble(members).eval(), folds, metrics
 
 
 def write_config(path: str | Path, **configs) -> Path:

@@ -294,3 +294,13 @@ def test_a_cache_of_some_of_the_models(tiny_cache, tmp_path):
     assert part.prefixes == tiny_cache.prefixes
     with pytest.raises(CacheError, match="not in"):
         select_models(tiny_cache, [7], tmp_path / "bad")
+
+
+def test_every_public_name_imports_from_the_package():
+    import emergence_model.cache as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    assert dir(package) == sorted(package.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'prefix_digest'"):
+        package.prefix_digest  # noqa: B018  (fold identity lives in emergence_model.folds)

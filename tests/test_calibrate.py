@@ -5,7 +5,6 @@ import pytest
 import torch
 from synthetic_cache import synthetic_logprobs, write_synthetic_cache
 
-from emergence_model.cache import prefix_digest
 from emergence_model.calibrate import (
     CALIBRATED,
     CalibratedStrategy,
@@ -18,6 +17,7 @@ from emergence_model.calibrate import (
 )
 from emergence_model.checkpoint import save_checkpoint
 from emergence_model.evaluate import main, score_rows
+from emergence_model.folds import prefix_digest
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.pipeline import check_calibration
 from emergence_model.strategies import NetworkStrategy

@@ -4,12 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from emergence_model.cache import LOG_PROB_FLOOR, CacheError
+from emergence_model.cache import CacheError
 from emergence_model.challenge import (
     export_challenge_pickle,
     import_challenge_pickle,
     load_challenge_pickle,
 )
+from emergence_model.logprobs import LOG_PROB_FLOOR
 from emergence_model.suites import PYTHIA_PARAM_COUNTS, resolve_param_counts
 
 NAMES = ["pythia-70m", "pythia-160m", "pythia-12b"]

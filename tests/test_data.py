@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from emergence_model.data import CacheDataModule, CacheRows, predictor_config_for
+from emergence_model.folds import split_indices
 from emergence_model.model import PredictorConfig
-from emergence_model.splits import split_indices
 
 
 def test_data_module_reads_rows_of_the_cache(tiny_cache):

@@ -154,3 +154,21 @@ def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_cache_package_imports_none_of_its_modules_and_the_network_needs_no_cache():
+    graph = import_graph()
+    cache = f"{PACKAGE}.cache"
+    assert not {m for m in graph[cache] if m.startswith(f"{cache}.")}, (
+        "cache/__init__.py must import none of its modules (it exports them lazily)"
+    )
+    for module in ("model", "logprobs", "folds"):
+        imports = graph[f"{PACKAGE}.{module}"]
+        assert not {m for m in imports if m == cache or m.startswith(f"{cache}.")}, module
+
+
+@pytest.mark.parametrize(
+    "module", [f"{PACKAGE}.folds", f"{PACKAGE}.logprobs", f"{PACKAGE}.cache.combine"]
+)
+def test_folds_the_floor_and_the_whole_cache_package_do_not_import_torch(module):
+    test_light_modules_do_not_import_torch(module)

@@ -4,17 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emergence_model.cache import LOG_PROB_FLOOR
+from emergence_model.logprobs import floor_logprobs, probs_to_logprobs
 from emergence_model.model import (
     PerTokenPredictor,
     PredictorConfig,
     candidate_ids,
     extrapolation_weights,
     fit_mixture,
-    floor_logprobs,
     make_mode,
     mixture_components,
-    probs_to_logprobs,
 )
 
 PARAMS = [1_000_000, 2_000_000, 4_000_000]
@@ -37,17 +35,6 @@ def randomize(predictor: PerTokenPredictor) -> PerTokenPredictor:
     for p in predictor.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return predictor.eval()
-
-
-def test_floor_is_the_smallest_float16_subnormal():
-    assert LOG_PROB_FLOOR == pytest.approx(
-        math.log(torch.finfo(torch.float16).smallest_normal / 1024)
-    )
-    x = torch.tensor([0.0, -5.0, -40.0, -math.inf])
-    assert floor_logprobs(x).tolist() == pytest.approx([0.0, -5.0, LOG_PROB_FLOOR, LOG_PROB_FLOOR])
-    assert probs_to_logprobs(torch.tensor([0.0, 1.0], dtype=torch.float16)).tolist() == (
-        pytest.approx([LOG_PROB_FLOOR, 0.0])
-    )
 
 
 def test_extrapolation_weights_by_hand():

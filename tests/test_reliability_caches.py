@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from emergence_model import cache as cache_module
 from emergence_model import extract
 from emergence_model.cache import (
     DONE_FILE,
@@ -26,6 +25,7 @@ from emergence_model.cache import (
     create_cache,
     open_cache,
 )
+from emergence_model.cache import writer as cache_writer
 from emergence_model.challenge import import_challenge_pickle
 from emergence_model.cli import exit_on_user_error
 from emergence_model.extract import ExtractConfig, extract_suite
@@ -409,13 +409,13 @@ def test_rerunning_a_finished_cache_only_reads_it(tmp_path, monkeypatch):
     """A finished cache, read-only say, is never opened for writing by a rerun of its job."""
     finished(tmp_path / "c")
     modes = []
-    real = cache_module._open_array
+    real = cache_writer.open_array
 
     def spy(path, shape, dtype, mode="r"):
         modes.append(mode)
         return real(path, shape, dtype, mode)
 
-    monkeypatch.setattr(cache_module, "_open_array", spy)
+    monkeypatch.setattr(cache_writer, "open_array", spy)
     meta_before = (tmp_path / "c" / META_FILE).read_bytes()
     writer = create_cache(tmp_path / "c", **JOB)  # the same job run again, as extraction does
     assert not any(writer.pending(m).size for m in range(3))
@@ -469,7 +469,7 @@ def test_two_writers_of_one_file_never_share_a_temporary(tmp_path):
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: usage._replace(free=100))
+    monkeypatch.setattr(cache_writer.shutil, "disk_usage", lambda p: usage._replace(free=100))
     with pytest.raises(CacheError, match=r"needs 0.00 GiB but .* has 0.00 GiB free"):
         create_cache(tmp_path / "c", **JOB)
     assert not (tmp_path / "c").exists()

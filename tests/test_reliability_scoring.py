@@ -18,19 +18,12 @@ from emergence_model.checkpoint import (
     load_strategy,
     save_checkpoint,
 )
-from emergence_model.evaluate import (
-    NOT_TRAINED,
-    SEEN_BY_ALL,
-    cross_fit_parts,
-    held_out_by,
-    make_baselines,
-    training_folds,
-)
+from emergence_model.evaluate import cross_fit_parts, make_baselines
 from emergence_model.evaluate import (
     main as evaluate,
 )
+from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, fold_splits, held_out_by, training_folds
 from emergence_model.model import PerTokenPredictor, PredictorConfig
-from emergence_model.splits import fold_splits
 from emergence_model.strategies import baseline_names, make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,7 +363,7 @@ def script(monkeypatch):
     module = train_script()
     runs = []
 
-    def record(cache, predictor_config, train_config, run_dir):
+    def record(cache, predictor_config, train_config, run_dir, folds=None):
         runs.append(Path(run_dir))
         raise Stop
 

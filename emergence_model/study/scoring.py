@@ -17,16 +17,9 @@ import numpy as np
 
 from emergence_model.cache import FeatureCache, open_cache, select_models
 from emergence_model.checkpoint import build_predictor, check_compatible, load_checkpoint
-from emergence_model.evaluate import (
-    NOT_TRAINED,
-    SEEN_BY_ALL,
-    held_out_by,
-    make_baselines,
-    score_parts,
-    training_folds,
-)
+from emergence_model.evaluate import make_baselines, score_parts
+from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, fold_splits, training_folds
 from emergence_model.model import PerTokenPredictor, PredictorConfig
-from emergence_model.splits import fold_splits
 from emergence_model.strategies import (
     ModelSubset,
     NetworkStrategy,
@@ -124,8 +117,8 @@ def train_subset_networks(ladder: Ladder, out: Path, config: StudyConfig) -> lis
     """Per k = 1..M, a network cross-fitted on the reference set's k smallest models (their
     cache copied under out/subsets, their runs under out/subsets/runs): {k: ensemble, heads}.
 
-    Returns, per k, {"k", "ensemble" (a head per fold), "prefix_folds" (which head never saw
-    each prefix, as a checkpoint records it)}."""
+    Returns, per k, {"k", "ensemble" (a head per fold), "folds" (its `folds.Folds`: which head
+    never saw each prefix)}."""
     from emergence_model.training import TrainConfig, fit_cross_fitted
 
     cache = ladder.reference
@@ -149,10 +142,8 @@ def train_subset_networks(ladder: Ladder, out: Path, config: StudyConfig) -> lis
         chosen = sorted(order[:k].tolist())
         sub_dir = out / "subsets" / f"{k}-smallest"
         sub = select_models(cache, [*chosen, cache.num_models - 1], sub_dir / "cache")
-        ensemble, splits, _ = fit_cross_fitted(sub, base, train, sub_dir / "runs")
-        results.append(
-            {"k": k, "ensemble": ensemble, "prefix_folds": held_out_by(sub.prefixes, splits)}
-        )
+        ensemble, folds, _ = fit_cross_fitted(sub, base, train, sub_dir / "runs")
+        results.append({"k": k, "ensemble": ensemble, "folds": folds})
     return results
 
 
@@ -165,10 +156,7 @@ def score_sets(ladder: Ladder, config: StudyConfig, subsets: list[dict]) -> list
     for i, cache in enumerate(ladder.caches):
         codes = np.stack(
             [network_folds(cache, ladder.checkpoint)]
-            + [
-                training_folds(cache.prefixes, {"data": {"prefix_folds": s["prefix_folds"]}})
-                for s in subsets
-            ],
+            + [s["folds"].codes(cache.prefixes) for s in subsets],
             axis=1,
         )  # (rows, 1 + subsets)
         kept = np.flatnonzero((codes != SEEN_BY_ALL).all(axis=1))

@@ -1,0 +1,383 @@
+"""Writing a cache: `create_cache` starts one or resumes a partly written one of the same job, and
+the `CacheWriter` it returns stores rows, commits them and runs the full check at the end.
+
+Crash safety: rows go into the memory maps first and are flushed to disk, and only then is the new
+`done.npy` written beside the old one and renamed over it. A crash at any point leaves a `done.npy`
+that marks only rows that are really on disk. Progress is committed this way at most every
+`COMMIT_SECONDS` (each commit costs an fsync), so a killed run redoes at most that much work.
+
+A finished run reads every row back and records the result in meta.json ("check"): a cache that
+failed it, or whose run stopped before it, does not open. A rerun resumes a cache only if it would
+write the same numbers (`RESUME_EXTRACTION_KEYS` and the fields `create_cache` names).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from emergence_model.cache.format import (
+    ARGMAX_FILE,
+    CACHE_DTYPES,
+    CACHE_FILES,
+    CHECK_FAILED,
+    CHECK_PASSED,
+    CHECK_PENDING,
+    CHECK_SKIPPED,
+    DONE_FILE,
+    FORMAT_VERSION,
+    LOGPROBS_FILE,
+    META_FILE,
+    PREFIXES_FILE,
+    SCALE_AXES,
+    CacheError,
+    check_status,
+    open_array,
+    read_cache_header,
+    read_meta,
+    short_repr,
+)
+from emergence_model.cache.paths import check_cache_destination
+from emergence_model.cache.reader import FeatureCache
+from emergence_model.files import atomic_file, write_json_atomic
+from emergence_model.logprobs import cast
+
+COMMIT_SECONDS = 2.0
+# What a resume compares besides the models, prefixes, vocabulary, dtypes, counts and scales:
+# entries of meta["extraction"] that shape the numbers, compared where both runs record them.
+RESUME_EXTRACTION_KEYS = {
+    "model_dtype": ("weights dtype", "rerun with the --dtype it was made with"),
+    "model_configs": ("model configs", "a model (or how transformers reads it) changed since"),
+    "tokenizer_fingerprint": ("tokenizer vocabulary", "the target's tokenizer changed since"),
+    "probs_sha256": ("probabilities", "this is another challenge pickle"),
+    "inputs": ("input caches", "--combine was given other or rebuilt caches"),
+}
+
+
+def _package_version() -> str:
+    from emergence_model import __version__
+
+    return __version__
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_file(path) as f:
+        np.save(f, array)
+
+
+class CacheWriter:
+    """Writes rows into a new or partly written cache; `finalize()` checks it and opens it."""
+
+    def __init__(self, path: Path, commit_seconds: float = COMMIT_SECONDS) -> None:
+        self.path = path
+        self.commit_seconds = commit_seconds
+        self.meta = read_meta(path)
+        self.num_prefixes = int(self.meta["num_prefixes"])
+        self.model_names = list(self.meta["model_names"])
+        self.vocab_size = int(self.meta["vocab_size"])
+        self.done = np.array(
+            open_array(path / DONE_FILE, (len(self.model_names), self.num_prefixes), "bool")
+        )
+        # The memory maps open for writing at the first write, so that rerunning a finished
+        # cache (read-only, say) only reads it.
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+        self._wrote = False
+        self._uncommitted = False
+        self._last_commit = time.monotonic()
+
+    def _writable_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._maps is None:
+            shape = (self.num_prefixes, len(self.model_names))
+            self._maps = (
+                open_array(
+                    self.path / LOGPROBS_FILE,
+                    (*shape, self.vocab_size),
+                    self.meta["dtype"],
+                    mode="r+",
+                ),
+                open_array(self.path / ARGMAX_FILE, shape, "int32", mode="r+"),
+            )
+        return self._maps
+
+    def write(
+        self,
+        model_index: int,
+        prefix_indices: Sequence[int] | np.ndarray,
+        logprobs: np.ndarray,
+        argmax: np.ndarray | None = None,
+    ) -> None:
+        """Store rows [b, V] of one model; they count as done once committed.
+
+        `logprobs` is float32 (or already the cache dtype). `argmax` defaults to its argmax;
+        copies pass the source's, taken before the source was rounded.
+        """
+        prefix_indices = np.asarray(prefix_indices, dtype=np.int64)
+        if logprobs.shape != (prefix_indices.size, self.vocab_size):
+            raise ValueError(
+                f"expected logprobs of shape {(prefix_indices.size, self.vocab_size)}, "
+                f"got {logprobs.shape}"
+            )
+        stored_logprobs, stored_argmax = self._writable_maps()
+        if argmax is None:
+            argmax = logprobs.argmax(axis=-1)
+        if logprobs.dtype != stored_logprobs.dtype:
+            logprobs = cast(logprobs, stored_logprobs.dtype)
+        stored_logprobs[prefix_indices, model_index] = logprobs
+        stored_argmax[prefix_indices, model_index] = argmax
+        self.done[model_index, prefix_indices] = True
+        self._wrote = self._uncommitted = True
+        if time.monotonic() - self._last_commit >= self.commit_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        """Flush written rows to disk, then atomically mark them done in `done.npy`."""
+        if not self._uncommitted:
+            return
+        for array in self._writable_maps():
+            array.flush()
+        _atomic_save_npy(self.path / DONE_FILE, self.done)
+        self._uncommitted = False
+        self._last_commit = time.monotonic()
+
+    def is_done(self, model_index: int, prefix_index: int) -> bool:
+        return bool(self.done[model_index, prefix_index])
+
+    def pending(self, model_index: int) -> np.ndarray:
+        """Indices of the prefixes not yet written for model `model_index`, ascending."""
+        return np.flatnonzero(~self.done[model_index])
+
+    def finalize(self, verify: bool = True) -> FeatureCache:
+        """Open the finished cache; `verify` reads every row back from disk and checks it.
+
+        The check's result goes into meta.json: a cache that fails it never opens (and the next
+        run into it starts over). A cache checked before and not written to since is not read
+        again."""
+        self.commit()
+        self._maps = None
+        status = check_status(self.meta)
+        cache = FeatureCache(self.path, finished=False)  # refuses an incomplete cache
+        if not self._wrote and (status == CHECK_PASSED or status == CHECK_SKIPPED and not verify):
+            return cache
+        problem = cache.problem() if verify else None
+        record: dict = {"status": CHECK_PASSED if verify else CHECK_SKIPPED}
+        if problem is not None:
+            record = {"status": CHECK_FAILED, "problem": problem}
+        if self.meta.get("check") != record:
+            try:
+                write_json_atomic(self.path / META_FILE, {**self.meta, "check": record})
+            except OSError as e:
+                # A finished cache on a read-only disk needs no record; anything else does.
+                if problem is not None or status == CHECK_PENDING or self._wrote:
+                    raise CacheError(
+                        f"cannot record the full check of {self.path} in {META_FILE} "
+                        f"({e.strerror or e}); make the cache writable and rerun"
+                    ) from None
+            self.meta["check"] = record
+        if problem is not None:
+            raise CacheError(
+                f"{self.path} failed its full check ({problem}), so it is marked failed and will "
+                "not open; fix the cause and rerun the same command, which starts the cache over"
+            )
+        return FeatureCache(self.path)
+
+
+def create_cache(
+    path: str | os.PathLike,
+    *,
+    model_names: Sequence[str],
+    param_counts: Sequence[int],
+    prefixes: Sequence[str],
+    vocab_size: int,
+    tokenizer: str,
+    scales: Sequence[float] | None = None,
+    scale_axis: str = "parameters",
+    source: dict | None = None,
+    seed: int | None = None,
+    dtype: str = "float16",
+    extraction: dict | None = None,
+) -> CacheWriter:
+    """Start a cache at `path`, or reopen a partly written one of the same job.
+
+    Returns a writer; rows already marked done are kept, so callers write only `pending(m)`. A
+    rerun resumes only a cache of the same models (revisions included), prefixes, vocabulary,
+    dtype, parameter counts, scales and, where both runs record them, the extraction entries in
+    `RESUME_EXTRACTION_KEYS` (weights dtype, model configs, tokenizer, ...); anything else is
+    refused, except a cache that holds no rows yet or failed its full check, which starts over.
+    """
+    path = Path(path)
+    model_names, prefixes = [str(n) for n in model_names], [str(p) for p in prefixes]
+    if dtype not in CACHE_DTYPES:
+        raise CacheError(f"cache dtype {dtype!r} is not one of {CACHE_DTYPES}; pick one of them")
+    if not model_names:
+        raise CacheError("no models given; pass at least one model, the target last")
+    if len(param_counts) != len(model_names):
+        raise CacheError(
+            f"{len(model_names)} models but {len(param_counts)} parameter counts; "
+            "give one per model"
+        )
+    if any(
+        isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p <= 0 for p in param_counts
+    ):
+        raise CacheError(
+            f"parameter counts must be positive integers, got {list(param_counts)}; "
+            "pass --param-counts with one count per model"
+        )
+    scales = [float(s) for s in (param_counts if scales is None else scales)]
+    if len(scales) != len(model_names) or any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise CacheError(
+            f"scales must be one positive number per model, got {scales}; pass --scales with "
+            "one number per model"
+        )
+    if scale_axis not in SCALE_AXES:
+        raise CacheError(f"scale axis {scale_axis!r} is not one of {', '.join(SCALE_AXES)}")
+    if len(set(model_names)) != len(model_names):
+        raise CacheError(f"model names repeat in {model_names}; give each model once")
+    if not prefixes:
+        raise CacheError("no prefixes given; check the dataset and --num-prefixes")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        raise CacheError(f"vocabulary size must be an integer, got {vocab_size!r}")
+    if vocab_size < 1:
+        raise CacheError(f"vocabulary size must be at least 1, got {vocab_size}")
+    check_cache_destination(path)
+    # Through JSON, as a resumed cache's meta.json will be read back.
+    meta = json.loads(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "package_version": _package_version(),
+                "model_names": model_names,
+                "param_counts": [int(p) for p in param_counts],
+                "scale_axis": scale_axis,
+                "scales": scales,
+                "target_name": model_names[-1],
+                "tokenizer": str(tokenizer),
+                "vocab_size": int(vocab_size),
+                "num_prefixes": len(prefixes),
+                "source": source or {},
+                "seed": seed,
+                "dtype": dtype,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "extraction": {"host_python": platform.python_version(), **(extraction or {})},
+                "check": {"status": CHECK_PENDING},
+            },
+            default=_plain_json,
+        )
+    )
+    if (path / META_FILE).is_file():
+        if _resumable(path, meta, prefixes):
+            return CacheWriter(path)
+        for name in os.listdir(path):  # nothing of value in it: start over
+            if _is_ours(name):
+                (path / name).unlink()
+    if path.is_dir():
+        strangers = sorted(p.name for p in path.iterdir() if not _is_ours(p.name))
+        if strangers:
+            raise CacheError(
+                f"{path} is not empty and not a feature cache (holds {strangers[0]!r}); "
+                "pick another --out"
+            )
+    n, m = len(prefixes), len(model_names)
+    _check_free_space(path, n * m * (vocab_size * np.dtype(dtype).itemsize + 4 + 1))
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path / PREFIXES_FILE, prefixes)
+    # A crash before meta.json exists leaves only our own files, which the next run overwrites.
+    for name, shape, array_dtype in (
+        (LOGPROBS_FILE, (n, m, vocab_size), dtype),
+        (ARGMAX_FILE, (n, m), "int32"),
+    ):
+        array = np.lib.format.open_memmap(path / name, mode="w+", dtype=array_dtype, shape=shape)
+        array.flush()
+        del array
+    _atomic_save_npy(path / DONE_FILE, np.zeros((m, n), dtype=bool))
+    write_json_atomic(path / META_FILE, meta)
+    return CacheWriter(path)
+
+
+def _plain_json(value):
+    """numpy scalars (a count, a seed) as JSON numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _is_ours(name: str) -> bool:
+    """One of a cache's files, or a temporary of one (`atomic_file`'s NAME.*.tmp)."""
+    return name in CACHE_FILES or any(
+        name.startswith(f + ".") and name.endswith(".tmp") for f in CACHE_FILES
+    )
+
+
+def _check_free_space(path: Path, needed: int) -> None:
+    """Refuse a cache the disk cannot hold: its arrays are sparse files that fill as rows are
+    written, and a memory map that hits a full disk kills the process (SIGBUS)."""
+    existing = next((p for p in [path, *path.absolute().parents] if p.is_dir()), None)
+    if existing is None:
+        return
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise CacheError(
+            f"a cache of this size needs {needed / 2**30:.2f} GiB but {existing} has "
+            f"{free / 2**30:.2f} GiB free; free some space or pick another --out"
+        )
+
+
+def _resumable(path: Path, meta: dict, prefixes: list[str]) -> bool:
+    """Whether a rerun continues the cache at `path` (the same job); False if it may start over
+    (it holds no rows yet, or failed its full check); CacheError if it holds rows of another."""
+    old_meta, old_prefixes = read_cache_header(path)
+    if check_status(old_meta) == CHECK_FAILED:
+        return False
+    difference = _job_difference(old_meta, old_prefixes, meta, prefixes)
+    if difference is None:
+        return True
+    try:
+        started = bool(np.load(path / DONE_FILE).any())
+    except (OSError, ValueError):
+        started = True  # cannot tell: keep it
+    if not started:
+        return False
+    what, hint = difference
+    raise CacheError(
+        f"{path} already holds a cache with other {what}; {hint}, or pick another --out (the "
+        "cache keeps its rows)"
+    )
+
+
+def _job_difference(
+    old: dict, old_prefixes: list[str], new: dict, prefixes: list[str]
+) -> tuple[str, str] | None:
+    """(what differs, with both values; how to match it) between a cache and a rerun, or None."""
+    if old_prefixes != prefixes:
+        return (
+            f"prefixes ({len(old_prefixes)} vs {len(prefixes)} prefixes or different text)",
+            "rerun with the same --dataset, --num-prefixes, --seed and --shard",
+        )
+    old_extraction, new_extraction = old.get("extraction", {}), new["extraction"]
+    same = "rerun with the {} it was made with"
+    checks = [
+        ("models", "model_names", same.format("--suite, --models and --revision")),
+        ("vocabulary size", "vocab_size", "the target's tokenizer differs"),
+        ("dtype", "dtype", same.format("--cache-dtype")),
+        ("parameter counts", "param_counts", same.format("--param-counts")),
+        ("scale axis", "scale_axis", same.format("--scale-axis")),
+        ("scales", "scales", same.format("--scales")),
+        ("tokenizer", "tokenizer", "the target model differs"),
+    ]
+    defaults = {"scale_axis": "parameters", "scales": old["param_counts"]}
+    pairs = [(what, old.get(key, defaults.get(key)), new[key], hint) for what, key, hint in checks]
+    for key, (what, hint) in RESUME_EXTRACTION_KEYS.items():
+        if key in old_extraction and key in new_extraction:
+            pairs.append((what, old_extraction[key], new_extraction[key], hint))
+    for what, before, after, hint in pairs:
+        if before != after:
+            return f"{what} ({short_repr(before)} vs {short_repr(after)})", hint
+    return None
