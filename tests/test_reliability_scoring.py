@@ -18,6 +18,7 @@ from emergence_model.checkpoint import (
     load_strategy,
     save_checkpoint,
 )
+from emergence_model.commands.evaluate import main as evaluate
 from emergence_model.evaluate import (
     NOT_TRAINED,
     SEEN_BY_ALL,
@@ -25,9 +26,6 @@ from emergence_model.evaluate import (
     held_out_by,
     make_baselines,
     training_folds,
-)
-from emergence_model.evaluate import (
-    main as evaluate,
 )
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.splits import fold_splits
@@ -378,7 +376,7 @@ def script(monkeypatch):
         raise AssertionError("the demo was built before the flags were checked")
 
     monkeypatch.setattr("emergence_model.pipeline.fit_cross_fitted", record)
-    monkeypatch.setattr(module, "prepare_demo_caches", no_demo)
+    monkeypatch.setattr("emergence_model.commands.train.prepare_demo_caches", no_demo)
     module.runs = runs
     return module
 
