@@ -1,7 +1,9 @@
-"""`python -m emergence_model.study`: the study's command, emergence_model/commands/study.py.
+"""The emergence study: how emergent each prefix is, and what predicting the target buys.
 
     python -m emergence_model.study                  # the offline demo: reuses what train.py built
     python -m emergence_model.study --help           # every flag, made from the config dataclasses
+
+The same command as `emergence-model study`: emergence_model/commands/study.py.
 """
 
 from emergence_model.cli import exit_on_user_error
