@@ -16,7 +16,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -89,7 +89,8 @@ def add_config_arguments(
 
     A list field takes one or more values, and a repeated flag adds to them
     (`--cache a b` or `--cache a --cache b`). Field metadata: `choices` (the values allowed),
-    `flag` (another flag name than the field's) and `cli=False` (no flag).
+    `flag` (another flag name than the field's), `metavar` (how the help names a value) and
+    `cli=False` (no flag).
     """
     group = parser.add_argument_group(title or f"{cls.__name__} options")
     docs = field_docs(cls)
@@ -107,7 +108,9 @@ def add_config_arguments(
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
             continue
-        options["metavar"] = "PATH" if kind is Path else kind.__name__.upper()
+        options["metavar"] = f.metadata.get("metavar") or (
+            "PATH" if kind is Path else kind.__name__.upper()
+        )
         if "choices" in options:
             options.pop("metavar")
         if flag_type.many:
@@ -115,6 +118,38 @@ def add_config_arguments(
             # than extend it; config_from_args fills in the default.
             options.update(nargs="+", action="extend", default=argparse.SUPPRESS)
         group.add_argument(flag, type=kind, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagGroup:
+    """One group of a command's flags: the fields of a config dataclass, under a title."""
+
+    config: type
+    title: str
+    only_given: bool = False
+    """Flags not given are absent from the parsed namespace (see `add_config_arguments`)."""
+
+
+def add_flag_groups(parser: argparse.ArgumentParser, groups: Sequence[FlagGroup]) -> None:
+    """Every group's flags, in order: a command's whole command line."""
+    for group in groups:
+        add_config_arguments(parser, group.config, group.title, only_given=group.only_given)
+
+
+def command_parser(
+    prog: str, doc: str, groups: Sequence[FlagGroup], epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """A command's parser: the first paragraph of its docstring `doc` above the flags, the rest
+    (or `epilog`) below them, and the flags of `groups`."""
+    description, _, rest = doc.partition("\n\n")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=rest if epilog is None else epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_flag_groups(parser, groups)
+    return parser
 
 
 def given_fields(cls: type, args: argparse.Namespace) -> dict:

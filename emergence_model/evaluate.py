@@ -1,9 +1,5 @@
 """Evaluate strategies on a cache: agreement with the target's top token, with 95% intervals.
 
-    python -m emergence_model.evaluate --cache cache/glue-rte --checkpoint checkpoints/wiki.ckpt
-    python -m emergence_model.evaluate --cache cache/wikipedia --checkpoint CKPT --out reports/wiki
-    python -m emergence_model.evaluate --cache cache/glue-rte --checkpoint CKPT --calibrate 32
-
 For every strategy: top-1 and top-5 agreement with the target's argmax, the mean log-likelihood
 of the target's top token and KL(target || predicted) where the strategy has a distribution, each
 with a 95% bootstrap interval over prefixes; the share of easy prefixes (the largest small model
@@ -15,38 +11,26 @@ cache or in any other, is scored only by a network that never saw it: the fold's
 cross-fitted checkpoint; with --folds 1, prefixes the one network saw are left out. The summary's
 "rows" and "notes" say how many were scored which way.
 
-With --calibrate N, N prompts of a cache the network was not trained on calibrate it
-(`calibrate.py`: the target's outputs on them fit pools of the guides) and every strategy is scored
-on the other prompts, the calibrated network as one more; --out also gets calibration.json.
-
-The cache is read in chunks of rows, so a 20k x 7 x 50277 cache never sits in memory whole.
-Writes a table on screen and, with --out, results.json, results.md and agreement.png (report.py).
+The cache is read in chunks of rows, so a 20k x 7 x 50277 cache never sits in memory whole. The
+command line is `emergence-model evaluate` (commands/evaluate.py), which
+`python -m emergence_model.evaluate` runs too.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from emergence_model.cache import FeatureCache, check_cache_destination, open_cache
-from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel
-from emergence_model.checkpoint import (
-    CheckpointError,
-    build_predictor,
-    check_compatible,
-    load_checkpoint,
-)
-from emergence_model.cli import add_config_arguments, config_from_args, exit_on_user_error
+from emergence_model.cache import FeatureCache
+from emergence_model.checkpoint import build_predictor
+from emergence_model.cli import exit_on_user_error
 from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, training_folds
 from emergence_model.logprobs import floor_logprobs
 from emergence_model.model import PerTokenPredictor, candidate_ids
-from emergence_model.report import format_table, write_reports
 from emergence_model.speculative import sampled_acceptance
 from emergence_model.stats import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
 from emergence_model.strategies import STRATEGIES, NetworkStrategy, Strategy, baseline_names
@@ -367,121 +351,9 @@ def cross_fit_parts(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m emergence_model.evaluate",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="strategies:\n"
-        + "\n".join(
-            f"  {n:<12} {(c.__doc__ or '').strip().splitlines()[0]}" for n, c in STRATEGIES.items()
-        ),
-    )
-    parser.add_argument("--cache", required=True, help="cache directory (cache_features.py --out)")
-    parser.add_argument(
-        "--checkpoint", action="append", default=[], help="a trained network (repeatable)"
-    )
-    parser.add_argument("--out", help="directory for results.json, results.md, agreement.png")
-    parser.add_argument(
-        "--strategies", help="comma-separated baselines to score (default: all registered)"
-    )
-    parser.add_argument(
-        "--all-rows",
-        action="store_true",
-        help="score every prefix with the whole network, even those it was trained on",
-    )
-    add_config_arguments(parser, EvalConfig, "scoring (EvalConfig)")
-    args = parser.parse_args(argv)
-    config = config_from_args(EvalConfig, args)
-    if args.out:
-        check_cache_destination(args.out)
-
-    cache = open_cache(args.cache)
-    checkpoints = [(Path(p), load_checkpoint(p)) for p in args.checkpoint]
-    for _, checkpoint in checkpoints:
-        check_compatible(
-            checkpoint,
-            cache.model_names[:-1],
-            cache.vocab_size,
-            str(cache.path),
-            target_name=cache.target_name,
-        )
-    names = args.strategies.split(",") if args.strategies else None
-    try:
-        baselines = make_baselines(
-            names, checkpoints[0][1].get("baselines") if checkpoints else None
-        )
-    except TypeError as e:
-        raise CheckpointError(
-            f"{checkpoints[0][0]} holds baseline parameters this version does not take ({e}); "
-            "retrain it"
-        ) from None
-    folds = {path: training_folds(cache.prefixes, c) for path, c in checkpoints}
-    shared = [path for path, f in folds.items() if f is not None and (f != NOT_TRAINED).any()]
-    notes = [
-        f"{path.name} does not record its training prefixes: prefixes it was trained on are not "
-        "detected here (retrain it with this version)"
-        for path, f in folds.items()
-        if f is None
-    ]
-    if config.calibrate and (len(checkpoints) != 1 or shared):
-        parser.error(
-            "--calibrate takes one --checkpoint and a cache it was not trained on (a transfer "
-            "cache): drop --calibrate to score its training cache"
-        )
-    if shared and not args.all_rows:
-        if len(checkpoints) > 1:
-            parser.error(
-                f"{shared[0]} was trained on prefixes of this cache: evaluate it alone (each "
-                "prefix by the network that never saw it) or pass --all-rows"
-            )
-        path, checkpoint = checkpoints[0]
-        parts = cross_fit_parts(cache, checkpoint, baselines, folds[path])
-        if not parts:
-            raise ValueError(
-                f"every prefix of {cache.path} was seen by every network of {path} in training: "
-                "nothing is left to score fairly; pass --all-rows to score them anyway"
-            )
-        description, more = describe_folds(folds[path], f"{path.name}'s training prefixes")
-        notes += more
-    else:
-        strategies = dict(baselines)
-        for path, c in checkpoints:
-            key = "network" if len(checkpoints) == 1 else f"network:{path.stem}"
-            predictor = build_predictor(c)
-            strategies[key] = NetworkStrategy(predictor, c["model_names"], c["target_name"])
-        parts, description = [(None, strategies)], "all prefixes"
-        if config.calibrate:
-            rows, strategies, pool = calibrated_panel(
-                cache, strategies, config.calibrate, config.calibration_seed
-            )
-            parts = [(rows, strategies)]
-            description = f"the {len(rows)} prefixes not among the {config.calibrate} calibrating"
-        for path in shared:
-            seen = int((folds[path] != NOT_TRAINED).sum())
-            description = "all prefixes, --all-rows"
-            notes.append(
-                f"{seen} prefixes are in {path.name}'s training prefixes and were scored by "
-                "networks that saw them (--all-rows)"
-            )
-    summary = evaluate_cache(
-        cache,
-        parts,
-        rows_description=description,
-        chunk_rows=config.chunk_rows,
-        num_bootstrap=config.bootstrap,
-        seed=config.bootstrap_seed,
-    )
-    summary["notes"] = notes
-    title = Path(args.cache).name
-    print(format_table(summary, title))
-    if args.out:
-        for path in write_reports(args.out, [(title, summary)]):
-            print(f"wrote {path}")
-        if config.calibrate:
-            print(f"wrote {pool.save(Path(args.out) / CALIBRATION_FILE)}")
-    return summary
-
-
 if __name__ == "__main__":
+    # `python -m emergence_model.evaluate` runs this file as the module __main__, never as
+    # emergence_model.evaluate, so importing the command that imports this module is no cycle.
+    from emergence_model.commands.evaluate import main
+
     exit_on_user_error(main)

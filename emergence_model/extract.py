@@ -15,7 +15,7 @@ import json
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +52,8 @@ class ExtractConfig:
     """Prefixes per forward pass."""
     cache_dtype: str = "float16"
     """dtype of the stored log-probabilities: float16 or float32."""
-    progress: bool = True
-    """Show a progress bar per model."""
+    progress: bool = field(default=True, metadata={"cli": False})
+    """Show a progress bar per model (its flag: --progress/--no-progress, cli.RunOptions)."""
 
     def __post_init__(self) -> None:
         if self.device is not None:

@@ -1,9 +1,10 @@
 """Prefix sources: which texts the models continue.
 
-`PREFIX_SOURCES` maps a name to a loader; a new source is one entry, and its docstring is what
-`cache_features.py --help` shows. `load_prefixes` also takes a local file path or "hub:org/name".
-How a prefix is cut from raw text (the first 10-20 words, the RTE template, the task prompts) is
-`prompts.py`'s.
+`PREFIX_SOURCES` maps a name to a loader; a new source is one function with
+`@register_source("name")`, and its docstring is what `cache_features.py --help` shows (the
+offline demo's sources are registered by its plugin, `emergence_model.demo.registry`).
+`load_prefixes` also takes a local file path or "hub:org/name". How a prefix is cut from raw
+text (the first 10-20 words, the RTE template, the task prompts) is `prompts.py`'s.
 
 Every hub source also reads a local file in its hub dataset's format (`--data-file`: .jsonl,
 .json or .parquet records with the dataset's fields), so that it runs without the hub. The task
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from emergence_model.demo.prefix_sets import DEMO_SHOTS, demo_prefix_set
+from emergence_model import Registry
 from emergence_model.prompts import (
     COT_TEMPLATE,
     DEFAULT_SHOTS,
@@ -59,6 +60,21 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 PER_PREFIX_FIELDS = ("expected", "labels", "rows", "steps")
 
 Loader = Callable[["PrefixConfig", "Path | None"], tuple[list[str], dict]]
+PREFIX_SOURCES: Registry[Loader] = Registry("prefix source")
+FEWSHOT_SOURCES: Registry[Loader] = Registry("few-shot prefix source")
+"""The sources that take --shots: solved examples before each query."""
+
+
+def register_source(name: str, *, fewshot: bool = False) -> Callable[[Loader], Loader]:
+    """A decorator that registers a prefix source under `name` (`fewshot`: it takes --shots)."""
+
+    def add(loader: Loader) -> Loader:
+        PREFIX_SOURCES.add(name, loader)
+        if fewshot:
+            FEWSHOT_SOURCES.add(name, loader)
+        return loader
+
+    return add
 
 
 def read_records(path: Path, fields: Sequence[str], dataset: str) -> list[dict]:
@@ -126,6 +142,7 @@ def wikipedia_articles(config: PrefixConfig) -> Iterable[dict]:
     return rows
 
 
+@register_source("wikipedia")
 def wikipedia(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
     """First 10-20 words of English Wikipedia articles (wikimedia/wikipedia, streamed)."""
     num_prefixes = config.num_prefixes or DEFAULT_WIKIPEDIA_PREFIXES
@@ -136,6 +153,30 @@ def wikipedia(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list
     return prefixes, meta
 
 
+def _rte(config: PrefixConfig, shots: int) -> tuple[list[str], dict]:
+    split = config.split or "train"
+    rows = list(dataset_rows(GLUE_DATASET, split, config.data_file))
+    prefixes, answers = rte_fewshot_prefixes(rows, shots, config.seed)
+    meta = _dataset_meta(GLUE_DATASET, split, config.data_file)
+    meta.update(task="rte", template=RTE_TEMPLATE, shots=shots)
+    meta["labels"] = [int(r["label"]) for r in rows]
+    meta["expected"] = answers
+    return prefixes, meta
+
+
+@register_source("glue-rte")
+def glue_rte(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
+    """GLUE RTE pairs (nyu-mll/glue rte, --split) in the challenge's True-or-False template."""
+    return _rte(config, 0)
+
+
+@register_source("rte-fewshot", fewshot=True)
+def rte_fewshot(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
+    """GLUE RTE after --shots solved pairs (default 2) drawn from other rows, seeded."""
+    return _rte(config, config.resolved_shots())
+
+
+@register_source("induction")
 def induction(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
     """In-context copying: a Wikipedia passage of 12-40 words, then its first 2-6 words again."""
     num_prefixes = config.num_prefixes or DEFAULT_INDUCTION_PREFIXES
@@ -151,27 +192,7 @@ def induction(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list
     return prefixes, meta
 
 
-def _rte(config: PrefixConfig, shots: int) -> tuple[list[str], dict]:
-    split = config.split or "train"
-    rows = list(dataset_rows(GLUE_DATASET, split, config.data_file))
-    prefixes, answers = rte_fewshot_prefixes(rows, shots, config.seed)
-    meta = _dataset_meta(GLUE_DATASET, split, config.data_file)
-    meta.update(task="rte", template=RTE_TEMPLATE, shots=shots)
-    meta["labels"] = [int(r["label"]) for r in rows]
-    meta["expected"] = answers
-    return prefixes, meta
-
-
-def glue_rte(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
-    """GLUE RTE pairs (nyu-mll/glue rte, --split) in the challenge's True-or-False template."""
-    return _rte(config, 0)
-
-
-def rte_fewshot(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
-    """GLUE RTE after --shots solved pairs (default 2) drawn from other rows, seeded."""
-    return _rte(config, config.resolved_shots())
-
-
+@register_source("cot")
 def cot(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
     """Chain of thought: a GSM8K question (openai/gsm8k main), then j reference sentences.
 
@@ -193,39 +214,6 @@ def cot(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str],
     return prefixes, meta
 
 
-def _demo(kind: str, doc: str) -> Loader:
-    def load(config: PrefixConfig, suite_dir: Path | None = None) -> tuple[list[str], dict]:
-        shots = config.resolved_shots(DEMO_SHOTS) if kind == "rte-fewshot" else None
-        prefixes, meta = demo_prefix_set(kind, suite_dir, seed=config.seed, shots=shots)
-        return prefixes, {
-            "dataset": f"demo-{kind}",
-            "suite_dir": str(suite_dir or ""),
-            "seed": config.seed,
-            **meta,
-        }
-
-    load.__doc__ = doc
-    return load
-
-
-PREFIX_SOURCES: dict[str, Loader] = {
-    "wikipedia": wikipedia,
-    "glue-rte": glue_rte,
-    "rte-fewshot": rte_fewshot,
-    "induction": induction,
-    "cot": cot,
-    "demo-wiki": _demo(
-        "wiki", "Wikipedia-style prefixes of the demo suite's own corpus (offline)."
-    ),
-    "demo-rte": _demo("rte", "RTE-template prefixes of the demo suite's own corpus (offline)."),
-    "demo-rte-fewshot": _demo(
-        "rte-fewshot", "The demo's RTE-template prompts after --shots solved ones (1; offline)."
-    ),
-    "demo-induction": _demo(
-        "induction", "In-context copying prompts from the demo suite's own corpus (offline)."
-    ),
-}
-FEWSHOT_SOURCES = ("rte-fewshot", "demo-rte-fewshot")
 HUB_SOURCES = ("wikipedia", "glue-rte", "rte-fewshot", "induction", "cot")
 
 

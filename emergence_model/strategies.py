@@ -18,11 +18,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from emergence_model import Registry
 from emergence_model.logprobs import PROB_FLOOR, as_tensor, floor_logprobs, probs_to_logprobs
 from emergence_model.model import PerTokenPredictor
 from emergence_model.suites import resolve_param_counts
 
-STRATEGIES: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 # Rows per chunk when a strategy is fitted on a cache.
 FIT_CHUNK_ROWS = 128
@@ -30,10 +31,8 @@ FIT_CHUNK_ROWS = 128
 
 def register(name: str):
     def add(cls: type[Strategy]) -> type[Strategy]:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is registered twice")
+        STRATEGIES.add(name, cls)
         cls.name = name
-        STRATEGIES[name] = cls
         return cls
 
     return add

@@ -1,17 +1,19 @@
 """Model suites: which models are cached, in order of size, the target last.
 
-A suite is one entry in `SUITES`; its function's docstring is what `cache_features.py --help` shows.
+A suite is a function `(revision, suite_dir) -> Suite` registered with `@register_suite("name")`
+in `SUITES`; its docstring is what `cache_features.py --help` shows. The offline demo's suites
+(demo, demo-steps, demo-ceiling) are registered by its plugin, `emergence_model.demo.registry`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from emergence_model import Registry
 from emergence_model.cache import SCALE_AXES
-from emergence_model.demo.config import read_suite_record, short_count, suite_path
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ class Suite:
         """Model `index`'s scale, given its parameter count (the scale of a ladder of sizes)."""
         known = self.scales[index] if self.scales else None
         return float(param_count if known is None else known)
+
+
+SuiteFactory = Callable[..., Suite]
+SUITES: Registry[SuiteFactory] = Registry("suite")
+register_suite = SUITES.register
 
 
 # Pythia's batches: 1024 sequences of 2048 tokens a step (its model cards).
@@ -189,102 +196,42 @@ def _pythia(name: str, suffix: str, revision: str | None, description: str) -> S
     )
 
 
+@register_suite("pythia")
 def pythia(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
     """EleutherAI Pythia 70m, 160m, 410m, 1b, 1.4b, 2.8b and the target 12b (the challenge's)."""
     return _pythia("pythia", "", revision, pythia.__doc__)
 
 
+@register_suite("pythia-deduped")
 def pythia_deduped(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
     """The same ladder trained on the deduplicated Pile (EleutherAI/pythia-*-deduped)."""
     return _pythia("pythia-deduped", "-deduped", revision, pythia_deduped.__doc__)
 
 
-def built_demo(name: str, revision: str | None, suite_dir: Path | None) -> tuple[Path, dict]:
-    """The directory and record of a finished demo suite; refused in one line if not built."""
+# Pythia-1b's checkpoints doubling from step 1000 (2.1B tokens), the final one the target.
+PYTHIA_STEPS_LADDER = (1000, 2000, 4000, 8000, 16000, 32000, 143000)
+
+
+@register_suite("pythia-1b-steps")
+def pythia_1b_steps(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
+    """Pythia-1b along its training: step1000 ... step32000, the target the final step143000."""
     if revision is not None:
-        raise ValueError(f"the {name} suite has no revisions; drop --revision")
-    suite_dir = suite_path(suite_dir)
-    record = read_suite_record(suite_dir)
-    models = record.get("models", [])
-    built = record.get("status") == "complete" and all(
-        (suite_dir / m["directory"]).is_dir() for m in models
-    )
-    if not built:
-        raise ValueError(
-            f"the demo suite in {suite_dir} is not built; build it with `python -m "
-            f"emergence_model.demo build --suite-dir {suite_dir}` (or `python train.py`, which "
-            "builds it)"
-        )
-    return suite_dir, record
-
-
-def demo(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
-    """Small GPT-NeoX models trained on CPU (python -m emergence_model.demo build; --suite-dir)."""
-    suite_dir, record = built_demo("demo", revision, suite_dir)
-    models = record["models"]
-    return Suite(
-        name="demo",
-        model_ids=tuple(str(suite_dir / m["directory"]) for m in models),
-        param_counts=tuple(m["param_count"] for m in models),
-        description=(
-            f"{len(models)} GPT-NeoX models ({short_count(models[0]['param_count'])} "
-            f"to {short_count(models[-1]['param_count'])}) trained on "
-            f"{record['corpus']['source']} in {suite_dir}"
-        ),
+        raise ValueError("pythia-1b-steps is a ladder of revisions; drop --revision")
+    return custom_suite(
+        [f"EleutherAI/pythia-1b@step{step}" for step in PYTHIA_STEPS_LADDER],
+        name="pythia-1b-steps",
+        description=pythia_1b_steps.__doc__,
     )
 
 
-def demo_steps(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
-    """The demo's target along its training: its kept checkpoints, the final one the target."""
-    suite_dir, record = built_demo("demo-steps", revision, suite_dir)
-    target = record["models"][-1]
-    checkpoints = target.get("checkpoints") or []
-    if not checkpoints or not all((suite_dir / c["directory"]).is_dir() for c in checkpoints):
-        raise ValueError(
-            f"the demo suite in {suite_dir} kept no checkpoints of its target (built before they "
-            "were kept, or with --target-checkpoints 0); build a new one with `python -m "
-            "emergence_model.demo caches --suite-dir NEW_DIR`"
-        )
-    models = [*checkpoints, target]
-    return Suite(
-        name="demo-steps",
-        model_ids=tuple(str(suite_dir / m["directory"]) for m in models),
-        param_counts=(target["param_count"],) * len(models),
-        scale_axis="tokens",
-        scales=tuple(float(m["tokens_seen"]) for m in models),
-        description=(
-            f"{target['name']} after {', '.join(str(c['step']) for c in checkpoints)} and "
-            f"{target['steps']} steps of its training in {suite_dir}"
-        ),
-    )
-
-
-def demo_ceiling(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
-    """The demo's target trained again from another seed, then the target: the noise ceiling."""
-    suite_dir, record = built_demo("demo-ceiling", revision, suite_dir)
-    target, replica = record["models"][-1], record.get("replica")
-    if replica is None or not (suite_dir / replica["directory"]).is_dir():
-        raise ValueError(
-            f"the demo suite in {suite_dir} has no second training of its target; train it with "
-            f"`python -m emergence_model.demo caches --suite-dir {suite_dir}`"
-        )
-    return Suite(
-        name="demo-ceiling",
-        model_ids=(str(suite_dir / replica["directory"]), str(suite_dir / target["directory"])),
-        param_counts=(replica["param_count"], target["param_count"]),
-        description=(
-            f"{target['name']} trained again with seed {replica['seed']} (another initialisation "
-            f"and batch order), then the target, in {suite_dir}"
-        ),
-    )
-
-
+@register_suite("polypythias")
 def polypythia(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
     """Pythia 14m, 31m, 70m, 160m and the target 410m, whose other seeds are on the hub."""
     ids = [f"EleutherAI/pythia-{size}" for size in POLYPYTHIA_LADDER]
     return custom_suite(ids, revision, name="polypythias", description=polypythia.__doc__)
 
 
+@register_suite("polypythias-ceiling")
 def polypythia_ceiling(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
     """Pythia-410m trained from seed 1 (PolyPythias), then the target pythia-410m: the ceiling."""
     ids = ["EleutherAI/pythia-410m-seed1", "EleutherAI/pythia-410m"]
@@ -294,21 +241,6 @@ def polypythia_ceiling(revision: str | None = None, suite_dir: Path | None = Non
         scale_axis="parameters",
         name="polypythias-ceiling",
         description=polypythia_ceiling.__doc__,
-    )
-
-
-# Pythia-1b's checkpoints doubling from step 1000 (2.1B tokens), the final one the target.
-PYTHIA_STEPS_LADDER = (1000, 2000, 4000, 8000, 16000, 32000, 143000)
-
-
-def pythia_1b_steps(revision: str | None = None, suite_dir: Path | None = None) -> Suite:
-    """Pythia-1b along its training: step1000 ... step32000, the target the final step143000."""
-    if revision is not None:
-        raise ValueError("pythia-1b-steps is a ladder of revisions; drop --revision")
-    return custom_suite(
-        [f"EleutherAI/pythia-1b@step{step}" for step in PYTHIA_STEPS_LADDER],
-        name="pythia-1b-steps",
-        description=pythia_1b_steps.__doc__,
     )
 
 
@@ -354,18 +286,6 @@ def custom_suite(
     )
 
 
-SUITES: dict[str, Callable[..., Suite]] = {
-    "pythia": pythia,
-    "pythia-deduped": pythia_deduped,
-    "pythia-1b-steps": pythia_1b_steps,
-    "polypythias": polypythia,
-    "polypythias-ceiling": polypythia_ceiling,
-    "demo": demo,
-    "demo-steps": demo_steps,
-    "demo-ceiling": demo_ceiling,
-}
-
-
 def get_suite(name: str, *, revision: str | None = None, suite_dir: Path | None = None) -> Suite:
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; pick one of {', '.join(SUITES)}")
@@ -391,8 +311,9 @@ class SuiteConfig:
     scales: str | None = None
     """Comma-separated scale of each model along --scale-axis (default: parameter counts; the
     training tokens of Pythia's stepN revisions)."""
-    suite_dir: Path | None = None
-    """Where the demo suite lives (default: the user cache dir)."""
+    suite_dir: Path | None = field(default=None, metadata={"cli": False})
+    """Where the demo suite lives (default: the user cache dir); its flag is --suite-dir, one of
+    the options every command shares (cli.RunOptions)."""
 
     def __post_init__(self) -> None:
         self.counts()  # refuse malformed numbers before anything runs

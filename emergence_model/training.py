@@ -19,7 +19,7 @@ import pickle
 import shutil
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +99,8 @@ class TrainConfig:
     """Lightning precision, e.g. 32-true or bf16-mixed."""
     fast_dev_run: bool = False
     """Run one training and one validation batch only (a smoke test)."""
-    progress: bool = True
-    """Show Lightning's progress bar."""
+    progress: bool = field(default=True, metadata={"cli": False})
+    """Show Lightning's progress bar (its flag: --progress/--no-progress, cli.RunOptions)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -16,7 +16,8 @@ from emergence_model.calibrate import (
     guide_names,
 )
 from emergence_model.checkpoint import save_checkpoint
-from emergence_model.evaluate import main, score_rows
+from emergence_model.commands.evaluate import main
+from emergence_model.evaluate import score_rows
 from emergence_model.folds import prefix_digest
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.pipeline import check_calibration

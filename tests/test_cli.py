@@ -1,12 +1,17 @@
 import argparse
+import ast
 import importlib
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+import emergence_model
 from emergence_model.cache import CacheError
 from emergence_model.cli import (
+    FlagGroup,
     RunOptions,
     add_config_arguments,
     config_from_args,
@@ -14,6 +19,10 @@ from emergence_model.cli import (
     field_docs,
     given_fields,
 )
+from emergence_model.commands import COMMANDS
+from emergence_model.commands import main as emergence_model_command
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -89,9 +98,11 @@ def test_only_given_flags_leave_the_rest_to_a_base():
     [
         "train",
         "cache_features",
-        "emergence_model.evaluate",
+        "emergence_model.commands.evaluate",
         "emergence_model.demo.__main__",
         "emergence_model.study.__main__",
+        *(f"emergence_model.commands.{name}" for name in COMMANDS),
+        "emergence_model.commands",
     ],
 )
 def test_every_command_prints_its_help(module, capsys):
@@ -131,3 +142,66 @@ def test_run_options_are_one_group_every_command_shares():
     assert options == RunOptions(threads=1, progress=False)
     with pytest.raises(ValueError, match="--threads"):
         RunOptions(threads=0)
+
+
+def test_the_dispatcher_hands_a_command_its_own_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        emergence_model_command(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: emergence-model train") and "--train-cache" in text
+    with pytest.raises(SystemExit) as exit_info:
+        emergence_model_command(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(f"  {name} " in text for name in COMMANDS)
+    with pytest.raises(SystemExit) as exit_info:
+        emergence_model_command(["fly"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv", [["-m", "emergence_model", "evaluate", "--help"], ["-m", "emergence_model.evaluate"]]
+)
+def test_python_dash_m_runs_the_commands(argv):
+    run = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: emergence-model evaluate") and "--checkpoint" in run.stdout
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every flag of a parser and of its subcommands' parsers."""
+    flags = set()
+    for action in parser._actions:
+        flags.update(action.option_strings)
+        for sub in (getattr(action, "choices", None) or {}).values():
+            if isinstance(sub, argparse.ArgumentParser):
+                flags |= option_strings(sub)
+    return flags
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_flag_of_a_command_is_a_field_of_its_config_dataclasses(name):
+    module = importlib.import_module(f"emergence_model.commands.{name}")
+    expected = {"-h", "--help"}
+    for group in module.FLAGS:
+        assert isinstance(group, FlagGroup)
+        parser = argparse.ArgumentParser(add_help=False)
+        add_config_arguments(parser, group.config)
+        expected |= option_strings(parser)
+    assert option_strings(module.make_parser()) == expected
+
+
+def test_no_product_code_adds_a_flag_by_hand():
+    """Flags come from config dataclasses (cli.py); only the dispatcher names its command."""
+    package = Path(emergence_model.__file__).parent
+    allowed = {package / "cli.py", package / "commands" / "__init__.py"}
+    sources = [*package.rglob("*.py"), ROOT / "train.py", ROOT / "cache_features.py"]
+    by_hand = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in sources
+        if path not in allowed
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "add_argument"
+    ]
+    assert not by_hand, f"flags added by hand: {', '.join(by_hand)}"

@@ -193,6 +193,6 @@ def test_the_study_with_no_arguments_studies_both_demo_ladders_and_reuses_them(
     def fail(*args, **kwargs):
         raise AssertionError("a network trained again")
 
-    monkeypatch.setattr("emergence_model.study.demo.train_and_evaluate", fail)
+    monkeypatch.setattr("emergence_model.demo.study.train_and_evaluate", fail)
     again = study(args)
     assert again[0]["sets"][0]["emergence"] == first[0]["sets"][0]["emergence"]

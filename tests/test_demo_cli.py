@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from emergence_model.demo.__main__ import config_from_args, main, make_parser
+from emergence_model.commands.demo import demo_config, main, make_parser
 from emergence_model.demo.config import DemoConfig
 
 pytestmark = pytest.mark.usefixtures("stdlib_subtree")
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("stdlib_subtree")
 def test_cli_build_prints_the_suite_and_refuses_a_changed_config(demo_suite_dir, capsys):
     copy = demo_suite_dir.parent / "cli-copy"
     shutil.copytree(demo_suite_dir, copy)
-    assert main(["build", "--suite-dir", str(copy), "--quiet"]) == 0
+    assert main(["build", "--suite-dir", str(copy), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "demo-" in out and "valid loss" in out
     with pytest.raises(SystemExit) as exit_info:
@@ -25,9 +25,9 @@ def test_cli_build_prints_the_suite_and_refuses_a_changed_config(demo_suite_dir,
 def test_flags_are_demo_config_fields_and_only_given_ones_count(tmp_path):
     parser = make_parser()
     args = parser.parse_args(["build", "--suite-dir", str(tmp_path)])
-    assert config_from_args(args) is None  # an existing suite keeps its own
+    assert demo_config(args) is None  # an existing suite keeps its own
     args = parser.parse_args(["caches", "--steps", "70", "--corpus", "wiki.txt"])
-    config = config_from_args(args)
+    config = demo_config(args)
     assert config.steps == 70 and config.batch_size == DemoConfig().batch_size
     assert config.corpus == str(Path("wiki.txt").resolve())  # recorded absolute
     with pytest.raises(SystemExit):

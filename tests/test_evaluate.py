@@ -6,7 +6,8 @@ import torch
 from synthetic_cache import write_synthetic_cache
 
 from emergence_model.checkpoint import save_checkpoint
-from emergence_model.evaluate import EvalConfig, main, make_baselines, score_rows, summarize
+from emergence_model.commands.evaluate import main
+from emergence_model.evaluate import EvalConfig, make_baselines, score_rows, summarize
 from emergence_model.folds import fold_splits
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import MeanProbability, NetworkStrategy

@@ -27,13 +27,32 @@ def module_names() -> dict[str, Path]:
     return names
 
 
+def is_script_guard(node: ast.stmt) -> bool:
+    """Whether `node` is `if __name__ == "__main__":`."""
+    test = getattr(node, "test", None)
+    return (
+        isinstance(node, ast.If)
+        and isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and [type(c) for c in test.comparators] == [ast.Constant]
+        and test.comparators[0].value == "__main__"
+    )
+
+
 def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The package's modules that `name` imports anywhere in its source (module level, inside
-    functions, relative imports resolved), and the packages that importing them runs first."""
+    functions, relative imports resolved), and the packages that importing them runs first.
+
+    Not what a module imports under `if __name__ == "__main__":`: that code runs only when the
+    file is run as a script (`python -m emergence_model.evaluate`), as the module `__main__`, a
+    module other than `name`, which nothing imports back."""
     is_package = path.name == "__init__.py"
     here = name if is_package else name.rpartition(".")[0]
     targets = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = (n for top in tree.body if not is_script_guard(top) for n in ast.walk(top))
+    for node in nodes:
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -137,11 +156,55 @@ def test_the_demo_package_imports_downwards_only():
     def importers(target: str) -> set[str]:
         return {module for module, imports in graph.items() if target in imports}
 
-    # only the entry points above the demo use its builder: the demo's command and the study's
-    # default run; the registries and the core never do
-    entry_points = {f"{demo}.__main__"} | {m for m in graph if m.startswith(f"{PACKAGE}.study.")}
+    # only the entry points above the demo use its builder: the commands and the study's default
+    # run on the demo (demo.study); the registries and the core never do
+    entry_points = {m for m in graph if m.startswith(f"{PACKAGE}.commands.")} | {f"{demo}.study"}
     assert importers(f"{demo}.caches") <= entry_points
     assert importers(f"{demo}.build") <= {f"{demo}.caches"} | entry_points
+
+
+def test_the_graph_leaves_out_what_a_script_guard_imports(tmp_path):
+    source = 'from . import b\n\nif __name__ == "__main__":\n    from . import c\n'
+    (tmp_path / "a.py").write_text(source)
+    modules = {f"{PACKAGE}.a": Path(), f"{PACKAGE}.b": Path(), f"{PACKAGE}.c": Path()}
+    assert imported_modules(f"{PACKAGE}.a", tmp_path / "a.py", modules) == {f"{PACKAGE}.b"}
+
+
+def is_core(module: str) -> bool:
+    """Everything but the demo (a plugin), the commands and the `python -m` shims is the core."""
+    outside = (f"{PACKAGE}.demo", f"{PACKAGE}.commands")
+    return not module.startswith(outside) and not module.endswith("__main__")
+
+
+def test_the_core_imports_neither_the_demo_nor_the_commands():
+    graph = import_graph()
+    outside = (f"{PACKAGE}.demo", f"{PACKAGE}.commands")
+    core = [module for module in graph if is_core(module)]
+    assert f"{PACKAGE}.suites" in core and f"{PACKAGE}.study.ladder" in core
+    wrong = {m: sorted(i for i in graph[m] if i.startswith(outside)) for m in core}
+    assert not {m: i for m, i in wrong.items() if i}, "the core imports the demo or a command"
+
+
+def test_importing_the_core_loads_no_plugin_and_no_command():
+    """The demo registers itself when a registry is first read, not when the core is imported."""
+    core = sorted(m for m in module_names() if is_core(m))
+    code = (
+        f"import sys; import {', '.join(core)}; "
+        "print(sorted(m for m in sys.modules if m.startswith(('emergence_model.demo', "
+        "'emergence_model.commands'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_registries_load_the_demo_plugin_when_read():
+    code = (
+        "import sys; from emergence_model.suites import SUITES; "
+        "print('emergence_model.demo.registry' in sys.modules, 'demo' in SUITES, "
+        "'emergence_model.demo.registry' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
 
 
 def test_no_import_cycles():
@@ -149,7 +212,9 @@ def test_no_import_cycles():
     assert not cycles, f"import cycles: {describe(cycles)}"
 
 
-@pytest.mark.parametrize("module", [f"{PACKAGE}.demo.config", f"{PACKAGE}.suites"])
+@pytest.mark.parametrize(
+    "module", [f"{PACKAGE}.demo.config", f"{PACKAGE}.suites", f"{PACKAGE}.demo.registry"]
+)
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -75,7 +75,7 @@ def test_demo_sources_call_the_demo_prefix_sets(monkeypatch, tmp_path):
         prefixes = [f"{kind} {i} {suite_dir} {seed}" for i in range(5)]
         return prefixes, {"expected": [f" e{i}" for i in range(5)]}
 
-    monkeypatch.setattr("emergence_model.prefixes.demo_prefix_set", fake)
+    monkeypatch.setattr("emergence_model.demo.registry.demo_prefix_set", fake)
     got, meta = load_prefixes(PrefixConfig("demo-rte", num_prefixes=2, seed=3), tmp_path)
     assert got == [f"rte 0 {tmp_path} 3", f"rte 1 {tmp_path} 3"]
     assert meta["dataset"] == "demo-rte" and meta["seed"] == 3

@@ -140,7 +140,7 @@ def test_a_cache_that_fails_its_check_never_opens_and_the_rerun_starts_over(tmp_
             opening()
     code, err = run_cli(capsys, "--verify", path)
     assert code == 2 and "failed its full check" in one_line(err)
-    from emergence_model.evaluate import main as evaluate
+    from emergence_model.commands.evaluate import main as evaluate
 
     with pytest.raises(CacheError, match="failed its full check"):
         evaluate(["--cache", str(path)])

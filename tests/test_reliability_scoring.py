@@ -18,10 +18,8 @@ from emergence_model.checkpoint import (
     load_strategy,
     save_checkpoint,
 )
+from emergence_model.commands.evaluate import main as evaluate
 from emergence_model.evaluate import cross_fit_parts, make_baselines
-from emergence_model.evaluate import (
-    main as evaluate,
-)
 from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, fold_splits, held_out_by, training_folds
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import baseline_names, make_strategy
@@ -371,7 +369,7 @@ def script(monkeypatch):
         raise AssertionError("the demo was built before the flags were checked")
 
     monkeypatch.setattr("emergence_model.pipeline.fit_cross_fitted", record)
-    monkeypatch.setattr(module, "prepare_demo_caches", no_demo)
+    monkeypatch.setattr("emergence_model.commands.train.prepare_demo_caches", no_demo)
     module.runs = runs
     return module
 

@@ -191,7 +191,7 @@ def test_copying_is_split_by_whether_the_target_copies(ladder, tiny_suite, tmp_p
 
 
 def test_the_demo_study_trains_again_a_checkpoint_of_an_older_training(ladder, tmp_path):
-    from emergence_model.study.demo import trained_on
+    from emergence_model.demo.study import trained_on
 
     assert trained_on(ladder["ckpt"], ladder["wiki"].path)
     assert not trained_on(ladder["ckpt"], ladder["rte"].path)  # another cache
@@ -209,7 +209,7 @@ def test_the_demo_study_trains_again_a_checkpoint_of_an_older_training(ladder, t
 
 
 def test_the_demo_study_trains_again_its_own_network_of_older_defaults(ladder, monkeypatch):
-    from emergence_model.study import demo
+    from emergence_model.demo import study as demo
 
     path = ladder["wiki"].path
     assert demo.trained_on(ladder["ckpt"], path)  # train.py's network: reused, whatever its flags

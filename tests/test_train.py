@@ -87,7 +87,7 @@ def test_train_evaluates_in_domain_and_on_transfer_and_saves_a_challenge_strateg
         assert (tmp_path / "run" / "report" / name).is_file()
 
     # the evaluation command finds the same held-out scores from the checkpoint alone
-    from emergence_model.evaluate import main as evaluate
+    from emergence_model.commands.evaluate import main as evaluate
 
     again = evaluate(["--cache", str(train.path), "--checkpoint", str(out), "--bootstrap", "50"])
     assert again["num_prefixes"] == 120
@@ -131,7 +131,9 @@ def test_no_arguments_runs_the_demo(caches, tmp_path, monkeypatch):
         return train.path, transfer.path
 
     script = load_train_script()
-    monkeypatch.setattr(script, "prepare_demo_caches", fake_prepare_demo_caches)
+    monkeypatch.setattr(
+        "emergence_model.commands.train.prepare_demo_caches", fake_prepare_demo_caches
+    )
     monkeypatch.chdir(tmp_path)
     panels = script.main(FAST)  # no cache given: the demo
     assert calls == [None]

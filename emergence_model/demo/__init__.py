@@ -33,9 +33,13 @@ One job per module, each importing only those above it:
     prefix_sets.py  the prefix sets (wiki, rte, rte-fewshot, induction), from the documents
     pretrain.py     the pretraining loop every model of the ladder goes through
     build.py        the ladder: plan, train, save and score each model; suite.json
+    registry.py     the plugin: the demo's suites and prefix sources, registered with the core's
+                    registries (loaded by name when a registry is first read)
     caches.py       build the suite, then cache it through the registries and `extract_suite`
     summary.py      what the caches show at a glance: expected-token curves, the noise ceiling
-    __main__.py     the command line
+    study.py        the study's default run on the demo: its ladders and networks
+    __main__.py     `python -m emergence_model.demo`, the command emergence_model/commands/demo.py
 
-This file imports none of them, so that `emergence_model.demo.config` costs no torch.
+The core imports none of them; this file imports none of them either, so that
+`emergence_model.demo.config` costs no torch.
 """

@@ -8,5 +8,7 @@
 3. Where does emergence live: the same measures on every prefix set (in-context copying,
    few-shot prompts, chain of thought) and along training time, beside a noise ceiling.
 
-`python -m emergence_model.study` runs it (`__main__.py`); `ladder.study_ladder` is the API.
+`emergence-model study` (emergence_model/commands/study.py; `python -m emergence_model.study`)
+runs it; `ladder.study_ladder` is the API. Its default run on the offline demo is the demo's
+(emergence_model/demo/study.py): this package imports no demo module.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emergence_model.evaluate import EvalConfig
 from emergence_model.stats import DEFAULT_BOOTSTRAP
 
 CASCADE_LEVELS = (0.95, 0.99)
@@ -38,7 +39,7 @@ class StudyConfig:
     """Bootstrap resamples behind every 95% interval."""
     seed: int = 0
     """Seed of the folds (when not the checkpoint's), the bootstrap and sampled generation."""
-    chunk_rows: int = 64
+    chunk_rows: int = EvalConfig.chunk_rows
     """Prefixes read from a cache and scored at a time."""
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """The study's default run on the offline demo: two ladders, the sets they are studied on, and
 the checkpoints, reused where `python train.py` (or an earlier study, with the current defaults)
-made them, trained where missing.
+made them, trained where missing. `emergence-model study` with no checkpoint and no cache runs it.
 
 - demo-size: the demo suite's ladder of sizes, on demo-wiki (the reference set), demo-rte,
   demo-induction and demo-rte-fewshot, with the network train.py makes on demo-wiki;
@@ -23,6 +23,10 @@ from emergence_model.evaluate import EvalConfig
 from emergence_model.model import PREDICTOR_DESIGN, PredictorConfig
 from emergence_model.pipeline import DEMO_CHECKPOINT, train_and_evaluate
 from emergence_model.training import TrainConfig
+
+# The demo's models are on disk and small: its study also trains the cheaper drafts and decodes
+# for real. Everything else is StudyConfig's defaults.
+DEMO_SETTINGS = {"subset_networks": True, "generate_prompts": 24}
 
 
 def default_settings() -> tuple[dict, dict]:
@@ -85,10 +89,10 @@ def ensure_checkpoint(
     return out
 
 
-def demo_ladders(suite_dir: str | Path | None, out: Path) -> list[dict]:
+def demo_ladders(suite_dir: str | Path | None, out: Path, progress: bool = True) -> list[dict]:
     """The ladders of the demo's study, everything missing built (the suite, the target's second
     training, every cache, the networks)."""
-    caches = prepare_demo_study_caches(suite_path(suite_dir))
+    caches = prepare_demo_study_caches(suite_path(suite_dir), progress=progress)
     size = [caches.size[d] for d in SIZE_DATASETS]
     own = out / "work" / "checkpoints"
     ladders = [
