@@ -4,7 +4,7 @@ import torch
 from synthetic_cache import write_synthetic_cache
 
 from emergence_model.evaluate import score_rows
-from emergence_model.model import floor_logprobs
+from emergence_model.logprobs import floor_logprobs
 from emergence_model.stats import bootstrap_ci, difference_with_ci, kl_rows, mean_with_ci
 from emergence_model.strategies import STRATEGIES
 

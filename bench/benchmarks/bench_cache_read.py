@@ -1,7 +1,7 @@
 """Random-batch read throughput: `FeatureCache.rows` against raw numpy memory-map fancy indexing.
 
-    python bench/bench_cache_read.py                          # 512 x 7 x 50277 float16, ~360 MB
-    python bench/bench_cache_read.py --num-prefixes 2048 --batch-size 64 --rounds 100
+    python -m bench.benchmarks.bench_cache_read --threads 1     # 512 x 7 x 50277 float16, ~360 MB
+    python -m bench.benchmarks.bench_cache_read --num-prefixes 2048 --batch-size 64 --rounds 100
 
 Both read the same `logprobs.npy` in one run, batch by batch with the same random indices, in
 alternating order so that both see the same page cache and machine load. Three comparisons:
@@ -11,20 +11,43 @@ alternating order so that both see the same page cache and machine load. Three c
 - `rows(idx)` float32 vs raw cache-dtype fancy indexing, for reference (it writes twice the bytes).
 
 The file is read once before timing, so this measures the page-cache (warm) case, where any
-overhead of `rows` shows most; a cache bigger than RAM is bound by the disk for both.
+overhead of `rows` shows most; a cache bigger than RAM is bound by the disk for both. The timings
+go to docs/results/bench_cache_read.md and .json.
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import start_run
 from emergence_model.cache import LOGPROBS_FILE, create_cache
+from emergence_model.cli import exit_on_user_error
+from emergence_model.results import Section
+
+
+@dataclass
+class CacheReadConfig:
+    """The cache's shape and the reads timed."""
+
+    num_prefixes: int = 512
+    """Prefixes (rows) in the cache."""
+    num_models: int = 7
+    """Models per row."""
+    vocab_size: int = 50277
+    """Vocabulary size."""
+    dtype: str = field(default="float16", metadata={"choices": ["float16", "float32"]})
+    """The cache's dtype."""
+    batch_size: int = 32
+    """Random rows read per batch."""
+    rounds: int = 60
+    """Timed batches per reader (the median is reported)."""
 
 
 def build_cache(path: Path, num_prefixes: int, num_models: int, vocab_size: int, dtype: str):
@@ -47,22 +70,15 @@ def build_cache(path: Path, num_prefixes: int, num_models: int, vocab_size: int,
     return writer.finalize(verify=False)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-prefixes", type=int, default=512)
-    parser.add_argument("--num-models", type=int, default=7)
-    parser.add_argument("--vocab-size", type=int, default=50277)
-    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def main(argv: Sequence[str] | None = None) -> None:
+    (config,), run = start_run(__file__, __doc__, argv, CacheReadConfig)
     with tempfile.TemporaryDirectory() as tmp:
         cache = build_cache(
-            Path(tmp) / "cache", args.num_prefixes, args.num_models, args.vocab_size, args.dtype
+            Path(tmp) / "cache",
+            config.num_prefixes,
+            config.num_models,
+            config.vocab_size,
+            config.dtype,
         )
         raw = np.load(Path(tmp) / "cache" / LOGPROBS_FILE, mmap_mode="r")
         np.asarray(raw).sum(dtype=np.float64)  # warm the page cache for both readers
@@ -74,34 +90,41 @@ def main() -> None:
         }
         seconds = {name: [] for name in readers}
         rng = np.random.default_rng(0)
-        for round_ in range(args.rounds + 2):
-            idx = rng.choice(args.num_prefixes, size=args.batch_size, replace=False)
+        for round_ in range(config.rounds + 2):
+            idx = rng.choice(config.num_prefixes, size=config.batch_size, replace=False)
             names = list(readers) if round_ % 2 == 0 else list(reversed(readers))
             for name in names:
-                start = time.perf_counter()
+                started = time.perf_counter()
                 out = readers[name](idx)
-                elapsed = time.perf_counter() - start
+                elapsed = time.perf_counter() - started
                 if round_ >= 2:  # the first rounds warm the allocator
                     seconds[name].append(elapsed)
                 del out
 
-    row_bytes = args.num_models * args.vocab_size * np.dtype(args.dtype).itemsize
-    print(
-        f"{args.num_prefixes} x {args.num_models} x {args.vocab_size} {args.dtype} "
-        f"({args.num_prefixes * row_bytes / 2**20:.0f} MiB), batches of {args.batch_size} random "
-        f"rows, {args.rounds} rounds, median per batch:"
-    )
+    row_bytes = config.num_models * config.vocab_size * np.dtype(config.dtype).itemsize
     median = {name: float(np.median(s)) for name, s in seconds.items()}
-    for name, value in median.items():
-        mib_s = args.batch_size * row_bytes / 2**20 / value
-        print(f"  {name:<26} {value * 1000:8.2f} ms  {mib_s:8.0f} MiB/s of cache rows")
-    same = median["raw[idx]"] / median["rows(idx, dtype=None)"]
-    as_float = median["raw[idx].astype(float32)"] / median["rows(idx) float32"]
-    mixed = median["raw[idx]"] / median["rows(idx) float32"]
-    print(f"ratio rows / raw, same dtype out:       {same:.2f} (target >= 0.70)")
-    print(f"ratio rows / raw, float32 out:          {as_float:.2f}")
-    print(f"ratio rows float32 / raw {args.dtype}:     {mixed:.2f} (twice the bytes written)")
+    mib_s = {name: config.batch_size * row_bytes / 2**20 / value for name, value in median.items()}
+    rows = [[name, f"{median[name] * 1000:.2f}", f"{mib_s[name]:.0f}"] for name in median]
+    notes = (
+        f"{config.num_prefixes} x {config.num_models} x {config.vocab_size} {config.dtype} "
+        f"({config.num_prefixes * row_bytes / 2**20:.0f} MiB), batches of {config.batch_size} "
+        f"random rows, {config.rounds} rounds, median per batch."
+    )
+    head = ["reader", "ms", "MiB/s of cache rows"]
+    reads = Section("Reads", head, rows, notes, numbers={"median_seconds": median})
+    ratios = {
+        "rows / raw, same dtype out (target >= 0.70)": (
+            median["raw[idx]"] / median["rows(idx, dtype=None)"]
+        ),
+        "rows / raw, float32 out": median["raw[idx].astype(float32)"] / median["rows(idx) float32"],
+        f"rows float32 / raw {config.dtype} (twice the bytes written)": (
+            median["raw[idx]"] / median["rows(idx) float32"]
+        ),
+    }
+    ratio_rows = [[name, f"{value:.2f}"] for name, value in ratios.items()]
+    speed = Section("Ratios (speed of rows over raw)", ["ratio", "value"], ratio_rows, "", ratios)
+    run.write("Cache reads against a raw memory map", [reads, speed])
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

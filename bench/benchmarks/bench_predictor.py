@@ -1,28 +1,47 @@
 """Speed of the per-token predictor against the mean-probability baseline, in one run.
 
-    python bench/bench_predictor.py          # [100, 6, 50277] float16, as in the challenge
-    python bench/bench_predictor.py --rows 100 --vocab 50277 --repeats 5 --threads 2
+    python -m bench.benchmarks.bench_predictor       # [100, 6, 50277] float16, as in the challenge
+    python -m bench.benchmarks.bench_predictor --rows 100 --vocab 50277 --repeats 5 --threads 2
 
 Both strategies get the challenge's input (float16 probabilities of the six small models) through
 their challenge signature and return token ids, so the ratio is what a challenge run would see.
 The network is untrained but full size: the default PredictorConfig with one head per fold of
-train.py's default cross-fitting (--heads); speed does not depend on its weights.
+train.py's default cross-fitting (--heads); speed does not depend on its weights. The timings go
+to docs/results/bench_predictor.md and .json.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from bench.common import start_run
+from emergence_model.cli import exit_on_user_error
 from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.results import Section
 from emergence_model.strategies import MeanProbability, NetworkStrategy
 from emergence_model.suites import PYTHIA_LADDER, PYTHIA_PARAM_COUNTS
+from emergence_model.training import TrainConfig
 
 NAMES = [f"pythia-{size}" for size in PYTHIA_LADDER]
+
+
+@dataclass
+class PredictorBenchConfig:
+    """The input's shape and the network's heads."""
+
+    rows: int = 100
+    """Prefixes scored per call."""
+    vocab: int = 50277
+    """Vocabulary size."""
+    repeats: int = 5
+    """Timed calls of each strategy (the median is reported), after one warm-up call."""
+    heads: int = TrainConfig.folds
+    """Networks in the checkpoint: one per fold of train.py's cross-fitting."""
 
 
 def challenge_probs(rows: int, models: int, vocab: int, seed: int = 0) -> np.ndarray:
@@ -35,50 +54,49 @@ def challenge_probs(rows: int, models: int, vocab: int, seed: int = 0) -> np.nda
     return probs.astype(np.float16)
 
 
-def timed(fn, repeats: int) -> tuple[float, list[int]]:
-    result = fn()  # warm-up
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls of `fn`, after one warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        start_time = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start_time)
+    return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100)
-    parser.add_argument("--vocab", type=int, default=50277)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores target)")
-    parser.add_argument("--heads", type=int, default=5, help="networks in the checkpoint (folds)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+def main(argv: Sequence[str] | None = None) -> None:
+    (config,), run = start_run(__file__, __doc__, argv, PredictorBenchConfig)
     small, target = NAMES[:-1], NAMES[-1]
-    config = PredictorConfig(
-        vocab_size=args.vocab,
+    network_config = PredictorConfig(
+        vocab_size=config.vocab,
         scales=[PYTHIA_PARAM_COUNTS[n] for n in small],
         target_scale=PYTHIA_PARAM_COUNTS[target],
-        num_heads=args.heads,
+        num_heads=config.heads,
     )
-    network = NetworkStrategy(PerTokenPredictor(config), small, target)
+    network = NetworkStrategy(PerTokenPredictor(network_config), small, target)
     mean = MeanProbability()
-    probs = challenge_probs(args.rows, len(small), args.vocab)
-    sentences = [""] * args.rows
+    probs = challenge_probs(config.rows, len(small), config.vocab)
+    sentences = [""] * config.rows
 
-    mean_s, _ = timed(lambda: mean(sentences, small, target, probs), args.repeats)
-    net_s, _ = timed(lambda: network(sentences, small, target, probs), args.repeats)
-    print(f"input: probs float16 {list(probs.shape)}, torch threads {torch.get_num_threads()}")
-    print(
-        f"network: {config.num_heads} heads of {config.hidden_size} hidden x {config.num_layers} "
-        f"layers, {config.base} base, {config.num_candidates} candidates, "
-        f"{sum(p.numel() for p in network.predictor.parameters())} parameters"
+    seconds = {
+        "mean-prob baseline": timed(lambda: mean(sentences, small, target, probs), config.repeats),
+        "network": timed(lambda: network(sentences, small, target, probs), config.repeats),
+    }
+    ratio = seconds["network"] / seconds["mean-prob baseline"]
+    parameters = sum(p.numel() for p in network.predictor.parameters())
+    c = network_config
+    notes = (
+        f"Input: probs float16 {list(probs.shape)}. Network: {c.num_heads} heads of "
+        f"{c.hidden_size} hidden x {c.num_layers} layers, {c.base} base, {c.num_candidates} "
+        f"candidates, {parameters} parameters. Median of {config.repeats} calls."
     )
-    print(f"mean-prob baseline: {1000 * mean_s:8.1f} ms (median of {args.repeats})")
-    print(f"network:            {1000 * net_s:8.1f} ms")
-    print(f"ratio network / mean-prob: {net_s / mean_s:.2f}x")
+    rows = [[name, f"{1000 * s:.1f}"] for name, s in seconds.items()]
+    rows.append(["ratio network / mean-prob", f"{ratio:.2f}x"])
+    numbers = {"seconds": seconds, "ratio": ratio, "shape": list(probs.shape)}
+    section = Section("Scoring one challenge batch", ["strategy", "ms"], rows, notes, numbers)
+    run.write("The predictor against the mean probability", [section])
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)
