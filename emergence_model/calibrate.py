@@ -1,9 +1,9 @@
 """Calibrate a trained network on a few prompts of a new kind, labelled by the target.
 
 Transfer from the training prefixes alone cannot tell which guide to trust on a prompt format the
-training prefixes never showed (README: `bench/guide_proxy.py`). The target's outputs on a few
-prompts of the new kind are cheap where the target can be run (`cache_features.py` runs every
-model of a suite, the target included, on any prefixes), and a few suffice: `fit_guide_pool`
+training prefixes never showed (`python -m bench.experiments.guide_proxy`). The target's outputs
+on a few prompts of the new kind are cheap where the target can be run (`cache_features.py` runs
+every model of a suite, the target included, on any prefixes), and a few suffice: `fit_guide_pool`
 fits two log-linear pools of the guides on them. The guides are each small model's
 log-distribution, the log of their mean probability, the network's (its logits, log-normalised)
 and the target's own habit on the new kind of prompt: the log of its mean distribution over the

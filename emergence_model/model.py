@@ -19,8 +19,9 @@ Three steps, each one small module, the same weights for every token of the voca
    slope). Every other token keeps its base plus one per-prefix offset. The default 16
    candidates hold the target's top token on 99.2-99.7% of every ladder's in-domain prefixes but
    the overfitted real-long's (64 score 0.1 to 0.2 points lower on the training folds of the
-   demo's, the one-layer and the real ladder: `bench/predictor_cv.py`), and scoring a [100, 6,
-   50277] batch stays a few passes over the input on a CPU.
+   demo's, the one-layer and the real ladder: `python -m bench.experiments.predictor_cv`, whose
+   table is docs/results/predictor_cv.md), and scoring a [100, 6, 50277] batch stays a few
+   passes over the input on a CPU.
 3. The MLP's output makes the `logits`, trained on the target's top token (KL to its
    distribution sharpened at temperature 0.25: `TrainConfig`), which rank the tokens (the
    guess). The predicted distribution of the target is a mixture of each small model's

@@ -27,13 +27,25 @@ PERCENT_METRICS = ("top1", "top5", "hard_top1")
 NETWORK_COLOR, BASELINE_COLOR = "#d62728", "#1f77b4"
 
 
-def format_stat(stat: dict | None, percent: bool) -> str:
-    """ "value [lo, hi]", in percent for agreements; "-" for a missing or NaN value."""
+def format_number(
+    value: float, percent: bool = False, *, digits: int | None = None, signed: bool = False
+) -> str:
+    """One number as every table shows it: agreements in percent (points) to 1 digit, anything
+    else to 3; `digits` for another precision, `signed` for a difference (+0.3, -1.2)."""
+    scale, default_digits = (100.0, 1) if percent else (1.0, 3)
+    places = default_digits if digits is None else digits
+    return f"{value * scale:{'+' if signed else ''}.{places}f}"
+
+
+def format_stat(
+    stat: dict | None, percent: bool = False, *, digits: int | None = None, signed: bool = False
+) -> str:
+    """ "value [lo, hi]" of a {"value", "ci"} statistic, each number as `format_number` shows it;
+    "-" for a missing or NaN value."""
     if stat is None or math.isnan(stat["value"]):
         return "-"
-    scale, digits = (100.0, 1) if percent else (1.0, 3)
-    lo, hi = stat["ci"]
-    return f"{stat['value'] * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+    lo, hi = (format_number(x, percent, digits=digits, signed=signed) for x in stat["ci"])
+    return f"{format_number(stat['value'], percent, digits=digits, signed=signed)} [{lo}, {hi}]"
 
 
 def table_head() -> list[str]:

@@ -1,13 +1,24 @@
-"""Confidence intervals over prefixes: every reported mean carries a 95% bootstrap interval."""
+"""Per-prefix measures and their confidence intervals: every reported mean carries a 95% bootstrap
+interval, over the per-prefix values of a measure such as `kl_rows`."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:  # stats needs no torch at run time: kl_rows only calls the tensors' methods
+    import torch
+
 DEFAULT_BOOTSTRAP = 1000
 """Bootstrap resamples behind every interval, unless a command is told otherwise."""
+
+
+def kl_rows(target_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(target || q) of each row, nats: normalised log-probabilities (..., V) of the target and
+    of q, torch tensors -> (...). What the evaluation reports as "kl" per prefix."""
+    return (target_logprobs.exp() * (target_logprobs - logprobs)).sum(dim=-1)
 
 
 def bootstrap_ci(

@@ -7,6 +7,7 @@ from emergence_model.evaluate import evaluate_cache, make_baselines
 from emergence_model.report import (
     agreement_figure,
     format_markdown,
+    format_number,
     format_stat,
     format_table,
     write_reports,
@@ -26,6 +27,16 @@ def test_stats_are_shown_with_their_intervals():
     )
     assert format_stat({"value": float("nan"), "ci": [0, 0]}, percent=False) == "-"
     assert format_stat(None, percent=True) == "-"
+
+
+def test_differences_and_other_precisions_share_the_one_format():
+    diff = {"value": 0.0123, "ci": [-0.004, 0.0311]}
+    assert format_stat(diff, percent=True, signed=True) == "+1.2 [-0.4, +3.1]"
+    assert format_stat(diff, percent=True, digits=2, signed=True) == "+1.23 [-0.40, +3.11]"
+    assert format_stat(diff, digits=4) == "0.0123 [-0.0040, 0.0311]"
+    assert format_number(0.7711, percent=True, digits=2) == "77.11"
+    assert format_number(-0.0002, signed=True) == "-0.000"
+    assert format_number(0.5) == "0.500"
 
 
 def test_table_and_markdown_show_every_strategy_best_first(summary):

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
+import torch
+from synthetic_cache import write_synthetic_cache
 
-from emergence_model.stats import bootstrap_ci, difference_with_ci, mean_with_ci
+from emergence_model.evaluate import score_rows
+from emergence_model.logprobs import floor_logprobs
+from emergence_model.stats import bootstrap_ci, difference_with_ci, kl_rows, mean_with_ci
+from emergence_model.strategies import STRATEGIES
 
 
 def test_bootstrap_interval_by_hand():
@@ -29,3 +34,15 @@ def test_difference_of_two_independent_means():
     assert lo == pytest.approx(diff["value"] - 1.96 * se, abs=0.06)
     assert hi == pytest.approx(diff["value"] + 1.96 * se, abs=0.06)
     assert np.isnan(difference_with_ci(a, np.array([]))["value"])
+
+
+def test_kl_rows_is_the_evaluations_kl(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "cache", num_prefixes=20)
+    strategy = STRATEGIES["mean-prob"]()
+    reported = score_rows(cache, {"mean": strategy})["strategies"]["mean"]["kl"]
+    rows = torch.from_numpy(cache.rows(range(len(cache))))
+    q = strategy.score_tensor(floor_logprobs(rows[:, :-1]), cache.scales[:-1], cache.scales[-1])
+    kl = kl_rows(torch.log_softmax(rows[:, -1], dim=1), q)
+    assert kl.shape == (len(cache),) and (kl >= -1e-6).all()
+    np.testing.assert_allclose(kl.numpy(), reported, rtol=1e-5, atol=1e-6)
+    assert kl_rows(q, q).abs().max() < 1e-6

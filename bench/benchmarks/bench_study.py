@@ -1,7 +1,7 @@
 """The study at Pythia's scale: a 20,000 x 7 x 50,277 float16 cache (~14 GB) streamed from disk.
 
-    python bench/bench_study.py                      # the full size (writes ~14 GB under --dir)
-    python bench/bench_study.py --prefixes 2000      # a tenth, to check the setup quickly
+    python -m bench.benchmarks.bench_study                  # full size (writes ~14 GB under --dir)
+    python -m bench.benchmarks.bench_study --prefixes 2000  # a tenth, to check the setup quickly
 
 The cache is synthetic (log-probabilities drawn so that each token's logit grows with log size,
 as in the tests' synthetic caches), named with Pythia's model names and parameter counts and the
@@ -12,44 +12,55 @@ anything that reads the cache), and the peak of the process's own (anonymous) me
 cache's size, which must stay far below it: the study streams rows, it never loads the cache.
 Resident pages of the memory-mapped cache are the kernel's page cache, counted in the process's
 resident set but dropped under pressure, so the peak resident set is reported beside it but is
-not the measure (Linux: sampled from /proc/self/status).
+not the measure (Linux: sampled from /proc/self/status). The measures go to
+docs/results/bench_study.md and .json.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import resource
 import shutil
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import gpt_neox_tokenizer, start_run
 from emergence_model.cache import create_cache
 from emergence_model.checkpoint import save_checkpoint
+from emergence_model.cli import exit_on_user_error
 from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.results import Section
 from emergence_model.study.config import StudyConfig
 from emergence_model.study.ladder import study_ladder
 from emergence_model.study.report import write_study_report
 from emergence_model.suites import PYTHIA_LADDER, PYTHIA_PARAM_COUNTS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NAMES = [f"EleutherAI/pythia-{size}" for size in PYTHIA_LADDER]
 COUNTS = [PYTHIA_PARAM_COUNTS[f"pythia-{size}"] for size in PYTHIA_LADDER]
 
 
-def save_tokenizer(out: Path) -> Path:
-    from transformers import PreTrainedTokenizerFast
+@dataclass
+class StudyBenchConfig:
+    """The synthetic cache's size and where it is written."""
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(DATA / "gpt-neox-20b-tokenizer.json"),
-        eos_token="<|endoftext|>",
-        pad_token="<|padding|>",
-    )
-    tokenizer.save_pretrained(out)
+    prefixes: int = 20_000
+    """Prefixes in the synthetic cache."""
+    vocab: int = 50_277
+    """Vocabulary size."""
+    dir: Path = Path("runs/bench-study")
+    """Where the cache, the untrained network and the study's report are written."""
+    keep: bool = False
+    """Keep the cache for another run."""
+
+
+def save_tokenizer(out: Path) -> Path:
+    gpt_neox_tokenizer().save_pretrained(out)
     return out
 
 
@@ -115,26 +126,20 @@ class AnonymousPeak:
         return max(self.peak, self.now())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prefixes", type=int, default=20_000)
-    parser.add_argument("--vocab", type=int, default=50_277)
-    parser.add_argument("--dir", type=Path, default=Path("runs/bench-study"))
-    parser.add_argument("--keep", action="store_true", help="keep the cache for another run")
-    args = parser.parse_args()
-
-    args.dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = save_tokenizer(args.dir / "tokenizer")
-    cache_path = args.dir / f"cache-{args.prefixes}"
+def main(argv: Sequence[str] | None = None) -> None:
+    (config,), run = start_run(__file__, __doc__, argv, StudyBenchConfig)
+    config.dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = save_tokenizer(config.dir / "tokenizer")
+    cache_path = config.dir / f"cache-{config.prefixes}"
     started = time.perf_counter()
-    cache = write_cache(cache_path, args.prefixes, args.vocab, tokenizer)
+    cache = write_cache(cache_path, config.prefixes, config.vocab, tokenizer)
     written = time.perf_counter() - started
-    config = PredictorConfig(
-        vocab_size=args.vocab, scales=COUNTS[:-1], target_scale=COUNTS[-1], num_heads=1
+    network = PredictorConfig(
+        vocab_size=config.vocab, scales=COUNTS[:-1], target_scale=COUNTS[-1], num_heads=1
     )
-    checkpoint = args.dir / "untrained.ckpt"
+    checkpoint = config.dir / "untrained.ckpt"
     torch.manual_seed(0)
-    save_checkpoint(checkpoint, PerTokenPredictor(config), model_names=NAMES[:-1],
+    save_checkpoint(checkpoint, PerTokenPredictor(network), model_names=NAMES[:-1],
                     target_name=NAMES[-1])  # fmt: skip
 
     floor = plain_pass(cache)
@@ -142,27 +147,46 @@ def main() -> None:
     anonymous_before = AnonymousPeak.now()
     anonymous = AnonymousPeak()
     started = time.perf_counter()
-    result = study_ladder(checkpoint, [cache_path], args.dir / "work", StudyConfig(), title="bench")
-    paths = write_study_report(args.dir / "report", [result])
+    result = study_ladder(
+        checkpoint, [cache_path], config.dir / "work", StudyConfig(), title="bench"
+    )
+    paths = write_study_report(config.dir / "report", [result])
     study_s = time.perf_counter() - started
     anonymous_peak = anonymous.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     size = cache.logprobs.nbytes / 2**30
-    print(f"cache: {args.prefixes} x {len(NAMES)} x {args.vocab} float16 = {size:.2f} GiB "
-          f"(written in {written:.0f} s)")  # fmt: skip
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"one plain pass over the memory map: {floor:.1f} s")
-    print(f"the study (every strategy, every measure, the report): {study_s:.1f} s = "
-          f"{study_s / floor:.1f}x the plain pass")  # fmt: skip
-    share = anonymous_peak / size
-    print(f"peak anonymous memory during the study: {anonymous_peak:.2f} GiB "
-          f"({anonymous_before:.2f} before it) = {share:.3f}x the cache's size")  # fmt: skip
-    print(f"peak resident set, with the page cache of the memory map: {peak:.2f} GiB "
-          f"({before:.2f} before the study)")  # fmt: skip
-    print(f"report: {paths[-1]}")
-    if not args.keep:
+    rows = [
+        ["one plain pass over the memory map", f"{floor:.1f} s", "1"],
+        [
+            "the study (every strategy, every measure, the report)",
+            f"{study_s:.1f} s",
+            f"{study_s / floor:.1f}x the plain pass",
+        ],
+        [
+            "peak anonymous memory during the study",
+            f"{anonymous_peak:.2f} GiB",
+            f"{anonymous_peak / size:.3f}x the cache's size",
+        ],
+        ["peak resident set, with the page cache of the memory map", f"{peak:.2f} GiB", ""],
+    ]
+    notes = (
+        f"Cache: {config.prefixes} x {len(NAMES)} x {config.vocab} float16 = {size:.2f} GiB "
+        f"(written in {written:.0f} s). Before the study: anonymous memory "
+        f"{anonymous_before:.2f} GiB, peak resident set {before:.2f} GiB. Report: {paths[-1]}."
+    )
+    numbers = {
+        "cache_gib": size,
+        "plain_pass_seconds": floor,
+        "study_seconds": study_s,
+        "anonymous_peak_gib": anonymous_peak,
+        "resident_peak_gib": peak,
+    }
+    head = ["measure", "value", "ratio"]
+    section = Section("The study on a Pythia-sized cache", head, rows, notes, numbers)
+    run.write("The study at Pythia's scale", [section])
+    if not config.keep:
         shutil.rmtree(cache_path)
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

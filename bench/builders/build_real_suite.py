@@ -1,10 +1,10 @@
 """Build a realistic offline suite from real text: WikiText-2 with the Pythia tokenizer.
 
-    python bench/build_real_suite.py                          # the demo ladder, full length (slow)
-    python bench/build_real_suite.py --steps 20 --rungs 3     # a short run that shows it works
-    python bench/build_real_suite.py --caches                 # + wiki-style and GLUE RTE caches
-    python bench/build_real_suite.py --bpe-vocab 8192 --caches   # an 8k BPE trained on the text
-    python bench/build_real_suite.py --extra-text wikitext2-test.txt   # + more WikiText-2 text
+    python -m bench.builders.build_real_suite --suite-dir runs/real-suite   # full length (slow)
+    python -m bench.builders.build_real_suite --suite-dir runs/short --steps 20 --rungs 3
+    python -m bench.builders.build_real_suite --suite-dir S --caches    # + wiki-style, GLUE RTE
+    python -m bench.builders.build_real_suite --suite-dir S --bpe-vocab 8192   # an 8k BPE
+    python -m bench.builders.build_real_suite --suite-dir S --extra-text wikitext2-test.txt
 
 The same builder as the demo (`emergence_model.demo.build.build_suite`) with `corpus=` and
 `tokenizer=`: documents are WikiText-2's paragraphs, split by a hash of their text, and the models
@@ -23,14 +23,16 @@ Reads ../shared/data (a benchmark, never a test: a fresh clone has no ../shared)
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import SHARED_DATA, start_run
 from emergence_model.cache import CacheError, open_cache
+from emergence_model.cli import exit_on_user_error
 from emergence_model.demo.build import build_suite, summary_table
 from emergence_model.demo.caches import prepare_demo_caches
 from emergence_model.demo.config import DemoConfig, Rung
@@ -39,7 +41,23 @@ from emergence_model.lm import load_tokenizer
 from emergence_model.prompts import rte_prefixes
 from emergence_model.suites import get_suite
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+@dataclass
+class RealSuiteConfig:
+    """The text, the tokenizer and the ladder of a suite built on real text."""
+
+    data_dir: Path = SHARED_DATA
+    """Where WikiText-2, the GPT-NeoX tokenizer and GLUE RTE are (../shared/data)."""
+    steps: int = DemoConfig.steps
+    """Training steps of each model."""
+    rungs: int = len(DemoConfig.ladder)
+    """The first N rungs of the demo's ladder."""
+    bpe_vocab: int | None = None
+    """Train a byte-level BPE of this many tokens on the text (default: Pythia's tokenizer)."""
+    caches: bool = False
+    """Also cache demo-wiki, demo-rte and GLUE RTE."""
+    extra_text: list[Path] = field(default_factory=list)
+    """More plain-text files appended to the shared WikiText-2 validation text."""
 
 
 def glue_rte_prefixes(tsv: Path, tokenizer, max_tokens: int) -> list[str]:
@@ -57,7 +75,7 @@ def joined_text(suite_dir: Path, files: Sequence[Path]) -> Path:
         return files[0]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise SystemExit(f"no text file at {', '.join(missing)}: fetch it or drop --extra-text")
+        raise ValueError(f"no text file at {', '.join(missing)}: fetch it or drop --extra-text")
     text = "".join(f.read_text(encoding="utf-8") for f in files)
     path = suite_dir / "corpus-text.txt"
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -68,7 +86,7 @@ def joined_text(suite_dir: Path, files: Sequence[Path]) -> Path:
 
 def build_real_suite(
     suite_dir: Path,
-    data_dir: Path = DATA,
+    data_dir: Path = SHARED_DATA,
     *,
     steps: int = DemoConfig.steps,
     rungs: int = len(DemoConfig.ladder),
@@ -76,6 +94,7 @@ def build_real_suite(
     caches: bool = False,
     ladder: tuple[Rung, ...] = DemoConfig.ladder,
     extra_text: Sequence[Path] = (),
+    progress: bool = True,
 ) -> list[Path]:
     """Build (or reuse) the suite of the first `rungs` of `ladder` on the shared WikiText-2 text
     and `extra_text` and, with `caches`, its demo-wiki, demo-rte and glue-rte caches; returns the
@@ -92,13 +111,14 @@ def build_real_suite(
         config,
         corpus=joined_text(suite_dir, [data_dir / "wikitext2-valid.txt", *extra_text]),
         tokenizer=None if bpe_vocab else data_dir / "gpt-neox-20b-tokenizer.json",
+        progress=progress,
     )
     print(summary_table(info))
     print(f"corpus: {json.dumps(info['corpus'])}")
     print(f"wall time this run: {time.perf_counter() - started:.0f} s")
     if not caches:
         return []
-    wiki, demo_rte = prepare_demo_caches(suite_dir)
+    wiki, demo_rte = prepare_demo_caches(suite_dir, progress=progress)
     suite = get_suite("demo", suite_dir=suite_dir)
     tsv = data_dir / "rte-train.tsv"
     rte = suite_dir / "caches" / "glue-rte"
@@ -107,42 +127,29 @@ def build_real_suite(
     except (CacheError, FileNotFoundError):
         prefixes = glue_rte_prefixes(tsv, load_tokenizer(suite.target_id), 128)
         source = {"dataset": str(tsv), "max_tokens": 128}
-        extract_suite(suite, prefixes, rte, ExtractConfig(device="cpu"), source=source)
+        extract = ExtractConfig(device="cpu", progress=progress)
+        extract_suite(suite, prefixes, rte, extract, source=source)
     print(f"caches: {wiki} {demo_rte} {rte}")
     return [wiki, demo_rte, rte]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DATA)
-    parser.add_argument("--suite-dir", type=Path, default=Path("runs/real-suite"))
-    parser.add_argument("--steps", type=int, default=DemoConfig.steps)
-    parser.add_argument("--rungs", type=int, default=len(DemoConfig.ladder), help="first N rungs")
-    parser.add_argument(
-        "--bpe-vocab",
-        type=int,
-        default=None,
-        help="train a byte-level BPE of this many tokens on the text (default: Pythia's tokenizer)",
+def main(argv: Sequence[str] | None = None) -> None:
+    (config,), run = start_run(
+        __file__, __doc__, argv, RealSuiteConfig, reads_suite=True, writes_results=False
     )
-    parser.add_argument("--caches", action="store_true", help="also cache demo-wiki and GLUE RTE")
-    parser.add_argument(
-        "--extra-text",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="more plain-text files appended to the shared WikiText-2 validation text",
-    )
-    args = parser.parse_args()
+    if run.options.suite_dir is None:  # never the demo's own suite: this one is another
+        raise ValueError("pass --suite-dir: where to build the suite (e.g. runs/real-suite)")
     build_real_suite(
-        args.suite_dir,
-        args.data_dir,
-        steps=args.steps,
-        rungs=args.rungs,
-        bpe_vocab=args.bpe_vocab,
-        caches=args.caches,
-        extra_text=args.extra_text,
+        run.options.suite_dir,
+        config.data_dir,
+        steps=config.steps,
+        rungs=config.rungs,
+        bpe_vocab=config.bpe_vocab,
+        caches=config.caches,
+        extra_text=config.extra_text,
+        progress=run.options.progress,
     )
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -1,7 +1,7 @@
 """Extraction throughput: this package's `extract_suite` against the original challenge's method.
 
-    python bench/bench_extraction.py --threads 1          # 200 prefixes, 7 models, ~2 minutes
-    python bench/bench_extraction.py --num-prefixes 500 --batch-size 32
+    python -m bench.benchmarks.bench_extraction --threads 1    # 200 prefixes, 7 models, ~2 minutes
+    python -m bench.benchmarks.bench_extraction --num-prefixes 500 --batch-size 32
 
 Both run in one process on the same models and prefixes, and both include loading each model.
 The models are the demo suite's ladder of seven small GPT-NeoX models (random weights: speed does
@@ -18,24 +18,27 @@ Where the speed-up comes from, and so how it moves with the models: for small mo
 projection dominates, and the challenge's method computes it at every position (~20 per prefix)
 where `logits_to_keep` computes it once; batching removes per-call overhead. For large models the
 transformer body dominates and the CPU ratio falls towards the batching gain alone; on a GPU
-batching is most of the gain.
+batching is most of the gain. The timings go to docs/results/bench_extraction.md and .json.
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import SHARED_DATA, gpt_neox_tokenizer, start_run
+from emergence_model.cli import exit_on_user_error
 from emergence_model.extract import ExtractConfig, extract_suite
 from emergence_model.lm import gpt_neox_config, load_model, load_tokenizer
 from emergence_model.prompts import wikipedia_prefixes
+from emergence_model.results import Section
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 # (hidden size, layers, heads, logit rows), smallest first, the target last: the demo suite's
 # default ladder (emergence_model/demo/config.py) with Pythia's vocabulary; the target has 50688
 # logit rows as Pythia-12b does.
@@ -52,19 +55,12 @@ LADDER = (
 
 def load_text_and_tokenizer():
     """WikiText-2 paragraphs and the GPT-NeoX tokenizer, or a fallback built offline."""
-    from transformers import PreTrainedTokenizerFast
-
-    if (SHARED / "wikitext2-valid.txt").is_file():
-        lines = (SHARED / "wikitext2-valid.txt").read_text(encoding="utf-8").split("\n")
+    if (SHARED_DATA / "wikitext2-valid.txt").is_file():
+        lines = (SHARED_DATA / "wikitext2-valid.txt").read_text(encoding="utf-8").split("\n")
         paragraphs = [
             line for line in lines if len(line.split()) > 20 and not line.startswith(" =")
         ]
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_file=str(SHARED / "gpt-neox-20b-tokenizer.json"),
-            eos_token="<|endoftext|>",
-            pad_token="<|padding|>",
-        )
-        return paragraphs, tokenizer, "wikitext-2 + gpt-neox-20b tokenizer"
+        return paragraphs, gpt_neox_tokenizer(), "wikitext-2 + gpt-neox-20b tokenizer"
     from emergence_model.demo.corpus import stdlib_corpus
     from emergence_model.demo.tokenizer import train_bpe_tokenizer
 
@@ -111,52 +107,66 @@ def challenge_method(model_dirs: list[str], prefixes: list[str]) -> np.ndarray:
     return np.array(probs, dtype=np.float16)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-prefixes", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+@dataclass
+class ExtractionBenchConfig:
+    """The prefixes and the batch of the package's extraction."""
 
+    num_prefixes: int = 200
+    """WikiText-2 paragraph openings extracted."""
+    batch_size: int = 16
+    """Prefixes per forward pass of `extract_suite`."""
+    seed: int = 0
+    """Seed of the prefixes' choice."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    (config,), run = start_run(__file__, __doc__, argv, ExtractionBenchConfig)
     paragraphs, tokenizer, data = load_text_and_tokenizer()
-    prefixes = wikipedia_prefixes(paragraphs, args.num_prefixes, seed=args.seed)
+    prefixes = wikipedia_prefixes(paragraphs, config.num_prefixes, seed=config.seed)
     with tempfile.TemporaryDirectory() as tmp:
         model_dirs = build_ladder(Path(tmp), tokenizer)
-        start, start_cpu = time.perf_counter(), time.process_time()
+        started, started_cpu = time.perf_counter(), time.process_time()
         reference = challenge_method(model_dirs, prefixes)
-        challenge_s = time.perf_counter() - start
-        challenge_cpu = time.process_time() - start_cpu
-        start, start_cpu = time.perf_counter(), time.process_time()
+        challenge = (time.perf_counter() - started, time.process_time() - started_cpu)
+        started, started_cpu = time.perf_counter(), time.process_time()
         cache = extract_suite(
             model_dirs,
             prefixes,
             Path(tmp) / "cache",
-            ExtractConfig(device="cpu", batch_size=args.batch_size, progress=False),
+            ExtractConfig(device="cpu", batch_size=config.batch_size, progress=False),
         )
-        ours_s = time.perf_counter() - start
-        ours_cpu = time.process_time() - start_cpu
-        ours = np.exp(cache.rows(range(len(cache))))
+        ours = (time.perf_counter() - started, time.process_time() - started_cpu)
+        probs = np.exp(cache.rows(range(len(cache))))
         reference = reference.astype(np.float32)
         top2 = np.sort(reference, axis=-1)[..., -2:]
         untied = top2[..., 1] > top2[..., 0]  # float16 rounding ties the top of flat rows
-        agree = (cache.argmax == reference.argmax(-1))[untied].mean()
-        max_diff = np.abs(ours - reference).max()
+        agree = float((cache.argmax == reference.argmax(-1))[untied].mean())
+        max_diff = float(np.abs(probs - reference).max())
 
     n, m = len(prefixes), len(model_dirs)
-    print(f"data: {data}; {n} prefixes x {m} models {[Path(d).name for d in model_dirs]}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
-    print(f"challenge method: {challenge_s:7.2f} s wall {challenge_cpu:7.2f} s CPU")
-    print(f"extract_suite:    {ours_s:7.2f} s wall {ours_cpu:7.2f} s CPU")
-    print(f"prefix-models/s (wall): {n * m / challenge_s:.1f} vs {n * m / ours_s:.1f}")
-    print(
-        f"argmax agreement {agree:.4f} (rows without float16 ties), max |prob diff| {max_diff:.1e}"
-    )
+    rows = [
+        [name, f"{wall:.2f}", f"{cpu:.2f}", f"{n * m / wall:.1f}"]
+        for name, (wall, cpu) in (("challenge method", challenge), ("extract_suite", ours))
+    ]
     # CPU time is the fairer ratio on a machine shared with other jobs (it ignores waiting).
-    print(f"speed-up: {challenge_s / ours_s:.1f}x wall, {challenge_cpu / ours_cpu:.1f}x CPU time")
+    speed_up = (challenge[0] / ours[0], challenge[1] / ours[1])
+    rows.append(["speed-up", f"{speed_up[0]:.1f}x", f"{speed_up[1]:.1f}x", ""])
+    notes = (
+        f"Data: {data}; {n} prefixes x {m} models {[Path(d).name for d in model_dirs]}, batch "
+        f"{config.batch_size}. Argmax agreement {agree:.4f} (rows without float16 ties), max "
+        f"|prob diff| {max_diff:.1e}."
+    )
+    head = ["method", "wall s", "CPU s", "prefix-models/s (wall)"]
+    numbers = {
+        "challenge_seconds": {"wall": challenge[0], "cpu": challenge[1]},
+        "extract_suite_seconds": {"wall": ours[0], "cpu": ours[1]},
+        "speed_up": {"wall": speed_up[0], "cpu": speed_up[1]},
+        "argmax_agreement": agree,
+        "max_prob_diff": max_diff,
+    }
+    section = Section("Extraction", head, rows, notes, numbers)
+    run.write("Extraction against the challenge's method", [section])
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

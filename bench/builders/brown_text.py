@@ -1,6 +1,6 @@
 """The Brown corpus as WikiText-style plain text: more real English for a real ladder.
 
-    python bench/brown_text.py brown.zip ../data/brown.txt
+    python -m bench.builders.brown_text --archive brown.zip --out ../data/brown.txt
 
 Reads NLTK's tagged Brown corpus (`packages/corpora/brown.zip` of github.com/nltk/nltk_data;
 Francis and Kucera 1964, revised 1979: 500 samples of edited American English, about 1.16M
@@ -8,18 +8,36 @@ words, "distributed with the permission of the copyright holder, redistribution 
 writes one paragraph a line, a blank line before each, in WikiText-2's tokenisation: the
 part-of-speech tags dropped; words, punctuation, 's and n't apart by spaces; `` and '' as "; a
 hyphen inside a word as @-@, and a comma or point inside a number as @,@ or @.@.
-`build_real_suite.py --extra-text` appends it to WikiText-2 (`real-brown` in
-predictor_ladders.py).
+`python -m bench.builders.build_real_suite --extra-text` appends it to WikiText-2 (`real-brown`
+in `bench.experiments.ladders`).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import start_run
+from emergence_model.cli import exit_on_user_error
+
 SAMPLE = re.compile(r"brown/c[a-r]\d\d")
+
+
+@dataclass
+class BrownTextConfig:
+    """Which archive to read and where the text goes."""
+
+    archive: Path | None = None
+    """NLTK's brown.zip (packages/corpora/brown.zip of github.com/nltk/nltk_data)."""
+    out: Path | None = None
+    """The text file to write."""
+
+    def __post_init__(self) -> None:
+        if self.archive is None or self.out is None:
+            raise ValueError("pass --archive (NLTK's brown.zip) and --out (the text file to write)")
 
 
 def untagged(token: str) -> str:
@@ -45,23 +63,22 @@ def brown_paragraphs(archive: Path) -> list[str]:
     return paragraphs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("archive", type=Path, help="NLTK's brown.zip")
-    parser.add_argument("out", type=Path, help="the text file to write")
-    args = parser.parse_args()
-    if not args.archive.is_file():
-        raise SystemExit(f"no file at {args.archive}: fetch NLTK's packages/corpora/brown.zip")
-    if not zipfile.is_zipfile(args.archive):
-        raise SystemExit(f"{args.archive} is not a zip archive: pass NLTK's brown.zip")
-    paragraphs = brown_paragraphs(args.archive)
+def main(argv: Sequence[str] | None = None) -> None:
+    (config,), _ = start_run(__file__, __doc__, argv, BrownTextConfig, writes_results=False)
+    if not config.archive.is_file():
+        raise ValueError(f"no file at {config.archive}: fetch NLTK's packages/corpora/brown.zip")
+    if not zipfile.is_zipfile(config.archive):
+        raise ValueError(f"{config.archive} is not a zip archive: pass NLTK's brown.zip")
+    paragraphs = brown_paragraphs(config.archive)
     if not paragraphs:
-        raise SystemExit(f"{args.archive} holds no Brown samples (brown/ca01 ...): pass brown.zip")
+        raise ValueError(
+            f"{config.archive} holds no Brown samples (brown/ca01 ...): pass brown.zip"
+        )
     # as WikiText-2's files: a blank line before each paragraph, so that appended text stays apart
-    args.out.write_text("".join(f" \n {p} \n" for p in paragraphs), encoding="utf-8")
+    config.out.write_text("".join(f" \n {p} \n" for p in paragraphs), encoding="utf-8")
     words = sum(len(p.split()) for p in paragraphs)
-    print(f"{len(paragraphs)} paragraphs, {words} words -> {args.out}")
+    print(f"{len(paragraphs)} paragraphs, {words} words -> {config.out}")
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)
