@@ -33,12 +33,12 @@ from bench.experiments.ladders import LADDER_NAMES, LADDERS, LadderRoot
 from emergence_model.cache import open_cache
 from emergence_model.checkpoint import build_predictor, load_checkpoint
 from emergence_model.cli import exit_on_user_error
+from emergence_model.demo.study import default_settings
 from emergence_model.evaluate import evaluate_cache, make_baselines
 from emergence_model.model import PREDICTOR_DESIGN
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section
 from emergence_model.strategies import NetworkStrategy
-from emergence_model.study.demo import default_settings
 
 # How a ladder's network is trained: a new user's command. (One place to change if train.py moves.)
 TRAIN_COMMAND = [sys.executable, str(REPO / "train.py")]
