@@ -101,7 +101,7 @@ def start_run(
 
     `file`, `doc`: the script's `__file__` and `__doc__` (the docstring's first two paragraphs,
     what it is and how to run it, are the --help's description). `reads_suite`: whether the
-    script reads --suite-dir; one that does not refuses it rather than ignore it. A field (not a
+    script reads --suite-dir; one that does not has no such flag. A field (not a
     flag) with metadata `AFTER_DASHES` takes the arguments after "--", for another command.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -111,7 +111,8 @@ def start_run(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for cls in (*configs, RunOptions, *([ResultsOptions] if writes_results else [])):
-        add_config_arguments(parser, cls, cls.__name__)
+        exclude = () if cls is not RunOptions or reads_suite else ("suite_dir",)
+        add_config_arguments(parser, cls, cls.__name__, exclude=exclude)
     passed_on = {
         cls: f for cls in configs for f in dataclasses.fields(cls) if f.metadata.get(AFTER_DASHES)
     }
@@ -124,8 +125,6 @@ def start_run(
             flags, rest = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = parser.parse_args(flags)
     options = config_from_args(RunOptions, args)
-    if options.suite_dir is not None and not reads_suite:
-        raise ValueError(f"{module_name(file)} reads no demo suite: leave out --suite-dir")
     options.apply()
     built = []
     for cls in configs:

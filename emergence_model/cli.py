@@ -16,7 +16,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 
@@ -79,7 +79,12 @@ def _default(field: dataclasses.Field):
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, title: str | None = None, *, only_given=False
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str | None = None,
+    *,
+    only_given=False,
+    exclude: Collection[str] = (),
 ) -> None:
     """One --flag per field of dataclass `cls`, with the field's docstring and default as help.
 
@@ -95,6 +100,8 @@ def add_config_arguments(
     group = parser.add_argument_group(title or f"{cls.__name__} options")
     docs = field_docs(cls)
     for f, flag_type in cli_fields(cls):
+        if f.name in exclude:
+            continue
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         default = _default(f)
         shown = list(default) if flag_type.many and default is not None else default
@@ -128,12 +135,16 @@ class FlagGroup:
     title: str
     only_given: bool = False
     """Flags not given are absent from the parsed namespace (see `add_config_arguments`)."""
+    exclude: frozenset[str] = frozenset()
+    """Fields of `config` this command has no flag for (see `add_config_arguments`)."""
 
 
 def add_flag_groups(parser: argparse.ArgumentParser, groups: Sequence[FlagGroup]) -> None:
     """Every group's flags, in order: a command's whole command line."""
     for group in groups:
-        add_config_arguments(parser, group.config, group.title, only_given=group.only_given)
+        add_config_arguments(
+            parser, group.config, group.title, only_given=group.only_given, exclude=group.exclude
+        )
 
 
 def command_parser(

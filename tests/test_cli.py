@@ -187,7 +187,7 @@ def test_every_flag_of_a_command_is_a_field_of_its_config_dataclasses(name):
     for group in module.FLAGS:
         assert isinstance(group, FlagGroup)
         parser = argparse.ArgumentParser(add_help=False)
-        add_config_arguments(parser, group.config)
+        add_config_arguments(parser, group.config, exclude=group.exclude)
         expected |= option_strings(parser)
     assert option_strings(module.make_parser()) == expected
 

@@ -65,7 +65,8 @@ class EvaluateJob:
 FLAGS = (
     FlagGroup(EvaluateJob, "what to score (EvaluateJob)"),
     FlagGroup(EvalConfig, "scoring (EvalConfig)"),
-    FlagGroup(RunOptions, "run (RunOptions)"),
+    # Scoring reads caches and checkpoints, never the demo suite: no --suite-dir.
+    FlagGroup(RunOptions, "run (RunOptions)", exclude=frozenset({"suite_dir"})),
 )
 
 
