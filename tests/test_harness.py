@@ -4,6 +4,7 @@ process (--cache) and each in its own process (--test), on caches and challenge 
 import json
 import os
 import pickle
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -69,12 +70,14 @@ def recorder_file(path: Path) -> Path:
             import numpy as np
 
             SEEN = Path(__file__).parent / "seen"
+            TMP = Path(__file__).parent / "tmp"  # where the tests point tempfile
 
             def record(sentences, model_names, target_model_name, probs):
                 SEEN.mkdir(exist_ok=True)
                 k = len(list(SEEN.glob("*.npy")))
                 np.save(SEEN / f"{k}.npy", probs)
-                given = [sentences, model_names, target_model_name, type(probs).__name__]
+                files = sorted(str(p) for p in TMP.rglob("*") if p.is_file())
+                given = [sentences, model_names, target_model_name, type(probs).__name__, files]
                 (SEEN / f"{k}.json").write_text(json.dumps(given))
                 probs[:] = 0  # a function may change its own copy, and nobody else's
                 return np.zeros(len(sentences), dtype=np.int32)
@@ -111,7 +114,7 @@ def test_a_function_gets_the_challenges_inputs_and_never_the_targets(cache, tmp_
     calls = seen_calls(tmp_path / "seen")
     assert [len(c[0]) for c in calls] == [50, 50, 30]  # --batch prefixes a call, in order
     expected = small_probs(cache)
-    for k, (sentences, names, target, kind, probs) in enumerate(calls):
+    for k, (sentences, names, target, kind, _, probs) in enumerate(calls):
         rows = slice(50 * k, 50 * k + len(sentences))
         assert sentences == cache.prefixes[rows]
         assert names == cache.model_names[:-1] and target == cache.target_name
@@ -263,7 +266,9 @@ def write_pickle(path, obj):
 
 
 @pytest.mark.parametrize("flag", ["--cache", "--test"])
-def test_on_a_challenge_pickle_a_function_gets_its_own_float16_numbers(tmp_path, flag):
+def test_on_a_challenge_pickle_a_function_gets_its_own_float16_numbers(tmp_path, monkeypatch, flag):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     rng = np.random.default_rng(3)
     names = ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-12b"]
     logits = rng.normal(size=(30, 3, 40)) * 6
@@ -282,6 +287,9 @@ def test_on_a_challenge_pickle_a_function_gets_its_own_float16_numbers(tmp_path,
     assert list(calls[0][1:3]) == [names[:2], names[2]]
     seen = np.concatenate([c[-1] for c in calls])
     assert np.array_equal(seen, probs[:, :2])  # the pickle's own numbers, zeros and all
+    # the pickle is imported for scoring only once the functions are done, and removed after
+    assert [c[4] for c in calls] == [[], []]
+    assert not [p for p in (tmp_path / "tmp").rglob("*")]
     target = probs[:, -1].argmax(-1)  # the challenge scores against the target's argmax
     top1 = np.mean(example_guesses(probs[:, :2]) == target)
     assert summary["strategies"][example]["top1"]["value"] == pytest.approx(top1)

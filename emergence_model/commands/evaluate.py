@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emergence_model.cache import check_cache_destination
+from emergence_model.cache import FeatureCache, check_cache_destination
 from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel
 from emergence_model.checkpoint import (
     CheckpointError,
@@ -51,7 +51,7 @@ from emergence_model.evaluate import (
     evaluate_cache,
     make_baselines,
 )
-from emergence_model.folds import NOT_TRAINED, training_folds
+from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, training_folds
 from emergence_model.harness.inputs import scoring_set
 from emergence_model.harness.runs import (
     CHALLENGE_BATCH,
@@ -61,7 +61,7 @@ from emergence_model.harness.runs import (
     run_entries,
 )
 from emergence_model.report import format_table, write_reports
-from emergence_model.strategies import STRATEGIES, NetworkStrategy, model_basename
+from emergence_model.strategies import STRATEGIES, NetworkStrategy, Strategy, model_basename
 from emergence_model.suites import parse_int_list
 
 
@@ -159,27 +159,41 @@ def run(argv: Sequence[str] | None = None) -> dict:
     checkpoints = [(p, load_checkpoint(p)) for p in job.checkpoint]
     counts = parse_int_list(job.param_counts, "--param-counts")
     known = known_counts(checkpoints)
-    with scoring_set(job.source, param_counts=counts, known_counts=known) as (cache, inputs):
-        parts, description, notes, pool = strategy_parts(parser, job, config, cache, checkpoints)
-        failed: dict[str, str] = {}
-        if job.strategy:
-            rows = np.unique(
-                np.concatenate([np.arange(len(cache)) if r is None else r for r, _ in parts])
+    with scoring_set(job.source, param_counts=counts, known_counts=known) as scored:
+        inputs = scored.inputs
+        for _, checkpoint in checkpoints:
+            check_compatible(
+                checkpoint,
+                inputs.model_names,
+                inputs.vocab_size,
+                str(job.source),
+                target_name=inputs.target_name,
             )
-            isolate = job.test is not None
+        folds = {path: training_folds(inputs.sentences, c) for path, c in checkpoints}
+        check_plan(parser, job, config, checkpoints, folds)
+        baselines = registered_baselines(job, checkpoints)
+        # The functions run first, on every prefix (those not scored are ignored): a pickle's
+        # target column is written to a cache only once they are done.
+        functions, failed = {}, {}
+        if job.strategy:
             timeout = DEFAULT_TIMEOUT if job.timeout is None else job.timeout
             functions, failed = run_entries(
                 parse_entries(job.strategy),
                 inputs,
-                rows,
+                np.arange(len(inputs)),
                 batch=job.batch,
-                isolate=isolate,
+                isolate=job.test is not None,
                 timeout=timeout,
                 threads=options.threads,
                 progress=options.progress,
             )
+        cache = scored.cache()
+        parts, description, notes, pool = strategy_parts(
+            job, config, cache, checkpoints, baselines, folds
+        )
+        if job.strategy:
             parts = [(r, {**strategies, **functions}) for r, strategies in parts]
-            notes.append(describe_run(isolate, job.batch, timeout))
+            notes.append(describe_run(job.test is not None, job.batch, timeout))
         summary = evaluate_cache(
             cache,
             parts,
@@ -199,6 +213,52 @@ def run(argv: Sequence[str] | None = None) -> dict:
     return summary
 
 
+def registered_baselines(
+    job: EvaluateJob, checkpoints: Sequence[tuple[Path, dict]]
+) -> dict[str, Strategy]:
+    """The --strategies baselines (default: all), with the first checkpoint's tuned parameters."""
+    names = job.strategies.split(",") if job.strategies else None
+    try:
+        return make_baselines(names, checkpoints[0][1].get("baselines") if checkpoints else None)
+    except TypeError as e:
+        raise CheckpointError(
+            f"{checkpoints[0][0]} holds baseline parameters this version does not take ({e}); "
+            "retrain it"
+        ) from None
+
+
+def shared_with(folds: dict[Path, np.ndarray | None]) -> list[Path]:
+    """The checkpoints trained on some of the scored prefixes."""
+    return [path for path, f in folds.items() if f is not None and (f != NOT_TRAINED).any()]
+
+
+def check_plan(
+    parser: argparse.ArgumentParser,
+    job: EvaluateJob,
+    config: EvalConfig,
+    checkpoints: Sequence[tuple[Path, dict]],
+    folds: dict[Path, np.ndarray | None],
+) -> None:
+    """Refuse, before anything runs, checkpoints and options that cannot score these prefixes."""
+    shared = shared_with(folds)
+    if config.calibrate and (len(checkpoints) != 1 or shared):
+        parser.error(
+            "--calibrate takes one --checkpoint and a cache it was not trained on (a transfer "
+            "cache): drop --calibrate to score its training cache"
+        )
+    if shared and not job.all_rows:
+        if len(checkpoints) > 1:
+            parser.error(
+                f"{shared[0]} was trained on prefixes of this cache: evaluate it alone (each "
+                "prefix by the network that never saw it) or pass --all-rows"
+            )
+        if (folds[shared[0]] == SEEN_BY_ALL).all():
+            raise ValueError(
+                f"every prefix of {job.source} was seen by every network of {shared[0]} in "
+                "training: nothing is left to score fairly; pass --all-rows to score them anyway"
+            )
+
+
 def known_counts(checkpoints: Sequence[tuple[Path, dict]]) -> dict[str, int]:
     """Parameter counts the checkpoints record (model basename -> count), for a challenge pickle
     of their models: only checkpoints whose scales are parameter counts."""
@@ -212,34 +272,17 @@ def known_counts(checkpoints: Sequence[tuple[Path, dict]]) -> dict[str, int]:
 
 
 def strategy_parts(
-    parser: argparse.ArgumentParser,
     job: EvaluateJob,
     config: EvalConfig,
-    cache,
+    cache: FeatureCache,
     checkpoints: Sequence[tuple[Path, dict]],
+    baselines: dict[str, Strategy],
+    folds: dict[Path, np.ndarray | None],
 ) -> tuple[list, str, list[str], object]:
-    """The registered baselines and the checkpoints' networks, as `evaluate_cache`'s parts: (the
-    parts, the rows' description, notes, the calibration's pool or None)."""
-    for _, checkpoint in checkpoints:
-        check_compatible(
-            checkpoint,
-            cache.model_names[:-1],
-            cache.vocab_size,
-            str(job.source),
-            target_name=cache.target_name,
-        )
-    names = job.strategies.split(",") if job.strategies else None
-    try:
-        baselines = make_baselines(
-            names, checkpoints[0][1].get("baselines") if checkpoints else None
-        )
-    except TypeError as e:
-        raise CheckpointError(
-            f"{checkpoints[0][0]} holds baseline parameters this version does not take ({e}); "
-            "retrain it"
-        ) from None
-    folds = {path: training_folds(cache.prefixes, c) for path, c in checkpoints}
-    shared = [path for path, f in folds.items() if f is not None and (f != NOT_TRAINED).any()]
+    """`baselines` and the checkpoints' networks (`folds` from `training_folds`, checked by
+    `check_plan`), as `evaluate_cache`'s parts: (the parts, the rows' description, notes, the
+    calibration's pool or None)."""
+    shared = shared_with(folds)
     notes = [
         f"{path.name} does not record its training prefixes: prefixes it was trained on are not "
         "detected here (retrain it with this version)"
@@ -247,24 +290,9 @@ def strategy_parts(
         if f is None
     ]
     pool = None
-    if config.calibrate and (len(checkpoints) != 1 or shared):
-        parser.error(
-            "--calibrate takes one --checkpoint and a cache it was not trained on (a transfer "
-            "cache): drop --calibrate to score its training cache"
-        )
     if shared and not job.all_rows:
-        if len(checkpoints) > 1:
-            parser.error(
-                f"{shared[0]} was trained on prefixes of this cache: evaluate it alone (each "
-                "prefix by the network that never saw it) or pass --all-rows"
-            )
         path, checkpoint = checkpoints[0]
         parts = cross_fit_parts(cache, checkpoint, baselines, folds[path])
-        if not parts:
-            raise ValueError(
-                f"every prefix of {job.source} was seen by every network of {path} in training: "
-                "nothing is left to score fairly; pass --all-rows to score them anyway"
-            )
         description, more = describe_folds(folds[path], f"{path.name}'s training prefixes")
         notes += more
     else:

@@ -2,10 +2,11 @@
 
 A scoring set is a cache directory or one of the challenge's pickles. The evaluation scores
 every strategy on a cache (a pickle is imported into a temporary one, as `cache_features.py
---from-pickle` would import it); a function is given only `ChallengeInputs`: the prefixes, the
-small models' names, the target's name and the small models' probabilities as float16, the
-challenge's dtype. From a pickle they are the pickle's own float16 numbers; from a cache, the
-exponent of its log-probabilities. The target's column is never in them.
+--from-pickle` would import it, once the functions have run); a function is given only
+`ChallengeInputs`: the prefixes, the small models' names, the target's name and the small
+models' probabilities as float16, the challenge's dtype. From a pickle they are the pickle's own
+float16 numbers; from a cache, the exponent of its log-probabilities. The target's column is
+never in them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from emergence_model.cache import CacheError, FeatureCache, open_cache
-from emergence_model.challenge import challenge_cache, load_challenge_pickle
+from emergence_model.cache import NORMALISATION_TOLERANCE, CacheError, FeatureCache, open_cache
+from emergence_model.challenge import challenge_cache, check_probabilities, load_challenge_pickle
 from emergence_model.strategies import model_basename
 from emergence_model.suites import param_count_for, resolve_param_counts
+
+# How a pickle is imported for scoring: as `cache_features.py --from-pickle` imports it.
+PICKLE_CACHE_DTYPE = "float16"
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,26 @@ def pickle_param_counts(
 ) -> list[int]:
     """Parameter counts of a pickle's models: `given` (--param-counts), else Pythia's by name,
     else `known` (model basename -> count, e.g. from a checkpoint of the same models)."""
-    if given is not None:
-        return resolve_param_counts(names, given)
-    counts = [param_count_for(n) or known.get(model_basename(n)) for n in names]
-    unknown = [n for n, c in zip(names, counts, strict=True) if c is None]
-    if unknown:
-        raise ValueError(
-            f"unknown parameter counts for {', '.join(unknown)}; pass --param-counts with one "
-            f"number per model ({len(names)}, the target last) or a --checkpoint of these models"
-        )
-    return counts
+    if given is None and known:
+        counts = [param_count_for(n) or known.get(model_basename(n)) for n in names]
+        given = None if None in counts else counts
+    return resolve_param_counts(names, given)
+
+
+class ScoringSet:
+    """A cache or a challenge pickle to score: `inputs`, what functions see of it, at once, and
+    `cache()`, what every strategy is scored on. A pickle becomes a cache only when `cache()`
+    is first called, so that functions can run before the target's column is written anywhere."""
+
+    def __init__(self, inputs: ChallengeInputs, make_cache: Callable[[], FeatureCache]) -> None:
+        self.inputs = inputs
+        self._make_cache = make_cache
+        self._cache: FeatureCache | None = None
+
+    def cache(self) -> FeatureCache:
+        if self._cache is None:
+            self._cache = self._make_cache()
+        return self._cache
 
 
 @contextmanager
@@ -96,21 +110,26 @@ def scoring_set(
     *,
     param_counts: Sequence[int] | None = None,
     known_counts: dict[str, int] | None = None,
-) -> Iterator[tuple[FeatureCache, ChallengeInputs]]:
-    """The cache to score and what functions see of it, from a cache directory or a challenge
-    pickle (read by the restricted unpickler, imported into a temporary cache that is removed
-    on exit). A pickle's models need parameter counts (`pickle_param_counts`)."""
+) -> Iterator[ScoringSet]:
+    """A cache directory, or a challenge pickle (read by the restricted unpickler, every number
+    checked now; imported into a temporary cache, removed on exit, when its cache is asked for).
+    A pickle's models need parameter counts (`pickle_param_counts`)."""
     path = Path(path)
     if path.is_dir():
         cache = open_cache(path)
-        yield cache, cache_inputs(cache)
+        yield ScoringSet(cache_inputs(cache), lambda: cache)
         return
     if not path.exists():
         raise CacheError(f"no cache directory or challenge pickle at {path}; check the path")
-    names, sentences, probs = load_challenge_pickle(path)
+    loaded = load_challenge_pickle(path)
+    names, sentences, probs = loaded
     counts = pickle_param_counts(names, param_counts, known_counts or {})
+    # the import's own check, now rather than after the functions have run
+    check_probabilities(path, probs, NORMALISATION_TOLERANCE[PICKLE_CACHE_DTYPE])
     with tempfile.TemporaryDirectory(prefix="emergence-pickle-") as tmp:
-        cache = challenge_cache(
-            path, (names, sentences, probs), Path(tmp) / "cache", param_counts=counts
-        )
-        yield cache, pickle_inputs(names, sentences, probs)
+
+        def make_cache() -> FeatureCache:
+            out = Path(tmp) / "cache"
+            return challenge_cache(path, loaded, out, param_counts=counts, dtype=PICKLE_CACHE_DTYPE)
+
+        yield ScoringSet(pickle_inputs(names, sentences, probs), make_cache)
