@@ -349,6 +349,7 @@ def test_a_module_entry_runs_in_both_modes(cache, tmp_path, monkeypatch):
         (["--cache", "x", "--strategy", "nowhere/guess.py:guess"], "no file nowhere/guess.py"),
         (["--cache", "x", "--strategy", "a-b:guess"], "neither a .py file nor a module"),
         (["--cache", "x", "--strategy", "m:f", "--strategy", "m:f"], "m:f is given twice"),
+        (["--cache", "x", "--strategy", "network:a", "--checkpoint", "a.ckpt"], "network's name"),
         (["--cache", "nowhere"], "no cache directory or challenge pickle at nowhere"),
     ],
 )

@@ -112,6 +112,10 @@ class EvaluateJob:
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         parse_entries(self.strategy)  # a malformed --strategy: now, before anything is read
+        networks = {f"network:{path.stem}" for path in self.checkpoint}
+        for text in self.strategy:
+            if text in networks:
+                raise ValueError(f"--strategy {text} has a network's name; rename its module")
         parse_int_list(self.param_counts, "--param-counts")
 
     @property
