@@ -416,7 +416,24 @@ def import_challenge_pickle(
     if dtype not in CACHE_DTYPES:
         raise CacheError(f"--cache-dtype {dtype!r} is not one of {', '.join(CACHE_DTYPES)}")
     check_cache_destination(out_dir)
-    names, sentences, probs = load_challenge_pickle(pkl)
+    loaded = load_challenge_pickle(pkl)
+    return challenge_cache(
+        pkl, loaded, out_dir, param_counts=param_counts, dtype=dtype, tokenizer=tokenizer
+    )
+
+
+def challenge_cache(
+    pkl: str | os.PathLike,
+    loaded: tuple[list[str], list[str], np.ndarray],
+    out_dir: str | os.PathLike,
+    *,
+    param_counts: Sequence[int] | None = None,
+    dtype: str = "float16",
+    tokenizer: str | None = None,
+) -> FeatureCache:
+    """`import_challenge_pickle` of a pickle already read (`load_challenge_pickle(pkl)`), so that
+    a caller that keeps its numbers scores the very ones it imported."""
+    names, sentences, probs = loaded
     counts = resolve_param_counts(names, param_counts)
     check_probabilities(Path(pkl), probs, NORMALISATION_TOLERANCE[dtype])
     num_prefixes, num_models, vocab_size = probs.shape

@@ -5,11 +5,13 @@ of the target's top token and KL(target || predicted) where the strategy has a d
 with a 95% bootstrap interval over prefixes; the share of easy prefixes (the largest small model
 already agrees with the target) and agreement on the hard rest; and a paired bootstrap interval of
 (network - best baseline) top-1, so that "beats the best baseline" can be checked (the best
-baseline is picked on the very rows scored, which favours the baseline). A prefix the checkpoint
-was trained on (it records which fold held out each of its training prefixes), in its own training
-cache or in any other, is scored only by a network that never saw it: the fold's head of a
-cross-fitted checkpoint; with --folds 1, prefixes the one network saw are left out. The summary's
-"rows" and "notes" say how many were scored which way.
+baseline is picked on the very rows scored, which favours the baseline); the same for each
+participant's function (`RecordedGuesses`: its guesses only, so top-1 and no more); and what
+each strategy's calls cost (meter.py: milliseconds per 100 prefixes, peak memory of one call).
+A prefix the checkpoint was trained on (it records which fold held out each of its training
+prefixes), in its own training cache or in any other, is scored only by a network that never
+saw it: the fold's head of a cross-fitted checkpoint; with --folds 1, prefixes the one network
+saw are left out. The summary's "rows" and "notes" say how many were scored which way.
 
 The cache is read in chunks of rows, so a 20k x 7 x 50277 cache never sits in memory whole. The
 command line is `emergence-model evaluate` (commands/evaluate.py), which
@@ -18,6 +20,7 @@ command line is `emergence-model evaluate` (commands/evaluate.py), which
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from emergence_model.checkpoint import build_predictor
 from emergence_model.cli import exit_on_user_error
 from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, training_folds
 from emergence_model.logprobs import floor_logprobs
+from emergence_model.meter import Cost, measure
 from emergence_model.model import PerTokenPredictor, candidate_ids
 from emergence_model.speculative import sampled_acceptance
 from emergence_model.stats import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
@@ -48,8 +52,9 @@ class EvalConfig:
     """Bootstrap resamples behind every 95% interval."""
     bootstrap_seed: int = 0
     """Seed of the bootstrap resampling."""
-    chunk_rows: int = 64
-    """Prefixes read from the cache and scored at a time."""
+    chunk_rows: int = 100
+    """Prefixes read from the cache and scored at a time (the challenge's batch: each strategy's
+    time and memory are measured per chunk)."""
     calibrate: int = 0
     """With a network: this many prompts of each cache it was not trained on, drawn at random,
     calibrate it (the target's outputs on them fit its guide pools: emergence_model.calibrate);
@@ -66,6 +71,29 @@ class EvalConfig:
             raise ValueError(
                 f"--calibrate takes a number of prompts, 0 or more, got {self.calibrate}"
             )
+
+
+class RecordedGuesses(Strategy):
+    """A participant's function, known by the guesses it returned (emergence_model.harness ran
+    it): scored on top-1 alone, since a guess is no ranking and no distribution."""
+
+    def __init__(self, spec: str, guesses: np.ndarray, cost: Cost) -> None:
+        self.spec = spec
+        self.guesses = guesses  # (N,) a token id per cache row, -1 where the function was not run
+        self.cost = cost
+
+    def score_tensor(self, x, scales, target_scale):
+        raise TypeError(f"{self.spec} gave guesses, not scores: score it with score_rows")
+
+    def params(self) -> dict:
+        return {"function": self.spec}
+
+
+def strategy_kind(strategy: Strategy) -> str:
+    """ "network", "function" (a participant's) or "baseline": how a leaderboard sets it apart."""
+    if isinstance(strategy, NetworkStrategy):
+        return "network"
+    return "function" if isinstance(strategy, RecordedGuesses) else "baseline"
 
 
 @torch.no_grad()
@@ -85,7 +113,10 @@ def score_rows(
                   token); with a distribution also "loglik" (log q of the target's top
                   token), "kl" (KL(target || q)), "accept" (sum_x min(p, q)), "confidence"
                   (q's top probability); for a network "in_candidates" (whether the
-                  target's top token was among the tokens its MLP scored)
+                  target's top token was among the tokens its MLP scored); for recorded
+                  guesses "guess" and "top1" only
+    "costs"       {name: meter.Cost}: what its calls cost (recorded guesses: none, their run
+                  has its own)
     """
     indices = np.arange(len(cache)) if indices is None else np.asarray(indices, dtype=np.int64)
     small_scales, target_scale = cache.scales[:-1], cache.scales[-1]
@@ -95,6 +126,7 @@ def score_rows(
     # between the chunks' large temporaries would fragment the heap, which then grows with the
     # number of rows although nothing large outlives its chunk.
     columns: dict = {name: {} for name in strategies}
+    costs = {name: Cost() for name, s in strategies.items() if not isinstance(s, RecordedGuesses)}
     target_columns: dict = {}
     for start in range(0, max(n, 1), chunk_rows):  # once at least: no rows, empty columns
         chunk = indices[start : start + chunk_rows]
@@ -111,8 +143,16 @@ def score_rows(
         small_top = small.gather(2, target[:, None, None].expand(-1, small.shape[1], 1))
         _fill(target_columns, "small_logprob", at, n, small_top[:, :, 0])  # (n, M)
         for name, strategy in strategies.items():
-            scores = strategy.score_tensor(small, small_scales, target_scale)  # (n, V)
             out = columns[name]
+            if isinstance(strategy, RecordedGuesses):
+                guess = torch.from_numpy(strategy.guesses[chunk])
+                _fill(out, "guess", at, n, guess)
+                _fill(out, "top1", at, n, guess == target)
+                continue
+            scores, seconds, peak = measure(
+                strategy.score_tensor, small, small_scales, target_scale
+            )
+            costs[name].add(seconds, len(chunk), peak)  # scores: (n, V)
             guess = scores.argmax(dim=1)
             _fill(out, "guess", at, n, guess)
             _fill(out, "top1", at, n, guess == target)
@@ -138,6 +178,7 @@ def score_rows(
             name: {m: v.astype(np.float64) for m, v in metrics.items()}
             for name, metrics in columns.items()
         },
+        "costs": costs,
     }
 
 
@@ -160,6 +201,10 @@ def concat_rows(parts: Sequence[dict]) -> dict:
             name: {m: np.concatenate([p["strategies"][name][m] for p in parts]) for m in metrics}
             for name, metrics in first["strategies"].items()
         },
+        "costs": {
+            name: functools.reduce(Cost.merged, [p["costs"][name] for p in parts])
+            for name in first.get("costs", {})
+        },
     }
 
 
@@ -170,7 +215,8 @@ def summarize(
     num_bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> dict:
-    """Means and 95% intervals per strategy, easy share, and network vs best baseline."""
+    """Means and 95% intervals per strategy, easy share, each network and participant's function
+    against the best baseline, and each strategy's cost (where `per_row` has "costs")."""
     easy = per_row["easy"]
     n = int(easy.size)
 
@@ -187,17 +233,22 @@ def summarize(
         entry = {m: stat(rows[m]) for m in METRICS if m in rows}
         entry["hard_top1"] = stat(rows["top1"][~easy])
         entry["distribution"] = strategy.gives_distribution
+        entry["kind"] = strategy_kind(strategy)
         entry["params"] = strategy.params()
+        if isinstance(strategy, RecordedGuesses):
+            entry["cost"] = strategy.cost.summary()
+        elif name in per_row.get("costs", {}):
+            entry["cost"] = per_row["costs"][name].summary()
         if "in_candidates" in rows:
             entry["candidate_recall"] = float(rows["in_candidates"].mean())
         summary["strategies"][name] = entry
-    baselines = [s for s in strategies if not isinstance(strategies[s], NetworkStrategy)]
-    networks = [s for s in strategies if isinstance(strategies[s], NetworkStrategy)]
+    baselines = [s for s in strategies if strategy_kind(strategies[s]) == "baseline"]
+    contenders = [s for s in strategies if strategy_kind(strategies[s]) != "baseline"]
     if baselines:
         best = max(baselines, key=lambda s: summary["strategies"][s]["top1"]["value"])
         summary["best_baseline"] = best
         summary["comparisons"] = {}
-        for net in networks:
+        for net in contenders:
             diff = per_row["strategies"][net]["top1"] - per_row["strategies"][best]["top1"]
             lo, hi = bootstrap_ci(diff, num_bootstrap, seed)
             hard_diff = diff[~easy]

@@ -24,7 +24,9 @@ METRIC_TITLES = {
 }
 TABLE_COLUMNS = ("top1", "top5", "hard_top1", "loglik", "kl", "accept")
 PERCENT_METRICS = ("top1", "top5", "hard_top1")
-NETWORK_COLOR, BASELINE_COLOR = "#d62728", "#1f77b4"
+# What a strategy's calls cost (meter.Cost.summary): its key, column title and digits.
+COST_COLUMNS = (("ms_per_100", "ms/100", 1), ("peak_mb", "peak MB", 1))
+COLORS = {"network": "#d62728", "function": "#2ca02c", "baseline": "#1f77b4"}
 
 
 def format_number(
@@ -49,7 +51,8 @@ def format_stat(
 
 
 def table_head() -> list[str]:
-    return ["strategy", *[METRIC_TITLES[c] + (" %" if "top" in c else "") for c in TABLE_COLUMNS]]
+    metrics = [METRIC_TITLES[c] + (" %" if "top" in c else "") for c in TABLE_COLUMNS]
+    return ["strategy", *metrics, *[title for _, title, _ in COST_COLUMNS]]
 
 
 def strategies_by_top1(summary: dict) -> list[str]:
@@ -63,8 +66,19 @@ def table_rows(summary: dict) -> list[list[str]]:
         cells = [name]
         for column in TABLE_COLUMNS:
             cells.append(format_stat(entry.get(column), percent=column in PERCENT_METRICS))
+        cost = entry.get("cost") or {}
+        for key, _, digits in COST_COLUMNS:
+            value = cost.get(key)
+            cells.append("-" if value is None else format_number(value, digits=digits))
         rows.append(cells)
+    for name in summary.get("failed", {}):
+        rows.append([name, "failed", *["-"] * (len(TABLE_COLUMNS) + len(COST_COLUMNS) - 1)])
     return rows
+
+
+def failure_lines(summary: dict) -> list[str]:
+    """ "NAME failed: REASON" for each entry that could not be scored."""
+    return [f"{name} failed: {reason}" for name, reason in summary.get("failed", {}).items()]
 
 
 def header_lines(summary: dict, title: str) -> list[str]:
@@ -104,7 +118,10 @@ def format_table(summary: dict, title: str = "evaluation") -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = [" ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     text.insert(1, " ".join("-" * w for w in widths))
-    return "\n".join([*header_lines(summary, title), "", *text])
+    failures = failure_lines(summary)
+    return "\n".join(
+        [*header_lines(summary, title), "", *text, *([""] + failures if failures else [])]
+    )
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -117,13 +134,22 @@ def format_markdown(summary: dict, title: str = "evaluation") -> str:
     lines = [f"## {title}", "", *[f"- {line}" for line in header_lines(summary, title)], ""]
     lines += markdown_table(table_head(), table_rows(summary))
     lines.append("")
+    failures = failure_lines(summary)
+    if failures:
+        lines += [*[f"- {line}" for line in failures], ""]
     lines.append(
         "Intervals: 95% percentile bootstrap over prefixes "
         f"({summary['num_bootstrap']} resamples). top-1/top-5: agreement with the "
         "target's top token; hard: prefixes where the largest small model disagrees "
         "with the target; log-lik: mean log-probability of the target's top token; KL: "
         "KL(target || predicted), nats; sum min(p,q): the sampled speculative-decoding acceptance "
-        "of the predicted distribution as a draft for the target's."
+        "of the predicted distribution as a draft for the target's. A participant's function "
+        "gives guesses, not a distribution: top-1 only. ms/100: wall milliseconds of a "
+        "strategy's own calls per 100 prefixes (baselines and networks on chunks of the cache's "
+        "log-probabilities, functions on their batches of float16 probabilities); peak MB: the "
+        "most resident memory one call added above what the process held when it began "
+        "(Linux's peak RSS, reset before each call, with freed memory first returned to the "
+        "system; '-' where not measured)."
     )
     return "\n".join(lines) + "\n"
 
@@ -164,7 +190,7 @@ def agreement_figure(panels: Sequence[tuple[str, dict]], metric: str = "top1"):
         values = [100 * entries[name][metric]["value"] for name in order]
         lows = [100 * entries[name][metric]["ci"][0] for name in order]
         highs = [100 * entries[name][metric]["ci"][1] for name in order]
-        colors = [NETWORK_COLOR if n.startswith("network") else BASELINE_COLOR for n in order]
+        colors = [COLORS[entry_kind(name, entries[name])] for name in order]
         ax.barh(order, values, color=colors, alpha=0.75)
         ax.errorbar(
             values,
@@ -181,13 +207,21 @@ def agreement_figure(panels: Sequence[tuple[str, dict]], metric: str = "top1"):
             ax.text(high + 1, y, f"{value:.1f}%", va="center", fontsize=8)
         ax.set_xlim(0, 110)
         ax.set_xlabel(f"{METRIC_TITLES[metric]} agreement with the target (%)")
+        failed = len(summary.get("failed", {}))
         ax.set_title(
-            f"{title}: {summary['num_prefixes']} prefixes, 95% bootstrap intervals", fontsize=10
+            f"{title}: {summary['num_prefixes']} prefixes, 95% bootstrap intervals"
+            + (f"; {failed} failed (results.md)" if failed else ""),
+            fontsize=10,
         )
         ax.grid(axis="x", color="#dddddd")
         ax.set_axisbelow(True)
     figure.tight_layout()
     return figure
+
+
+def entry_kind(name: str, entry: dict) -> str:
+    """ "network", "function" or "baseline" (summaries written before kinds: by name)."""
+    return entry.get("kind") or ("network" if name.startswith("network") else "baseline")
 
 
 def write_reports(out_dir: str | Path, panels: Sequence[tuple[str, dict]]) -> list[Path]:
