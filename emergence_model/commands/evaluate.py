@@ -40,6 +40,7 @@ from emergence_model.evaluate import (
 from emergence_model.folds import NOT_TRAINED, training_folds
 from emergence_model.report import format_table, write_reports
 from emergence_model.strategies import STRATEGIES, NetworkStrategy
+from emergence_model.vocab import TokenizerId
 
 
 @dataclass
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         check_compatible(
             checkpoint,
             cache.model_names[:-1],
-            cache.vocab_size,
+            TokenizerId.of_cache(cache.meta),
             str(cache.path),
             target_name=cache.target_name,
         )
