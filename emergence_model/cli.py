@@ -210,3 +210,9 @@ def exit_on_user_error(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         raise SystemExit(INTERRUPTED_STATUS) from None
+    except SystemExit as e:
+        # Lightning handles Ctrl-C during training itself, and exits (status 1) while handling it.
+        if isinstance(e.__context__, KeyboardInterrupt):
+            print("interrupted; rerun the same command to resume", file=sys.stderr)
+            raise SystemExit(INTERRUPTED_STATUS) from None
+        raise

@@ -186,8 +186,16 @@ def test_every_command_turns_ctrl_c_into_one_line(capsys):
     def interrupted():
         raise KeyboardInterrupt
 
-    assert exit_code_of(interrupted) == 130
-    assert capsys.readouterr().err == "interrupted; rerun the same command to resume\n"
+    def interrupted_while_training():  # Lightning's fit on Ctrl-C: its shutdown, then exit(1)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    for command in (interrupted, interrupted_while_training):
+        assert exit_code_of(command) == 130
+        assert capsys.readouterr().err == "interrupted; rerun the same command to resume\n"
+    assert exit_code_of(lambda: sys.exit(3)) == 3  # any other exit is its own
 
 
 def test_a_writer_in_this_process_holds_its_cache_until_it_closes(tmp_path):
