@@ -40,6 +40,7 @@ from emergence_model.files import write_json_atomic
 from emergence_model.logprobs import floor_logprobs, probs_to_logprobs
 from emergence_model.model import PerTokenPredictor, make_mode
 from emergence_model.strategies import MeanProbability, NetworkStrategy, check_same_models
+from emergence_model.vocab import TokenizerId, check_same_tokenizer
 
 # The guess pool's objective: the target sharpened as for the network's logits (TrainConfig).
 DEFAULT_TEMPERATURE = 0.25
@@ -239,6 +240,14 @@ def calibrate(
         given_target=cache.target_name,
         where=f"calibration cache {cache.path}",
     )
+    if strategy.tokenizer is not None:
+        check_same_tokenizer(
+            strategy.tokenizer,
+            TokenizerId.of_cache(cache.meta),
+            "the network",
+            f"calibration cache {cache.path}",
+            "calibrate on a cache of the tokenizer the network was trained under",
+        )
     data = torch.from_numpy(cache.rows(np.asarray(rows)))
     names = strategy.model_names
     pool = fit_guide_pool(
@@ -254,7 +263,9 @@ class CalibratedStrategy(NetworkStrategy):
     ranks_candidates = False  # the pools rank every token
 
     def __init__(self, network: NetworkStrategy, pool: GuidePool) -> None:
-        super().__init__(network.predictor, network.model_names, network.target_name)
+        super().__init__(
+            network.predictor, network.model_names, network.target_name, tokenizer=network.tokenizer
+        )
         self.chunk_rows = network.chunk_rows
         if pool.guides != guide_names(self.model_names):
             raise CalibrationError(

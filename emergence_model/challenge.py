@@ -437,7 +437,7 @@ def challenge_cache(
     counts = resolve_param_counts(names, param_counts)
     check_probabilities(Path(pkl), probs, NORMALISATION_TOLERANCE[dtype])
     num_prefixes, num_models, vocab_size = probs.shape
-    writer = create_cache(
+    with create_cache(
         out_dir,
         model_names=names,
         param_counts=counts,
@@ -454,17 +454,17 @@ def challenge_cache(
             "log_probability_floor": LOG_PROB_FLOOR,
             "probs_sha256": _digest(probs),
         },
-    )
-    step = rows_per_chunk(1, vocab_size)
-    for m in range(num_models):
-        for start in range(0, num_prefixes, step):
-            stop = min(start + step, num_prefixes)
-            block = as_tensor(probs[start:stop, m]).float()  # (b, V)
-            logprobs = block.clamp_min(PROB_FLOOR).log().numpy()
-            # The challenge scores against the argmax of these probabilities: keep it exactly.
-            argmax = block.argmax(dim=-1).numpy()
-            writer.write(m, np.arange(start, stop), logprobs, argmax=argmax)
-    return writer.finalize(verify=True)
+    ) as writer:
+        step = rows_per_chunk(1, vocab_size)
+        for m in range(num_models):
+            for start in range(0, num_prefixes, step):
+                stop = min(start + step, num_prefixes)
+                block = as_tensor(probs[start:stop, m]).float()  # (b, V)
+                logprobs = block.clamp_min(PROB_FLOOR).log().numpy()
+                # The challenge scores against the argmax of these probabilities: keep it.
+                argmax = block.argmax(dim=-1).numpy()
+                writer.write(m, np.arange(start, stop), logprobs, argmax=argmax)
+        return writer.finalize(verify=True)
 
 
 def _digest(array: np.ndarray) -> str:

@@ -4,12 +4,16 @@
      "config" (PredictorConfig as a dict: network shape, base, features, scales, vocabulary,
         num_heads),
      "model_names", "scale_axis", "scales" (small models), "target_name", "target_scale",
-     "vocab_size", "state_dict" (one head per cross-fitting fold),
+     "vocab_size", "tokenizer" (name, size and vocabulary fingerprint of the training cache's),
+     "design" (what the weights compute: model.PREDICTOR_DESIGN),
+     "state_dict" (one head per cross-fitting fold),
      "baselines" (tuned baseline parameters, e.g. the contrastive beta), "metrics",
      "data" (training cache, its fingerprint, the split: folds, fractions, seed), "train_config"}
 
-Only plain Python values and tensors, so it loads with `torch.load(path, weights_only=True)`.
-`load_strategy(path)` turns one into a callable with the challenge's signature.
+Only plain Python values and tensors, so it loads with `torch.load(path, weights_only=True)`, and
+nothing is built from it before it is checked: its design, its weights (finite, and the names and
+shapes its config's network has, found without allocating it). `load_strategy(path)` turns one
+into a callable with the challenge's signature.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emergence_model.cache.format import short_repr
 from emergence_model.files import atomic_file
 from emergence_model.model import PREDICTOR_DESIGN, PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import NetworkStrategy, check_same_models
+from emergence_model.vocab import TokenizerId, check_same_tokenizer
 
 # 2: scales along a declared axis (parameters or training tokens) instead of parameter counts.
 # 3: the gated base, token embeddings and the distribution output (two outputs per head).
@@ -73,8 +79,10 @@ def save_checkpoint(
     metrics: dict | None = None,
     data: dict | None = None,
     train_config: dict | None = None,
+    tokenizer: TokenizerId | None = None,
 ) -> dict:
-    """Write the checkpoint dict for `predictor` (its config carries scales and vocabulary)."""
+    """Write the checkpoint dict for `predictor` (its config carries scales and vocabulary);
+    `tokenizer`: the training cache's (`TokenizerId.of_cache`), which caches are compared with."""
     from emergence_model import __version__
 
     cfg = predictor.config
@@ -83,7 +91,7 @@ def save_checkpoint(
     checkpoint = {
         "format_version": CHECKPOINT_FORMAT,
         "package_version": __version__,
-        "design": PREDICTOR_DESIGN,  # what the weights compute (model.py); not checked on load
+        "design": PREDICTOR_DESIGN,  # what the weights compute (model.py)
         "config": plain(dataclasses.asdict(cfg)),
         "model_names": [str(n) for n in model_names],
         "scale_axis": str(scale_axis),
@@ -91,6 +99,7 @@ def save_checkpoint(
         "target_name": str(target_name),
         "target_scale": float(cfg.target_scale),
         "vocab_size": int(cfg.vocab_size),
+        "tokenizer": (tokenizer or TokenizerId(None, int(cfg.vocab_size))).record(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in predictor.state_dict().items()},
         "baselines": plain(baselines or {}),
         "metrics": plain(metrics or {}),
@@ -133,7 +142,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     problem = _checkpoint_problem(checkpoint)
     if problem is not None:
         raise CheckpointError(f"{path}: {problem}; the file is damaged or not from train.py")
-    build_predictor(checkpoint, where=str(path))  # a config and weights that do not fit: now
+    _network(checkpoint, where=str(path))  # a config and weights that do not fit: now
     return checkpoint
 
 
@@ -161,6 +170,21 @@ def _checkpoint_problem(checkpoint: dict) -> str | None:
         return "state_dict holds something other than tensors"
     if not all(isinstance(v, dict) for v in checkpoint.get("baselines", {}).values()):
         return "baselines holds something other than parameter dicts"
+    tokenizer = checkpoint.get("tokenizer", {})
+    if not isinstance(tokenizer, dict) or not all(
+        isinstance(tokenizer.get(k), str | None) for k in ("name", "tokenizer_fingerprint")
+    ):
+        return "tokenizer is not a record of a tokenizer's name and fingerprint"
+    design = checkpoint.get("design")
+    if (
+        isinstance(design, bool)
+        or not isinstance(design, int)
+        or not 1 <= design <= PREDICTOR_DESIGN
+    ):
+        return (
+            f"its network design {short_repr(design)} is not one this version knows (1 to "
+            f"{PREDICTOR_DESIGN}; a newer version's?)"
+        )
     folds = checkpoint.get("data", {}).get("prefix_folds", {})
     if not isinstance(folds, dict) or not all(
         isinstance(k, str) and isinstance(v, int) for k, v in folds.items()
@@ -171,13 +195,29 @@ def _checkpoint_problem(checkpoint: dict) -> str | None:
 
 def build_predictor(checkpoint: dict, where: str = "the checkpoint") -> PerTokenPredictor:
     """The network of a loaded checkpoint, in eval mode on the CPU; CheckpointError in one line
-    (naming `where`) if its config does not make a network or its weights do not fit it."""
+    (naming `where`) if it is of another design than this version computes
+    (`model.PREDICTOR_DESIGN`: its weights would mean something else here), its config does not
+    make a network, or its weights are not finite or do not fit it."""
+    if checkpoint.get("design") != PREDICTOR_DESIGN:
+        raise CheckpointError(
+            f"{where} holds a network of design {short_repr(checkpoint.get('design'))}, which this "
+            f"version does not compute (it computes design {PREDICTOR_DESIGN}); retrain it with "
+            "train.py"
+        )
+    return _network(checkpoint, where)
+
+
+def _network(checkpoint: dict, where: str) -> PerTokenPredictor:
+    """`build_predictor` but for the design. The weights are checked against the config before
+    the network is allocated, so a config that asks for a huge one is refused, not run out of
+    memory on."""
     fields = {f.name for f in dataclasses.fields(PredictorConfig)}
     if not isinstance(checkpoint.get("config"), dict):
         raise CheckpointError(f"{where}: its config is not a dict; retrain it with train.py")
     try:
         config = PredictorConfig(**{k: v for k, v in checkpoint["config"].items() if k in fields})
-        predictor = PerTokenPredictor(config)
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            one_head = PerTokenPredictor(dataclasses.replace(config, num_heads=1))
     except (TypeError, ValueError) as e:
         raise CheckpointError(
             f"{where}: its config does not make a network ({' '.join(str(e).split())}); "
@@ -188,6 +228,15 @@ def build_predictor(checkpoint: dict, where: str = "the checkpoint") -> PerToken
             f"{where}: its config has {config.num_models} small models but it names "
             f"{len(checkpoint['model_names'])}; retrain it with train.py"
         )
+    if config.vocab_size != checkpoint["vocab_size"]:
+        raise CheckpointError(
+            f"{where}: its config has a vocabulary of {config.vocab_size} but it records "
+            f"{checkpoint['vocab_size']}; retrain it with train.py"
+        )
+    problem = _weights_problem(checkpoint["state_dict"], one_head.state_dict(), config.num_heads)
+    if problem is not None:
+        raise CheckpointError(f"{where}: its weights {problem}; retrain it with train.py")
+    predictor = PerTokenPredictor(config)
     try:
         predictor.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -198,24 +247,68 @@ def build_predictor(checkpoint: dict, where: str = "the checkpoint") -> PerToken
     return predictor.eval()
 
 
+def _weights_problem(state_dict: dict, one_head: dict, num_heads: int) -> str | None:
+    """What is wrong with a checkpoint's weights for a network of `num_heads` heads whose
+    one-head version has the (meta) tensors `one_head`: a value that is not finite, a count,
+    name or shape of tensor that network does not have; None if they fit."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"hold NaN or infinite values ({name})"
+    head = "heads.0."
+    per_head = {k.removeprefix(head): v.shape for k, v in one_head.items() if k.startswith(head)}
+    shared = {k: v.shape for k, v in one_head.items() if not k.startswith(head)}
+    expected = len(shared) + num_heads * len(per_head)
+    if len(state_dict) != expected:  # before any loop over the heads the config claims
+        return (
+            f"do not fit its config ({len(state_dict)} tensors, where its {num_heads} heads "
+            f"have {expected})"
+        )
+    for name, tensor in state_dict.items():
+        index, _, rest = name.removeprefix("heads.").partition(".")
+        if name in shared:
+            wanted = shared[name]
+        elif name.startswith("heads.") and index.isdigit() and int(index) < num_heads:
+            wanted = per_head.get(rest)
+        else:
+            wanted = None
+        if wanted is None:
+            return f"do not fit its config (its network has no tensor {name})"
+        if tensor.shape != wanted:
+            return (
+                f"do not fit its config ({name} is {list(tensor.shape)}, its network's "
+                f"{list(wanted)})"
+            )
+    return None
+
+
 def check_compatible(
     checkpoint: dict,
     model_names: Sequence[str],
-    vocab_size: int,
+    vocabulary: int | TokenizerId,
     where: str = "the cache",
     target_name: str | None = None,
 ) -> None:
     """Refuse small models, a vocabulary or (if given) a target other than those `checkpoint`
-    was trained on (org prefixes and directories of the names are ignored)."""
+    was trained on (org prefixes and directories of the names are ignored). `vocabulary`: the
+    cache's tokenizer (`TokenizerId.of_cache`), compared with the checkpoint's by
+    `vocab.tokenizer_difference`, or only a vocabulary's size."""
+    given = vocabulary if isinstance(vocabulary, TokenizerId) else TokenizerId(None, vocabulary)
     check_same_models(
         checkpoint["model_names"],
         model_names,
         expected_target=checkpoint["target_name"],
         given_target=target_name,
         expected_vocab=checkpoint["vocab_size"],
-        given_vocab=vocab_size,
+        given_vocab=given.vocab_size,
         what="the checkpoint",
         where=where,
+    )
+    check_same_tokenizer(
+        TokenizerId.of_checkpoint(checkpoint),
+        given,
+        "the checkpoint",
+        where,
+        "evaluate a checkpoint on caches of the tokenizer it was trained on",
     )
 
 
@@ -224,5 +317,8 @@ def load_strategy(path: str | os.PathLike) -> NetworkStrategy:
     probs (N, M, V) probabilities, float16 fine) -> list of N token ids."""
     checkpoint = load_checkpoint(path)
     return NetworkStrategy(
-        build_predictor(checkpoint), checkpoint["model_names"], checkpoint["target_name"]
+        build_predictor(checkpoint),
+        checkpoint["model_names"],
+        checkpoint["target_name"],
+        tokenizer=TokenizerId.of_checkpoint(checkpoint),
     )

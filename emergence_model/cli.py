@@ -3,7 +3,7 @@
 Flags are made from config dataclasses (as in litgpt): one `--flag` per field, its help the
 docstring written under the field, its default the field's default, so each option and each
 default has one source of truth. `exit_on_user_error` turns a user's mistake into one line on
-stderr and exit status 2, and leaves a bug its traceback.
+stderr and exit status 2 (Ctrl-C into one line and 130), and leaves a bug its traceback.
 """
 
 from __future__ import annotations
@@ -201,14 +201,29 @@ class RunOptions:
             torch.set_num_threads(self.threads)
 
 
+# Exit status of a command stopped by Ctrl-C (SIGINT), as a shell reports it: 128 + 2.
+INTERRUPTED_STATUS = 130
+
+
 def exit_on_user_error(main: Callable[[], object]) -> None:
-    """Run a command; a user's mistake becomes one line on stderr and exit status 2.
+    """Run a command; a user's mistake becomes one line on stderr and exit status 2, Ctrl-C one
+    line and exit status 130.
 
     User errors are ValueErrors (CacheError and CheckpointError among them) and OSErrors (a
-    missing file or model path); anything else is a bug and keeps its traceback.
+    missing file or model path); anything else is a bug and keeps its traceback. Every command
+    keeps what it finished when interrupted (rows, folds), so the same command resumes.
     """
     try:
         main()
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_STATUS) from None
+    except SystemExit as e:
+        # Lightning handles Ctrl-C during training itself, and exits (status 1) while handling it.
+        if isinstance(e.__context__, KeyboardInterrupt):
+            print("interrupted; rerun the same command to resume", file=sys.stderr)
+            raise SystemExit(INTERRUPTED_STATUS) from None
+        raise

@@ -30,13 +30,20 @@ from emergence_model.cache import (
 )
 from emergence_model.lm import (
     TORCH_DTYPES,
+    ModelLoadError,
     count_parameters,
     count_parameters_from_config,
     load_config,
     load_model,
     load_tokenizer,
 )
-from emergence_model.suites import Suite, custom_suite, model_spec
+from emergence_model.suites import Suite, custom_suite, model_spec, parse_model_spec
+from emergence_model.vocab import (
+    FINGERPRINT_KEY,
+    TokenizerId,
+    check_same_tokenizer,
+    tokenizer_fingerprint,
+)
 
 
 @dataclass
@@ -269,12 +276,6 @@ def config_fingerprint(config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A digest of a tokenizer's vocabulary (token -> id): one tokenizer, wherever its copy is."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
-
-
 def extract_suite(
     suite_or_model_ids: Suite | Sequence[str],
     prefixes: Sequence[str],
@@ -326,20 +327,23 @@ def extract_suite(
     tokenizer = load_tokenizer(suite.target_id, target_revision)
     vocab_size = len(tokenizer)
     token_ids = tokenize_prefixes(tokenizer, prefixes)
-    # Every model's config, before anything is written: a prefix too long for a context or a
-    # model of another tokenizer is refused now, not after hours of the models before it.
+    target_tokenizer = TokenizerId(
+        model_spec(suite.target_id, target_revision), vocab_size, tokenizer_fingerprint(tokenizer)
+    )
+    # Every model's config and tokenizer, before anything is written: a prefix too long for a
+    # context or a model of another tokenizer is refused now, not after hours of the models
+    # before it.
     fingerprints = []
     for m, model_id in enumerate(model_ids):
         model_config = load_config(model_id, suite.revision(m))
         rows = getattr(model_config, "vocab_size", None)
         if isinstance(rows, int):
             check_fits(model_id, rows, context_length(model_config), vocab_size, token_ids)
+        check_model_tokenizer(model_spec(model_id, suite.revision(m)), target_tokenizer)
         fingerprints.append(config_fingerprint(model_config))
     extraction = _extraction_meta(suite, device, dtype, config.batch_size)
-    extraction.update(
-        model_configs=fingerprints, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)
-    )
-    writer = create_cache(
+    extraction.update(model_configs=fingerprints, **{FINGERPRINT_KEY: target_tokenizer.fingerprint})
+    with create_cache(
         out_dir,
         model_names=suite.model_names,
         param_counts=counts,
@@ -352,37 +356,57 @@ def extract_suite(
         seed=seed,
         dtype=config.cache_dtype,
         extraction=extraction,
+    ) as writer:  # the cache's lock, released on the way out whatever happens
+        for m, model_id in enumerate(model_ids):
+            pending = writer.pending(m)
+            if not pending.size:
+                continue  # finished in an earlier run: not even loaded
+            model = load_model(model_id, revision=suite.revision(m), dtype=dtype, device=device)
+            try:
+                check_model(model, model_id, vocab_size, token_ids, counts[m])
+                with tqdm(
+                    total=len(prefixes),
+                    initial=len(prefixes) - pending.size,
+                    desc=Path(suite.model_names[m]).name or model_id,
+                    unit="prefix",
+                    disable=not config.progress,
+                ) as bar:
+                    for rows, logprobs in iter_next_token_logprobs(
+                        model,
+                        token_ids,
+                        pending,
+                        batch_size=config.batch_size,
+                        device=device,
+                        vocab_size=vocab_size,
+                    ):
+                        writer.write(m, rows, logprobs)
+                        bar.update(rows.size)
+            finally:
+                writer.commit()  # keep the rows written before an error or Ctrl-C
+                model_ref = weakref.ref(model)
+                del model
+                release_memory(model_ref, device)
+        return writer.finalize(verify=verify)
+
+
+def check_model_tokenizer(model: str, target: TokenizerId) -> None:
+    """Refuse a model whose own tokenizer is not the target's, though its logit rows may fit:
+    its ids would mean other tokens. A model saved without a tokenizer is taken at its rows."""
+    model_id, revision = parse_model_spec(model)
+    if model == target.name:
+        return
+    try:
+        tokenizer = load_tokenizer(model_id, revision)
+    except ModelLoadError:
+        return  # no tokenizer of its own: its logit rows were checked against the target's
+    own = TokenizerId(model, len(tokenizer), tokenizer_fingerprint(tokenizer))
+    check_same_tokenizer(
+        own,
+        target,
+        model,
+        f"the target {target.name}",
+        "all models of a suite must share the target's tokenizer",
     )
-    for m, model_id in enumerate(model_ids):
-        pending = writer.pending(m)
-        if not pending.size:
-            continue  # finished in an earlier run: not even loaded
-        model = load_model(model_id, revision=suite.revision(m), dtype=dtype, device=device)
-        try:
-            check_model(model, model_id, vocab_size, token_ids, counts[m])
-            with tqdm(
-                total=len(prefixes),
-                initial=len(prefixes) - pending.size,
-                desc=Path(suite.model_names[m]).name or model_id,
-                unit="prefix",
-                disable=not config.progress,
-            ) as bar:
-                for rows, logprobs in iter_next_token_logprobs(
-                    model,
-                    token_ids,
-                    pending,
-                    batch_size=config.batch_size,
-                    device=device,
-                    vocab_size=vocab_size,
-                ):
-                    writer.write(m, rows, logprobs)
-                    bar.update(rows.size)
-        finally:
-            writer.commit()  # keep the rows written before an error or Ctrl-C
-            model_ref = weakref.ref(model)
-            del model
-            release_memory(model_ref, device)
-    return writer.finalize(verify=verify)
 
 
 def _extraction_meta(suite: Suite, device: str, dtype: str, batch_size: int) -> dict:

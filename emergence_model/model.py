@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from emergence_model.logprobs import PROB_FLOOR, floor_logprobs, probs_to_logprobs
+from emergence_model.logprobs import PROB_FLOOR, check_rows, floor_logprobs, probs_to_logprobs
 
 # Log-probs and gaps are divided by this so that features are O(1).
 _LOGPROB_SCALE = 8.0
@@ -513,12 +513,16 @@ class PerTokenPredictor(nn.Module):
 
     @torch.no_grad()
     def log_probs(self, logprobs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
-        """`predicted_log_probs` of log-probs (N, M, V), a few rows at a time."""
+        """`predicted_log_probs` of log-probs (N, M, V), a few rows at a time; the input is
+        checked first (`logprobs.check_rows`)."""
+        check_rows(logprobs, log=True, name="logprobs")
         return self._chunked(self.predicted_log_probs, logprobs, chunk_rows)
 
     @torch.no_grad()
     def log_probs_from_probs(self, probs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
-        """`log_probs` from probabilities (N, M, V), e.g. the challenge's float16."""
+        """`log_probs` from probabilities (N, M, V), e.g. the challenge's float16; the input is
+        checked first (`logprobs.check_rows`)."""
+        check_rows(probs, log=False, name="probs")
         return self._chunked(
             lambda p: self.predicted_log_probs(probs_to_logprobs(p)), probs, chunk_rows
         )

@@ -9,6 +9,7 @@ its command line; the study's default run calls it for what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from collections.abc import Sequence
@@ -18,7 +19,12 @@ import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from emergence_model.cache import check_cache_destination, check_output_file, open_cache
+from emergence_model.cache import (
+    FeatureCache,
+    check_cache_destination,
+    check_output_file,
+    open_cache,
+)
 from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel, calibration_rows
 from emergence_model.checkpoint import save_checkpoint
 from emergence_model.data import predictor_config_for
@@ -29,8 +35,9 @@ from emergence_model.evaluate import (
     fold_parts,
     make_baselines,
 )
-from emergence_model.folds import NOT_TRAINED, fold_codes
-from emergence_model.model import PredictorConfig
+from emergence_model.files import LOCK_FILE, check_writable, lock_for_writing
+from emergence_model.folds import NOT_TRAINED, Folds, fold_codes
+from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.report import format_table, write_reports
 from emergence_model.strategies import (
     FIT_CHUNK_ROWS,
@@ -39,6 +46,7 @@ from emergence_model.strategies import (
     check_same_models,
 )
 from emergence_model.training import TrainConfig, fit_cross_fitted, write_config
+from emergence_model.vocab import TokenizerId, check_same_tokenizer
 
 DEMO_CHECKPOINT = Path("checkpoints/demo.ckpt")
 """Where `python train.py` saves the offline demo's network (and the study looks for it)."""
@@ -68,14 +76,18 @@ def train_and_evaluate(
 ) -> dict:
     """Train, evaluate in-domain and on transfer, save the checkpoint; returns the summaries.
 
-    Everything that can be checked is checked before anything is written: the caches, the
-    output paths, the hardware, the network's shape against the cache and the split."""
+    Everything that can be checked is checked before anything is written: the caches (their
+    models and tokenizers), the output paths (that they can be written, with room for what
+    goes there), the hardware, the network's shape against the cache and the split. One run at
+    a time writes a checkpoint and its run directory: a second is refused while the first
+    runs (`files.lock_for_writing`)."""
     out = check_output_file(out, "--out")
     run_dir = check_cache_destination(run_dir or default_run_dir(out), "--run-dir")
     check_hardware(train_config)
     cache = open_cache(train_cache)
     transfers = [open_cache(p) for p in transfer_caches]
     eval_config = eval_config or EvalConfig()
+    tokenizer = TokenizerId.of_cache(cache.meta)
     for other in transfers:
         check_same_models(
             cache.model_names,
@@ -85,10 +97,50 @@ def train_and_evaluate(
             what=f"training cache {cache.path}",
             where=f"transfer cache {other.path}",
         )
-    predictor_config_for(cache, predictor_config)  # at least two small models and a target
+        check_same_tokenizer(
+            tokenizer,
+            TokenizerId.of_cache(other.meta),
+            f"training cache {cache.path}",
+            f"transfer cache {other.path}",
+            "score a network on caches of the tokenizer it is trained on",
+        )
+    network = predictor_config_for(cache, predictor_config)  # >= 2 small models and a target
     folds = train_config.folds_of(cache.prefixes)  # made once: trained, scored and recorded
     if eval_config.calibrate:
         check_calibration(transfers, folds.prefix_folds, eval_config.calibrate)
+    per_head = parameter_bytes(network)
+    with contextlib.ExitStack() as locks:
+        if rank_zero_only.rank == 0:  # the other processes of a DDP run are part of its job
+            check_writable(out.parent, "--out", len(folds) * per_head)
+            # each fold: its network, Lightning's checkpoint (weights and two AdamW moments)
+            check_writable(run_dir, "--run-dir", len(folds) * 4 * per_head)
+            locks.enter_context(lock_for_writing(run_dir / LOCK_FILE, f"the run {run_dir}"))
+            lock = out.with_name(f".{out.name}.lock")
+            locks.enter_context(lock_for_writing(lock, f"the checkpoint {out}"))
+        return _train_and_report(
+            cache, transfers, out, predictor_config, train_config, run_dir, eval_config, folds
+        )
+
+
+def parameter_bytes(config: PredictorConfig) -> int:
+    """Bytes of one head's weights (float32) for `config`, counted without allocating them."""
+    with torch.device("meta"):
+        head = PerTokenPredictor(dataclasses.replace(config, num_heads=1))
+    return 4 * sum(p.numel() for p in head.parameters())
+
+
+def _train_and_report(
+    cache: FeatureCache,
+    transfers: Sequence[FeatureCache],
+    out: Path,
+    predictor_config: PredictorConfig,
+    train_config: TrainConfig,
+    run_dir: Path,
+    eval_config: EvalConfig,
+    folds: Folds,
+) -> dict:
+    """`train_and_evaluate`'s work, once everything is checked and locked."""
+    tokenizer = TokenizerId.of_cache(cache.meta)
     predictor, _, metrics = fit_cross_fitted(cache, predictor_config, train_config, run_dir, folds)
     if rank_zero_only.rank != 0:
         return {}  # with several GPUs, the other processes of Lightning's DDP stop here
@@ -177,6 +229,7 @@ def train_and_evaluate(
             **folds.record(),  # which network never saw each training prefix, and the split
         },
         train_config=dataclasses.asdict(train_config),
+        tokenizer=tokenizer,
     )
     print()
     written = [

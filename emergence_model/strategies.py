@@ -19,9 +19,17 @@ import numpy as np
 import torch
 
 from emergence_model import Registry
-from emergence_model.logprobs import PROB_FLOOR, as_tensor, floor_logprobs, probs_to_logprobs
+from emergence_model.logprobs import (
+    PROB_FLOOR,
+    as_tensor,
+    check_rows,
+    floor_logprobs,
+    probs_to_logprobs,
+    rows_per_chunk,
+)
 from emergence_model.model import PerTokenPredictor
-from emergence_model.suites import resolve_param_counts
+from emergence_model.suites import model_basename, resolve_param_counts
+from emergence_model.vocab import TokenizerId
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
@@ -42,11 +50,6 @@ def challenge_param_counts(model_names: Sequence[str], target_model_name: str) -
     """Parameter counts of the challenge's small models and target, known from their names."""
     counts = resolve_param_counts([*model_names, target_model_name])
     return counts[:-1], counts[-1]
-
-
-def model_basename(name: str) -> str:
-    """A model's name without org or directory: "EleutherAI/pythia-70m" -> "pythia-70m"."""
-    return str(name).rstrip("/\\").replace("\\", "/").split("/")[-1].lower()
 
 
 class ModelMismatchError(ValueError):
@@ -89,10 +92,16 @@ def check_same_models(
         )
 
 
-def check_probs(probs: torch.Tensor, model_names: Sequence[str] | None = None) -> None:
-    """Refuse, in one line naming the first bad row, probabilities a strategy cannot read:
-    NaN or infinite values, negative ones, ones above 1, rows that are all zero, or a shape that
-    is not (N, models, vocab) for `model_names`. Reads the input; never changes it."""
+def check_probs(
+    probs: torch.Tensor,
+    model_names: Sequence[str] | None = None,
+    sentences: Sequence[str] | None = None,
+) -> None:
+    """Refuse, in one line, a challenge call's probabilities that a strategy cannot read: a
+    shape that is not (N, models, vocab) for `model_names`, `sentences` that are not one per
+    row (an empty list: none given), and rows that are not distributions (`logprobs.check_rows`:
+    NaN, infinite, negative, above 1, all zero, summing to other than 1). Reads the input;
+    never changes it."""
     if probs.ndim != 3 or probs.shape[2] == 0:
         raise ValueError(
             f"expected probs of shape (sentences, models, vocab), got {tuple(probs.shape)}"
@@ -102,35 +111,12 @@ def check_probs(probs: torch.Tensor, model_names: Sequence[str] | None = None) -
             f"probs has {probs.shape[1]} models per row but the call names {len(model_names)} "
             "small models: pass one name per model"
         )
-    if probs.is_complex():
-        raise ValueError(f"probs must be real probabilities, got {probs.dtype}")
-    if not probs.is_floating_point():
-        probs = probs.float()  # integer or boolean one-hot rows
-    if probs.numel() == 0:
-        return
-    top = probs.amax(dim=2)  # (N, M); NaN in, NaN out
-    low = probs.amin()
-    if not (float(low) >= 0 and float(top.max()) <= 1):  # one pass when all is well
-        problems = [
-            (~torch.isfinite(probs), "holds NaN or infinite values"),
-            (probs < 0, "holds negative probabilities"),
-            (probs > 1, "holds probabilities above 1"),
-        ]
-        for bad, what in problems:
-            rows = bad.any(dim=2)  # (N, M)
-            if rows.any():
-                n, m = (int(i) for i in torch.nonzero(rows)[0])
-                raise ValueError(
-                    f"probs[{n}, {m}] (sentence {n}, model {m}) {what}; pass each model's "
-                    "next-token probabilities, in [0, 1]"
-                )
-    empty = top <= 0  # (N, M)
-    if empty.any():
-        n, m = (int(i) for i in torch.nonzero(empty)[0])
+    if sentences is not None and len(sentences) and len(sentences) != probs.shape[0]:
         raise ValueError(
-            f"probs[{n}, {m}] (sentence {n}, model {m}) is all zero, not a distribution; pass "
-            "each model's next-token probabilities"
+            f"the call passes {len(sentences)} sentences for {probs.shape[0]} rows of probs: "
+            "pass one sentence per row, in the rows' order"
         )
+    check_rows(probs, log=False, name="probs")
 
 
 class Strategy:
@@ -139,6 +125,9 @@ class Strategy:
     name: ClassVar[str] = "strategy"
     gives_distribution: ClassVar[bool] = False
     needs_scales: ClassVar[bool] = False
+    rowwise: ClassVar[bool] = True
+    """Whether a row's scores depend on that row alone: then the challenge call and `scores`
+    take the rows a few at a time, so that memory stays near the input's own size."""
 
     def scores(
         self,
@@ -146,13 +135,28 @@ class Strategy:
         scales: Sequence[float] | None = None,
         target_scale: float | None = None,
     ) -> np.ndarray:
-        """(N, M, V) small models' log-probs -> (N, V) log-scores (float32)."""
-        x = floor_logprobs(as_tensor(logprobs))
-        if x.ndim != 3:
-            raise ValueError(
-                f"expected log-probs of shape (N, models, vocab), got {tuple(x.shape)}"
-            )
-        return self.score_tensor(x, scales, target_scale).numpy()
+        """(N, M, V) small models' log-probs -> (N, V) log-scores (float32). The input is
+        checked first (`logprobs.check_rows`: no NaN, nothing above 0, no row all -inf)."""
+        x = as_tensor(logprobs)
+        check_rows(x, log=True, name="logprobs")
+        return self.in_chunks(
+            x, lambda rows: self.score_tensor(floor_logprobs(rows), scales, target_scale).float()
+        ).numpy()
+
+    def in_chunks(self, x: torch.Tensor, fn) -> torch.Tensor:
+        """`fn` of the rows of `x` (N, M, V), one result row per input row: a few rows at a
+        time (a few MB of float32) for a `rowwise` strategy, all at once for another."""
+        n, m, v = x.shape
+        step = rows_per_chunk(m, v) if self.rowwise else max(n, 1)
+        if n <= step:
+            return fn(x)
+        out = None
+        for start in range(0, n, step):
+            part = fn(x[start : start + step])
+            if out is None:
+                out = part.new_empty((n, *part.shape[1:]))
+            out[start : start + len(part)] = part
+        return out
 
     def score_tensor(
         self, x: torch.Tensor, scales: Sequence[float] | None, target_scale: float | None
@@ -176,11 +180,15 @@ class Strategy:
     ) -> list[int]:
         """The challenge's signature: probs (N, M, V) of the small models -> N token ids."""
         probs = as_tensor(probs)
-        check_probs(probs, model_names)
+        check_probs(probs, model_names, sentences)
         scales, target = (None, None)
         if self.needs_scales:
             scales, target = challenge_param_counts(model_names, target_model_name)
-        return self.score_probs(probs, scales, target).argmax(dim=1).tolist()
+        # Only each row's top token is kept: no (N, V) scores are held at once.
+        guesses = self.in_chunks(
+            probs, lambda rows: self.score_probs(rows, scales, target).argmax(dim=1)
+        )
+        return guesses.tolist()
 
     def score_probs(
         self,
@@ -212,10 +220,16 @@ class RandomToken(Strategy):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
+    # One draw for all the rows of a call from the seed, not one per chunk of rows.
+    rowwise = False
+
     def score_tensor(self, x, scales, target_scale):
         n, _, v = x.shape
         generator = torch.Generator().manual_seed(self.seed)
         return torch.rand(n, v, generator=generator)
+
+    def score_probs(self, probs, scales, target_scale):
+        return self.score_tensor(probs, scales, target_scale)  # the values are never read
 
     def params(self) -> dict:
         return {"seed": self.seed}
@@ -324,11 +338,15 @@ class NetworkStrategy(Strategy):
         model_names: Sequence[str],
         target_name: str,
         chunk_rows: int = 16,
+        tokenizer: TokenizerId | None = None,
     ) -> None:
         self.predictor = predictor.eval()
         self.model_names = list(model_names)
         self.target_name = target_name
         self.chunk_rows = chunk_rows
+        self.tokenizer = tokenizer
+        """The tokenizer it was trained under, where known (a checkpoint's: `load_strategy`),
+        which a cache it is calibrated on must share."""
 
     def check_scales(self, scales: Sequence[float] | None) -> None:
         cfg = self.predictor.config
@@ -351,7 +369,7 @@ class NetworkStrategy(Strategy):
             where="the call",
         )
         probs = as_tensor(probs)
-        check_probs(probs, model_names)
+        check_probs(probs, model_names, sentences)
         self.predictor.check_inputs(probs)
         guesses = []
         for start in range(0, probs.shape[0], self.chunk_rows):

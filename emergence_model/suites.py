@@ -99,6 +99,11 @@ def model_spec(model_id: str, revision: str | None) -> str:
     return f"{model_id}@{revision}" if revision else model_id
 
 
+def model_basename(name: str) -> str:
+    """A model's name without org or directory: "EleutherAI/pythia-70m" -> "pythia-70m"."""
+    return str(name).rstrip("/\\").replace("\\", "/").split("/")[-1].lower()
+
+
 def parse_model_spec(spec: str) -> tuple[str, str | None]:
     """ "EleutherAI/pythia-1b@step1000" -> ("EleutherAI/pythia-1b", "step1000"); a local
     directory (which may hold an @ in its path) or a plain id has no revision."""
@@ -147,8 +152,7 @@ def param_count_for(model_name: str) -> int | None:
     "EleutherAI/pythia-70m", "pythia-70m-deduped", "pythia-70m@step1000",
     "EleutherAI/pythia-70m-seed3" (PolyPythias) and "/models/pythia-70m/" all give 70426624.
     """
-    name = str(model_name).rstrip("/\\").replace("\\", "/").split("/")[-1]
-    name = name.split("@")[0].lower()
+    name = model_basename(model_name).split("@")[0]
     name = _SEED_SUFFIX.sub("", name.removesuffix("-deduped"))
     return PYTHIA_PARAM_COUNTS.get(name)
 

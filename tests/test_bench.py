@@ -13,7 +13,7 @@ import pytest
 from synthetic_cache import write_synthetic_cache
 
 import bench.experiments.predictor_cv as predictor_cv
-from bench.benchmarks import bench_predictor
+from bench.benchmarks import bench_predictor, bench_strategy_memory
 from bench.common import REPO, module_name, start_run
 from bench.experiments import predictor_ladders
 from bench.experiments.ladders import LadderRoot
@@ -32,7 +32,7 @@ SCRIPTS = sorted(
 
 
 def test_every_script_shows_how_to_run_it_as_a_module_and_none_edits_sys_path():
-    assert len(SCRIPTS) == 12
+    assert len(SCRIPTS) == 13
     for path in SCRIPTS:
         source = path.read_text()
         doc = ast.get_docstring(ast.parse(source))
@@ -72,6 +72,28 @@ def test_a_benchmark_writes_its_stamped_results(tmp_path):
     assert stamp["command"].startswith("python -m bench.benchmarks.bench_predictor --rows 4 ")
     numbers = json.loads((tmp_path / "bench_predictor.json").read_text())["sections"][0]
     assert numbers["numbers"]["ratio"] > 0 and numbers["numbers"]["shape"] == [4, 6, 64]
+
+
+def test_the_memory_benchmark_measures_each_call_against_its_input(tmp_path, monkeypatch):
+    def in_this_process(name, config, threads, whole):
+        return bench_strategy_memory.measure(name, config.rows, config.vocab, config.heads, whole)
+
+    monkeypatch.setattr(bench_strategy_memory, "measure_in_child", in_this_process)
+    argv = ["--rows", "4", "--vocab", "64", "--heads", "1", "--strategies", "mean-prob", "network"]
+    bench_strategy_memory.main([*argv, "--unchunked", "mean-prob", "--results-dir", str(tmp_path)])
+    assert read_stamp(tmp_path / "bench_strategy_memory.md")["command"].startswith(
+        "python -m bench.benchmarks.bench_strategy_memory --rows 4 "
+    )
+    numbers = json.loads((tmp_path / "bench_strategy_memory.json").read_text())
+    results = numbers["sections"][0]["numbers"]["results"]
+    assert [(r["strategy"], r["whole"]) for r in results] == [
+        ("mean-prob", False),
+        ("network", False),
+        ("mean-prob", True),
+    ]
+    for r in results:
+        assert r["input_bytes"] == 4 * 6 * 64 * 2 and r["call_bytes"] >= 0
+        assert r["ratio"] == (r["input_bytes"] + r["call_bytes"]) / r["input_bytes"]
 
 
 @pytest.fixture(scope="module")

@@ -158,6 +158,7 @@ def test_a_run_killed_after_its_last_row_but_before_its_check_does_not_open(tmp_
     for m in range(3):
         writer.write(m, np.arange(5), rows(5, seed=m))
     writer.commit()  # every row is on disk and marked done; the process dies before finalize
+    del writer  # and the kernel releases its lock
     with pytest.raises(CacheError, match="stopped before the full check .* rerun the same"):
         open_cache(path)
     assert create_cache(path, **JOB).finalize().meta["check"]["status"] == "passed"
@@ -181,6 +182,7 @@ def test_a_resume_refuses_anything_that_shapes_the_numbers(tmp_path, change, mes
     writer = create_cache(path, **JOB)
     writer.write(0, [0], rows(1))
     writer.commit()  # one row done: a partly written cache of this job
+    del writer  # its process ended
     with pytest.raises(CacheError, match=message) as error:
         create_cache(path, **{**JOB, **change})
     assert "delete" not in one_line(str(error.value))  # its rows are good

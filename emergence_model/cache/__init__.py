@@ -30,6 +30,7 @@ _EXPORTS = {
     "CHECK_PENDING": "format",
     "CHECK_SKIPPED": "format",
     "CHECK_STATUSES": "format",
+    "DIGESTED_FILES": "format",
     "DONE_FILE": "format",
     "FORMAT_VERSION": "format",
     "LOGPROBS_FILE": "format",

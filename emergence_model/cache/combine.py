@@ -4,6 +4,7 @@ are copied as stored, never rounded twice."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from emergence_model.cache.paths import check_cache_destination
 from emergence_model.cache.reader import FeatureCache, open_cache
 from emergence_model.cache.writer import CacheWriter, create_cache
 from emergence_model.logprobs import rows_per_chunk
+from emergence_model.prefixes import PER_PREFIX_FIELDS
+from emergence_model.vocab import FINGERPRINT_KEY, TokenizerId, check_same_tokenizer
 
 
 def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> FeatureCache:
@@ -22,9 +25,11 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
 
     Same prefixes in every cache: models are concatenated in the order of `paths` (one run per
     model or per GPU), so the target is the last model of the last cache. Same models in every
-    cache: prefixes are concatenated (one run per shard of the prefixes). Anything else is
-    refused, and so are caches that were made differently: another vocabulary, tokenizer, scale
-    axis or weights dtype, or (for shards) other parameter counts, scales or model configs.
+    cache: prefixes are concatenated (one run per shard of the prefixes); a prefix held by two
+    of them is refused (shards that overlap, a shard given twice). Anything else is refused, and
+    so are caches that were made differently (another tokenizer, scale axis or weights dtype,
+    or for shards other parameter counts, scales or model configs) and caches whose files are
+    no longer those they were finished with (their recorded digests).
     """
     if len(paths) < 2:
         raise CacheError("combine needs at least two caches")
@@ -44,6 +49,10 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
             "dataset (different models) or of one suite (different prefix shards)"
         )
     extraction = _check_combinable(caches, shards=same_models)
+    if same_models:
+        _check_disjoint(caches)
+    for cache in caches:
+        cache.check_digests()  # copied as stored: a changed file would be blessed anew
     dtype = "float32" if any(c.meta["dtype"] == "float32" for c in caches) else "float16"
     common = dict(
         vocab_size=first.vocab_size,
@@ -62,7 +71,7 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
         names = [n for c in caches for n in c.model_names]
         if len(set(names)) != len(names):
             raise CacheError(f"a model appears in more than one cache ({names}); combine each once")
-        writer = create_cache(
+        with create_cache(
             out,
             model_names=names,
             param_counts=[p for c in caches for p in c.param_counts],
@@ -70,28 +79,63 @@ def combine_caches(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
             prefixes=first.prefixes,
             source=first.meta.get("source", {}),
             **common,
-        )
-        offset = 0
-        for cache in caches:
-            for m in range(cache.num_models):
-                _copy_model_rows(cache, m, writer, offset + m, row_offset=0)
-            offset += cache.num_models
-    else:
-        writer = create_cache(
-            out,
-            model_names=first.model_names,
-            param_counts=first.param_counts,
-            scales=first.scales,
-            prefixes=[p for c in caches for p in c.prefixes],
-            source={"combined": [c.meta.get("source", {}) for c in caches]},
-            **common,
-        )
+        ) as writer:
+            offset = 0
+            for cache in caches:
+                for m in range(cache.num_models):
+                    _copy_model_rows(cache, m, writer, offset + m, row_offset=0)
+                offset += cache.num_models
+            return writer.finalize(verify=True)
+    with create_cache(
+        out,
+        model_names=first.model_names,
+        param_counts=first.param_counts,
+        scales=first.scales,
+        prefixes=[p for c in caches for p in c.prefixes],
+        source={"combined": [c.meta.get("source", {}) for c in caches]},
+        **common,
+    ) as writer:
         offset = 0
         for cache in caches:
             for m in range(cache.num_models):
                 _copy_model_rows(cache, m, writer, m, row_offset=offset)
             offset += cache.num_prefixes
-    return writer.finalize(verify=True)
+        return writer.finalize(verify=True)
+
+
+def _check_disjoint(shards: Sequence[FeatureCache]) -> None:
+    """Refuse shards that would hold a prefix twice (shards of two cuts of one set that overlap,
+    a shard given twice), naming the two that hold it. A prefix the source itself repeats may
+    sit in several shards of one cut (--shard K/N of one source, each K once), which never
+    overlap."""
+    cuts = [_shard_cut(c) for c in shards]
+    if None not in cuts and len({(source, n) for source, n, _ in cuts}) == 1:
+        if len({k for _, _, k in cuts}) == len(cuts):
+            return
+    holder: dict[str, FeatureCache] = {}
+    for cache in shards:
+        for prefix in dict.fromkeys(cache.prefixes):
+            other = holder.setdefault(prefix, cache)
+            if other is not cache:
+                raise CacheError(
+                    f"prefix {short_repr(prefix)} is in both {other.path} and {cache.path}: "
+                    "shards to combine must not overlap; combine the shards of one --shard K/N "
+                    "cut, each once"
+                )
+
+
+def _shard_cut(cache: FeatureCache) -> tuple[str, int, int] | None:
+    """(its source without the shard, N, K) of a cache made with --shard K/N, else None."""
+    source = dict(cache.meta.get("source") or {})
+    shard = source.pop("shard", None)
+    if not isinstance(shard, str) or shard.count("/") != 1:
+        return None
+    k, n = shard.split("/")
+    if not (k.isdigit() and n.isdigit()):
+        return None
+    for field in PER_PREFIX_FIELDS:  # cut with the prefixes: they differ by shard
+        source.pop(field, None)
+    return json.dumps(source, sort_keys=True, default=str), int(n), int(k)
 
 
 def _check_combinable(caches: Sequence[FeatureCache], *, shards: bool) -> dict:
@@ -107,28 +151,21 @@ def _check_combinable(caches: Sequence[FeatureCache], *, shards: bool) -> dict:
         )
 
     for cache, extraction in zip(caches[1:], extractions[1:], strict=True):
-        if cache.vocab_size != first.vocab_size:
-            raise refuse(
-                cache, "vocabulary size", cache.vocab_size, first.vocab_size,
-                "only caches of one tokenizer combine",
-            )  # fmt: skip
         if cache.scale_axis != first.scale_axis:
             raise refuse(
                 cache, "scale axis", cache.scale_axis, first.scale_axis,
                 "only caches of one kind of ladder combine",
             )  # fmt: skip
-        # A tokenizer is known by its vocabulary's fingerprint where both runs recorded it (one
-        # run per model names each model's own copy of one tokenizer), else by its name.
-        key = "tokenizer_fingerprint"
-        if key in extraction and key in extractions[0]:
-            mine, theirs = extraction[key], extractions[0][key]
-        else:
-            mine, theirs = cache.meta["tokenizer"], first.meta["tokenizer"]
-        if mine != theirs:
-            raise refuse(
-                cache, "tokenizer", cache.meta["tokenizer"], first.meta["tokenizer"],
-                "only caches of one tokenizer combine",
-            )  # fmt: skip
+        # One run per model names each model's own copy of one tokenizer: the fingerprint of
+        # its vocabulary says it is one (`vocab.tokenizer_difference`).
+        check_same_tokenizer(
+            TokenizerId.of_cache(cache.meta),
+            TokenizerId.of_cache(first.meta),
+            str(cache.path),
+            str(first.path),
+            "only caches of one tokenizer combine",
+            error=CacheError,
+        )
         key = "model_dtype"
         if key in extraction and key in extractions[0] and extraction[key] != extractions[0][key]:
             raise refuse(
@@ -150,7 +187,7 @@ def _check_combinable(caches: Sequence[FeatureCache], *, shards: bool) -> dict:
                         cache, what, mine, theirs, "only shards of one suite's run combine"
                     )
     shared = {}
-    for key in ("model_dtype", "tokenizer_fingerprint"):
+    for key in ("model_dtype", FINGERPRINT_KEY):
         if all(key in e for e in extractions):
             shared[key] = extractions[0][key]
     if all("model_configs" in e for e in extractions):
@@ -170,7 +207,8 @@ def select_models(
             f"model indices {models} are not in {cache.path}'s {cache.num_models} models"
         )
     models = [m % cache.num_models for m in models]
-    writer = create_cache(
+    cache.check_digests()  # copied as stored: a changed file would be blessed anew
+    with create_cache(
         out,
         model_names=[cache.model_names[m] for m in models],
         param_counts=[cache.param_counts[m] for m in models],
@@ -183,10 +221,10 @@ def select_models(
         seed=cache.meta.get("seed"),
         dtype=cache.meta["dtype"],
         extraction={"selected_from": str(cache.path), "models": models},
-    )
-    for out_model, m in enumerate(models):
-        _copy_model_rows(cache, m, writer, out_model, row_offset=0)
-    return writer.finalize(verify=False)
+    ) as writer:
+        for out_model, m in enumerate(models):
+            _copy_model_rows(cache, m, writer, out_model, row_offset=0)
+        return writer.finalize(verify=False)
 
 
 def _copy_model_rows(

@@ -8,10 +8,13 @@ A cache is a directory:
     logprobs.npy    [N, M, V] log-probabilities (float16 or float32), read through a memory map
     argmax.npy      [N, M] int32, each model's top token, taken before rounding to the cache dtype
     done.npy        [M, N] bool, which (model, prefix) rows are written
+    .lock           while a process writes the cache: its lock (`files.lock_for_writing`)
 
-Everything here reads: the metadata (checked field by field), the prefixes, the arrays (checked
-against the shapes the metadata gives) and the recorded full check; a problem is a `CacheError`
-in one line that says how to fix it.
+A finished cache records in meta.json ("digests") the sha256 of its arrays and of its prefix
+list (`DIGESTED_FILES`); a full check compares them (caches finished by older versions have
+none). Everything here reads: the metadata (checked field by field), the prefixes, the arrays
+(checked against the shapes the metadata gives) and the recorded full check; a problem is a
+`CacheError` in one line that says how to fix it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ LOGPROBS_FILE = "logprobs.npy"
 ARGMAX_FILE = "argmax.npy"
 DONE_FILE = "done.npy"
 CACHE_FILES = (META_FILE, PREFIXES_FILE, LOGPROBS_FILE, ARGMAX_FILE, DONE_FILE)
+# Files whose sha256 a finished cache records: every number and the prefix list they belong to
+# (done.npy of a finished cache is all True, which opening it checks).
+DIGESTED_FILES = (PREFIXES_FILE, LOGPROBS_FILE, ARGMAX_FILE)
 CACHE_DTYPES = ("float16", "float32")
 # |logsumexp(row)| allowed by the full check. float16 keeps ~3 significant digits, so each stored
 # log-probability is off by up to half a unit in the last place (0.008 at -20), and a row's total
@@ -120,6 +126,13 @@ def _meta_problem(meta: dict) -> str | None:
     for key in ("extraction", "source"):
         if not isinstance(meta.get(key, {}), dict):
             return f"{key} must be a JSON object, got {short_repr(meta[key])}"
+    digests = meta.get("digests", {})
+    if (
+        not isinstance(digests, dict)
+        or set(digests) - set(DIGESTED_FILES)
+        or not all(isinstance(d, str) for d in digests.values())
+    ):
+        return f"digests must map {', '.join(DIGESTED_FILES)} to sha256s, got {short_repr(digests)}"
     check = meta.get("check", {"status": CHECK_PASSED})
     if not isinstance(check, dict) or check.get("status") not in CHECK_STATUSES:
         return f"check must be {{'status': one of {CHECK_STATUSES}}}, got {short_repr(check)}"

@@ -13,6 +13,7 @@ import numpy as np
 from emergence_model.cache.format import (
     ARGMAX_FILE,
     CHECK_PENDING,
+    DIGESTED_FILES,
     DONE_FILE,
     LOGPROBS_FILE,
     NORMALISATION_TOLERANCE,
@@ -24,6 +25,7 @@ from emergence_model.cache.format import (
     read_meta,
     read_prefixes,
 )
+from emergence_model.files import file_sha256
 from emergence_model.folds import rows_fingerprint
 from emergence_model.logprobs import as_tensor, rows_per_chunk
 
@@ -120,17 +122,46 @@ class FeatureCache:
             out[j].copy_(as_tensor(source[i]))  # torch casts float16 several times faster
         return out.numpy()
 
-    def verify(self) -> None:
-        """Full check: every value finite, every row normalised; CacheError names a bad row."""
+    def verify(self) -> str:
+        """Full check: every row (`problem`, which names a bad one), then the recorded digests
+        (where the version that finished the cache recorded them: a change that leaves every
+        row plausible); CacheError says what is wrong. Returns what was checked of the digests,
+        for a report line."""
         problem = self.problem()
         if problem is not None:
             raise CacheError(f"{self.path}: {problem}; delete the cache and extract it again")
+        digests = self.check_digests()
+        return "digests match" if digests else "no digests recorded (made by an older version)"
+
+    def check_digests(self) -> bool:
+        """Whether the files are those the cache was finished with: False where no digests were
+        recorded (a cache finished by an older version); CacheError naming a file whose sha256
+        is not the one recorded (changed on disk since)."""
+        recorded = self.meta.get("digests")
+        if not recorded:
+            return False
+        for name, expected in recorded.items():
+            if file_sha256(self.path / name) != expected:
+                raise CacheError(
+                    f"{self.path / name} is not the file its cache was finished with (its sha256 "
+                    "differs from the one in meta.json: changed on disk since); delete the cache "
+                    "and extract it again"
+                )
+        return True
+
+    def digests(self) -> dict[str, str]:
+        """The sha256 of each of `DIGESTED_FILES` as they are on disk now (what a finished
+        cache records in meta.json)."""
+        return {name: file_sha256(self.path / name) for name in DIGESTED_FILES}
 
     def problem(self) -> str | None:
-        """The first thing the full check finds wrong (a non-finite value, a row that does not
-        normalise, a top token outside the vocabulary), or None."""
+        """The first thing the full check finds wrong (a top token outside the vocabulary, a
+        non-finite value, a row that does not normalise, a stored top token that is not its
+        row's), or None."""
         import torch
 
+        if self.argmax.size and (self.argmax.min() < 0 or self.argmax.max() >= self.vocab_size):
+            return "argmax.npy holds token ids outside the vocabulary"
         tolerance = NORMALISATION_TOLERANCE[self.meta["dtype"]]
         step = rows_per_chunk(self.num_models, self.vocab_size)
         for start in range(0, self.num_prefixes, step):
@@ -149,8 +180,17 @@ class FeatureCache:
                     f"row of prefix {start + n}, model {self.model_names[m]!r} does not "
                     f"normalise (logsumexp {float(error[n, m]):.3g})"
                 )
-        if self.argmax.size and (self.argmax.min() < 0 or self.argmax.max() >= self.vocab_size):
-            return "argmax.npy holds token ids outside the vocabulary"
+            # Each label was taken before rounding to the cache dtype, which keeps the order of
+            # values: the stored row's maximum is at its label (ties included).
+            labels = torch.from_numpy(self.argmax[start : start + step].astype(np.int64))
+            at_label = block.gather(-1, labels[..., None])[..., 0]  # (n, M)
+            wrong = (at_label < block.amax(dim=-1)).numpy()
+            if wrong.any():
+                n, m = np.argwhere(wrong)[0]
+                return (
+                    f"argmax.npy's top token of prefix {start + n}, model "
+                    f"{self.model_names[m]!r} ({int(labels[n, m])}) is not its row's top token"
+                )
         return None
 
 

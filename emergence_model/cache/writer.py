@@ -1,13 +1,21 @@
 """Writing a cache: `create_cache` starts one or resumes a partly written one of the same job, and
 the `CacheWriter` it returns stores rows, commits them and runs the full check at the end.
 
+One writer at a time: `create_cache` takes the cache's lock (`files.lock_for_writing`, the file
+`.lock` in it) and the writer holds it until `finalize()` or `close()`; a second writer is refused
+in one line naming the first, and the kernel releases the lock of a killed process, so its rerun
+resumes. The space of the arrays is reserved on the disk when they are made (and when a cache
+made without it resumes), so a disk that fills up is a one-line error before any row, never a
+SIGBUS in a memory map.
+
 Crash safety: rows go into the memory maps first and are flushed to disk, and only then is the new
 `done.npy` written beside the old one and renamed over it. A crash at any point leaves a `done.npy`
 that marks only rows that are really on disk. Progress is committed this way at most every
 `COMMIT_SECONDS` (each commit costs an fsync), so a killed run redoes at most that much work.
 
-A finished run reads every row back and records the result in meta.json ("check"): a cache that
-failed it, or whose run stopped before it, does not open. A rerun resumes a cache only if it would
+A finished run reads every row back and records the result in meta.json ("check"), and with it
+the sha256 of its files ("digests"): a cache that failed it, or whose run stopped before it, does
+not open. A rerun resumes a cache only if it would
 write the same numbers (`RESUME_EXTRACTION_KEYS` and the fields `create_cache` names).
 """
 
@@ -48,7 +56,15 @@ from emergence_model.cache.format import (
 )
 from emergence_model.cache.paths import check_cache_destination
 from emergence_model.cache.reader import FeatureCache
-from emergence_model.files import atomic_file, write_json_atomic
+from emergence_model.files import (
+    LOCK_FILE,
+    NO_SPACE,
+    WriterLock,
+    atomic_file,
+    lock_for_writing,
+    reserve,
+    write_json_atomic,
+)
 from emergence_model.logprobs import cast
 
 COMMIT_SECONDS = 2.0
@@ -75,11 +91,20 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 class CacheWriter:
-    """Writes rows into a new or partly written cache; `finalize()` checks it and opens it."""
+    """Writes rows into a new or partly written cache; `finalize()` checks it and opens it.
 
-    def __init__(self, path: Path, commit_seconds: float = COMMIT_SECONDS) -> None:
+    It holds the cache's lock (`lock`) until `finalize()` or `close()`; as a context manager it
+    closes on the way out, whatever happened."""
+
+    def __init__(
+        self,
+        path: Path,
+        commit_seconds: float = COMMIT_SECONDS,
+        lock: WriterLock | None = None,
+    ) -> None:
         self.path = path
         self.commit_seconds = commit_seconds
+        self.lock = lock
         self.meta = read_meta(path)
         self.num_prefixes = int(self.meta["num_prefixes"])
         self.model_names = list(self.meta["model_names"])
@@ -94,10 +119,26 @@ class CacheWriter:
         self._uncommitted = False
         self._last_commit = time.monotonic()
 
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Commit what was written and release the lock, finished or not (a rerun resumes)."""
+        try:
+            if self._maps is not None:
+                self.commit()
+        finally:
+            self._maps = None
+            if self.lock is not None:
+                self.lock.release()
+
     def _writable_maps(self) -> tuple[np.ndarray, np.ndarray]:
         if self._maps is None:
             shape = (self.num_prefixes, len(self.model_names))
-            self._maps = (
+            maps = (
                 open_array(
                     self.path / LOGPROBS_FILE,
                     (*shape, self.vocab_size),
@@ -106,6 +147,10 @@ class CacheWriter:
                 ),
                 open_array(self.path / ARGMAX_FILE, shape, "int32", mode="r+"),
             )
+            # A cache made by a version that did not reserve its space: reserve it before the
+            # first row (a no-op for a cache that has it).
+            _reserve_arrays(self.path)
+            self._maps = maps
         return self._maps
 
     def write(
@@ -158,9 +203,16 @@ class CacheWriter:
     def finalize(self, verify: bool = True) -> FeatureCache:
         """Open the finished cache; `verify` reads every row back from disk and checks it.
 
-        The check's result goes into meta.json: a cache that fails it never opens (and the next
-        run into it starts over). A cache checked before and not written to since is not read
-        again."""
+        The check's result goes into meta.json, with the sha256 of its files when it passed (or
+        was skipped): a cache that fails it never opens (and the next run into it starts over).
+        A cache checked before and not written to since is not read again. The lock is released
+        either way."""
+        try:
+            return self._finalize(verify)
+        finally:
+            self.close()
+
+    def _finalize(self, verify: bool) -> FeatureCache:
         self.commit()
         self._maps = None
         status = check_status(self.meta)
@@ -169,11 +221,15 @@ class CacheWriter:
             return cache
         problem = cache.problem() if verify else None
         record: dict = {"status": CHECK_PASSED if verify else CHECK_SKIPPED}
+        meta = {key: value for key, value in self.meta.items() if key != "digests"}
         if problem is not None:
             record = {"status": CHECK_FAILED, "problem": problem}
-        if self.meta.get("check") != record:
+        else:
+            meta["digests"] = cache.digests()
+        meta["check"] = record
+        if meta != self.meta:
             try:
-                write_json_atomic(self.path / META_FILE, {**self.meta, "check": record})
+                write_json_atomic(self.path / META_FILE, meta)
             except OSError as e:
                 # A finished cache on a read-only disk needs no record; anything else does.
                 if problem is not None or status == CHECK_PENDING or self._wrote:
@@ -181,7 +237,7 @@ class CacheWriter:
                         f"cannot record the full check of {self.path} in {META_FILE} "
                         f"({e.strerror or e}); make the cache writable and rerun"
                     ) from None
-            self.meta["check"] = record
+            self.meta = meta
         if problem is not None:
             raise CacheError(
                 f"{self.path} failed its full check ({problem}), so it is marked failed and will "
@@ -204,14 +260,21 @@ def create_cache(
     seed: int | None = None,
     dtype: str = "float16",
     extraction: dict | None = None,
+    job: str | None = None,
 ) -> CacheWriter:
     """Start a cache at `path`, or reopen a partly written one of the same job.
 
-    Returns a writer; rows already marked done are kept, so callers write only `pending(m)`. A
-    rerun resumes only a cache of the same models (revisions included), prefixes, vocabulary,
-    dtype, parameter counts, scales and, where both runs record them, the extraction entries in
-    `RESUME_EXTRACTION_KEYS` (weights dtype, model configs, tokenizer, ...); anything else is
-    refused, except a cache that holds no rows yet or failed its full check, which starts over.
+    Returns a writer that holds the cache's lock (use it as a context manager, or `finalize()`
+    it); a cache another process is writing is refused in one line naming it. Rows already
+    marked done are kept, so callers write only `pending(m)`. A rerun resumes only a cache of
+    the same models (revisions included), prefixes, vocabulary, dtype, parameter counts, scales
+    and, where both runs record them, the extraction entries in `RESUME_EXTRACTION_KEYS`
+    (weights dtype, model configs, tokenizer, ...); anything else is refused, except a cache
+    that holds no rows yet or failed its full check, which starts over.
+
+    `job`: the lock's `WriterLock.job` when this process writes as part of the job whose first
+    process made the cache and holds its lock (the other ranks of a torchrun job): it takes no
+    lock and never starts the cache over; rows of different processes must not overlap.
     """
     path = Path(path)
     model_names, prefixes = [str(n) for n in model_names], [str(p) for p in prefixes]
@@ -272,12 +335,78 @@ def create_cache(
             default=_plain_json,
         )
     )
-    if (path / META_FILE).is_file():
-        if _resumable(path, meta, prefixes):
-            return CacheWriter(path)
-        for name in os.listdir(path):  # nothing of value in it: start over
-            if _is_ours(name):
-                (path / name).unlink()
+    n, m = len(prefixes), len(model_names)
+    size = n * m * (vocab_size * np.dtype(dtype).itemsize + 4 + 1)
+    if not (path / META_FILE).is_file():
+        # Not a cache (yet): nothing is written, the lock file included, into a directory of
+        # someone else's files or onto a disk that cannot hold the cache.
+        _refuse_strangers(path)
+        _check_free_space(path, size)
+    if job is None:
+        path.mkdir(parents=True, exist_ok=True)
+    lock = lock_for_writing(path / LOCK_FILE, f"the cache {path}", job=job)
+    try:
+        # Everything below reads the cache as this writer alone may change it.
+        if (path / META_FILE).is_file():
+            if _resumable(path, meta, prefixes):
+                return CacheWriter(path, lock=lock)
+            if job is not None:
+                raise CacheError(
+                    f"{path} holds no rows of job {job} to add to; its first process makes it"
+                )
+            for name in os.listdir(path):  # nothing of value in it: start over
+                if _is_ours(name) and name != LOCK_FILE:
+                    (path / name).unlink()
+            _refuse_strangers(path)
+            _check_free_space(path, size)
+        elif job is not None:
+            raise CacheError(f"{path} is not made yet: job {job}'s first process makes it")
+        _make_files(path, meta, prefixes)
+        return CacheWriter(path, lock=lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _make_files(path: Path, meta: dict, prefixes: list[str]) -> None:
+    """A new cache's files, its arrays' space reserved; meta.json last."""
+    n, m, vocab_size = len(prefixes), len(meta["model_names"]), meta["vocab_size"]
+    write_json_atomic(path / PREFIXES_FILE, prefixes)
+    # A crash before meta.json exists leaves only our own files, which the next run overwrites.
+    for name, shape, array_dtype in (
+        (LOGPROBS_FILE, (n, m, vocab_size), meta["dtype"]),
+        (ARGMAX_FILE, (n, m), "int32"),
+    ):
+        array = np.lib.format.open_memmap(path / name, mode="w+", dtype=array_dtype, shape=shape)
+        array.flush()
+        del array
+    _reserve_arrays(path, new=True)
+    _atomic_save_npy(path / DONE_FILE, np.zeros((m, n), dtype=bool))
+    write_json_atomic(path / META_FILE, meta)
+
+
+def _reserve_arrays(path: Path, new: bool = False) -> None:
+    """Reserve the disk space of the cache's arrays (sparse files otherwise: a memory map that
+    meets a full disk kills the process with SIGBUS). Where the filesystem cannot reserve, the
+    free-space check before the cache was made is the only guard. A new cache the disk cannot
+    hold is removed, so that the rerun finds no half-made cache."""
+    try:
+        for name in (LOGPROBS_FILE, ARGMAX_FILE):
+            reserve(path / name)
+    except OSError as e:
+        if new:
+            for name in (LOGPROBS_FILE, ARGMAX_FILE, PREFIXES_FILE):
+                (path / name).unlink(missing_ok=True)
+        if e.errno in NO_SPACE:
+            raise CacheError(
+                f"the disk of {path} has no room for the cache's arrays ({e.strerror}); free "
+                "some space or pick another --out, then rerun"
+            ) from None
+        raise
+
+
+def _refuse_strangers(path: Path) -> None:
+    """Refuse a directory that holds files other than a cache's own."""
     if path.is_dir():
         strangers = sorted(p.name for p in path.iterdir() if not _is_ours(p.name))
         if strangers:
@@ -285,21 +414,6 @@ def create_cache(
                 f"{path} is not empty and not a feature cache (holds {strangers[0]!r}); "
                 "pick another --out"
             )
-    n, m = len(prefixes), len(model_names)
-    _check_free_space(path, n * m * (vocab_size * np.dtype(dtype).itemsize + 4 + 1))
-    path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path / PREFIXES_FILE, prefixes)
-    # A crash before meta.json exists leaves only our own files, which the next run overwrites.
-    for name, shape, array_dtype in (
-        (LOGPROBS_FILE, (n, m, vocab_size), dtype),
-        (ARGMAX_FILE, (n, m), "int32"),
-    ):
-        array = np.lib.format.open_memmap(path / name, mode="w+", dtype=array_dtype, shape=shape)
-        array.flush()
-        del array
-    _atomic_save_npy(path / DONE_FILE, np.zeros((m, n), dtype=bool))
-    write_json_atomic(path / META_FILE, meta)
-    return CacheWriter(path)
 
 
 def _plain_json(value):
@@ -310,8 +424,8 @@ def _plain_json(value):
 
 
 def _is_ours(name: str) -> bool:
-    """One of a cache's files, or a temporary of one (`atomic_file`'s NAME.*.tmp)."""
-    return name in CACHE_FILES or any(
+    """One of a cache's files, its lock, or a temporary of one (`atomic_file`'s NAME.*.tmp)."""
+    return name in (*CACHE_FILES, LOCK_FILE) or any(
         name.startswith(f + ".") and name.endswith(".tmp") for f in CACHE_FILES
     )
 

@@ -170,7 +170,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
             check_compatible(
                 checkpoint,
                 inputs.model_names,
-                inputs.vocab_size,
+                inputs.tokenizer,
                 str(job.source),
                 target_name=inputs.target_name,
             )

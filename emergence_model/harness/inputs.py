@@ -24,6 +24,7 @@ from emergence_model.cache import NORMALISATION_TOLERANCE, CacheError, FeatureCa
 from emergence_model.challenge import challenge_cache, check_probabilities, load_challenge_pickle
 from emergence_model.strategies import model_basename
 from emergence_model.suites import param_count_for, resolve_param_counts
+from emergence_model.vocab import TokenizerId
 
 # How a pickle is imported for scoring: as `cache_features.py --from-pickle` imports it.
 PICKLE_CACHE_DTYPE = "float16"
@@ -37,12 +38,17 @@ class ChallengeInputs:
     model_names: list[str]
     """The small models, smallest first; the target is not among them."""
     target_name: str
-    vocab_size: int
+    tokenizer: TokenizerId
+    """What is known of the tokenizer (a pickle records only its vocabulary's size)."""
     small_probs: Callable[[np.ndarray], np.ndarray]
     """Rows -> the small models' probabilities of those rows, float16 (n, M - 1, V)."""
 
     def __len__(self) -> int:
         return len(self.sentences)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
 
     def batch(self, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
         """The prefixes of `rows` and their small models' float16 probabilities."""
@@ -60,7 +66,7 @@ def cache_inputs(cache: FeatureCache) -> ChallengeInputs:
         list(cache.prefixes),
         list(cache.model_names[:-1]),
         cache.target_name,
-        cache.vocab_size,
+        TokenizerId.of_cache(cache.meta),
         small_probs,
     )
 
@@ -73,7 +79,7 @@ def pickle_inputs(names: Sequence[str], sentences: Sequence[str], probs: np.ndar
         return np.asarray(small[rows], dtype=np.float16)
 
     return ChallengeInputs(
-        list(sentences), list(names[:-1]), names[-1], probs.shape[2], small_probs
+        list(sentences), list(names[:-1]), names[-1], TokenizerId(None, probs.shape[2]), small_probs
     )
 
 

@@ -29,6 +29,7 @@ from emergence_model.strategies import (
 )
 from emergence_model.study.config import StudyConfig
 from emergence_model.study.measures import fold_ids
+from emergence_model.vocab import TokenizerId
 
 
 @dataclass
@@ -61,7 +62,7 @@ def open_ladder(checkpoint_path: str | Path, cache_paths: Sequence[str | Path]) 
         check_compatible(
             checkpoint,
             cache.model_names[:-1],
-            cache.vocab_size,
+            TokenizerId.of_cache(cache.meta),
             where=str(cache.path),
             target_name=cache.target_name,
         )
