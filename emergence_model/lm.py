@@ -19,6 +19,19 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # Logit rows are rounded up to a multiple of this, as Pythia's are (50277 tokens -> 50304 rows).
 LOGIT_ROW_MULTIPLE = 128
+# Pythia's tokenizer's length, and each size's (layers, hidden size, heads, logit rows) from its
+# config: `pythia_config` rebuilds one (random weights: benchmarks and estimates at real shapes).
+PYTHIA_VOCAB = 50277
+PYTHIA_SHAPES = {
+    "70m": (6, 512, 8, 50304),
+    "160m": (12, 768, 12, 50304),
+    "410m": (24, 1024, 16, 50304),
+    "1b": (16, 2048, 8, 50304),
+    "1.4b": (24, 2048, 16, 50304),
+    "2.8b": (32, 2560, 32, 50304),
+    "6.9b": (32, 4096, 32, 50432),
+    "12b": (36, 5120, 40, 50688),
+}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -174,4 +187,19 @@ def gpt_neox_config(
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         dtype="float32",
+    )
+
+
+def pythia_config(size: str):
+    """The GPTNeoXConfig of Pythia-`size` (a key of PYTHIA_SHAPES), for a random-weight model of
+    its shape: the same parameters and FLOPs as the real one."""
+    if size not in PYTHIA_SHAPES:
+        raise ValueError(f"no Pythia of size {size!r}; one of {', '.join(PYTHIA_SHAPES)}")
+    layers, hidden, heads, rows = PYTHIA_SHAPES[size]
+    return gpt_neox_config(
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        vocab_size=PYTHIA_VOCAB,
+        extra_logit_rows=rows - PYTHIA_VOCAB,
     )
