@@ -23,6 +23,8 @@ LOGIT_ROW_MULTIPLE = 128
 # config: `pythia_config` rebuilds one (random weights: benchmarks and estimates at real shapes).
 PYTHIA_VOCAB = 50277
 PYTHIA_SHAPES = {
+    "14m": (6, 128, 4, 50304),
+    "31m": (6, 256, 8, 50304),
     "70m": (6, 512, 8, 50304),
     "160m": (12, 768, 12, 50304),
     "410m": (24, 1024, 16, 50304),
