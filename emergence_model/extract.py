@@ -66,10 +66,10 @@ class ExtractConfig:
     dtype: str | None = None
     """Model weights dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on
     CUDA)."""
-    device_map: str | None = field(default=None, metadata={"choices": DEVICE_MAPS})
-    """Spread each model over this machine's GPUs (and CPU memory) with accelerate's device map,
-    for a model too large for one GPU (needs pip install accelerate; instead of --device). The
-    inputs go to the map's first device."""
+    device_map: str | None = None
+    """Spread each model over this machine's GPUs (and CPU memory) with accelerate's device map
+    (auto, balanced, balanced_low_0 or sequential), for a model too large for one GPU (needs pip
+    install accelerate; instead of --device). The inputs go to the map's first device."""
     batch_size: int = 16
     """Prefixes per forward pass (halved, and retried, where a batch runs out of GPU memory)."""
     cache_dtype: str = "float16"

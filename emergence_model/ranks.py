@@ -28,8 +28,9 @@ T = TypeVar("T")
 EXCHANGE_TIMEOUT = timedelta(hours=24)
 
 
-class RankError(RuntimeError):
-    """Another rank of this job failed a step; the message names it and says why."""
+class RankError(ValueError):
+    """Another rank of this job failed a step; the message names it and says why, in one line
+    (that rank reports its own error, with its traceback if it is a bug)."""
 
 
 @dataclass(frozen=True)
