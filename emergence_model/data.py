@@ -2,7 +2,9 @@
 
 `CacheRows` is a torch Dataset of one cache's rows (small models' log-probs, the target's top
 token and, for the soft loss, the target's log-probs); `CacheDataModule` serves the train /
-validation / test rows of a split (`folds.py`) of one opened cache.
+validation / test rows of a split (`folds.py`) of one opened cache. Under DDP each process takes
+its part of every batch one process would draw (`RankBatches`), so that N devices at --batch-size B
+take the steps one device takes at N x B.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from emergence_model.cache import FeatureCache
 from emergence_model.folds import Split
@@ -42,6 +44,29 @@ class CacheRows(Dataset):
         if self.with_target_logprobs:
             item["target_logprobs"] = torch.from_numpy(logprobs[-1])
         return item
+
+
+class RankBatches(BatchSampler):
+    """The batches of `batch_size * world_size` rows that one process would draw from `sampler`,
+    each cut into `world_size` interleaved parts, of which this rank's. DDP averages the ranks'
+    gradients, which for equal parts is the gradient of the whole batch: a step is one process's
+    step, to float rounding. A last batch of fewer rows than ranks: a training rank without a
+    row takes one of the batch's again (every rank must step), a validation rank skips it."""
+
+    def __init__(
+        self, sampler, batch_size: int, rank: int, world_size: int, *, training: bool
+    ) -> None:
+        super().__init__(sampler, batch_size * world_size, drop_last=False)
+        self.rank, self.world_size, self.training = rank, world_size, training
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            part = batch[self.rank :: self.world_size]
+            if not part:
+                if not self.training:
+                    continue
+                part = [batch[self.rank % len(batch)]]
+            yield part
 
 
 def predictor_config_for(cache: FeatureCache, base: PredictorConfig) -> PredictorConfig:
@@ -83,12 +108,16 @@ class CacheDataModule(pl.LightningDataModule):
 
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
         dataset = CacheRows(self.cache, indices, self.with_target_logprobs)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        )
+        trainer = getattr(self, "trainer", None)  # None outside a Lightning run: one process
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
+            batch_sampler=RankBatches(sampler, self.batch_size, rank, world_size, training=shuffle),
+            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -4,6 +4,12 @@ Speed comes from three things: prefixes sorted by token length and batched with 
 (little padding), logits computed only at each row's last real position (`logits_to_keep` as a
 (batch, 1) tensor of positions), and one model in memory at a time. Right padding keeps every real
 token's position, so padded rows give the same result as rows run alone.
+
+The batches are cut once from every prefix's length (`length_batches`), whatever is done already,
+so that every row is computed in the batch it would be in one uninterrupted run: a resumed run, or
+the ranks of a torchrun job (rank r runs batches r, r + N, ... of those not done, each rank on its
+own device), write the same bytes as one process. A batch that runs out of GPU memory is halved
+and retried (`run_batches`), which may change a row at float rounding.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hashlib
 import json
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,19 +30,24 @@ import torch
 from emergence_model.cache import (
     CACHE_DTYPES,
     CacheError,
+    CacheWriter,
     FeatureCache,
     check_cache_destination,
     create_cache,
 )
 from emergence_model.lm import (
+    DEVICE_MAPS,
     TORCH_DTYPES,
     ModelLoadError,
     count_parameters,
     count_parameters_from_config,
+    input_device,
     load_config,
     load_model,
     load_tokenizer,
+    require_accelerate,
 )
+from emergence_model.ranks import Ranks, torchrun_group
 from emergence_model.suites import Suite, custom_suite, model_spec, parse_model_spec
 from emergence_model.vocab import (
     FINGERPRINT_KEY,
@@ -55,8 +66,12 @@ class ExtractConfig:
     dtype: str | None = None
     """Model weights dtype: float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on
     CUDA)."""
+    device_map: str | None = None
+    """Spread each model over this machine's GPUs (and CPU memory) with accelerate's device map
+    (auto, balanced, balanced_low_0 or sequential), for a model too large for one GPU (needs pip
+    install accelerate; instead of --device). The inputs go to the map's first device."""
     batch_size: int = 16
-    """Prefixes per forward pass."""
+    """Prefixes per forward pass (halved, and retried, where a batch runs out of GPU memory)."""
     cache_dtype: str = "float16"
     """dtype of the stored log-probabilities: float16 or float32."""
     progress: bool = field(default=True, metadata={"cli": False})
@@ -73,6 +88,16 @@ class ExtractConfig:
             raise ValueError(
                 f"--cache-dtype {self.cache_dtype!r} is not one of {', '.join(CACHE_DTYPES)}"
             )
+        if self.device_map is not None:
+            if self.device_map not in DEVICE_MAPS:
+                raise ValueError(
+                    f"--device-map {self.device_map!r} is not one of {', '.join(DEVICE_MAPS)}"
+                )
+            if self.device is not None:
+                raise ValueError(
+                    "--device and --device-map: pick one (the map places each model itself)"
+                )
+            require_accelerate("--device-map")
 
     def resolved_device(self) -> str:
         return self.device or default_device()
@@ -171,6 +196,51 @@ def batch_logprobs(
     return torch.log_softmax(logits[:, 0, :vocab_size].float(), dim=-1)
 
 
+def run_batches(
+    model: torch.nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    batches: Sequence[np.ndarray],
+    *,
+    device: str,
+    vocab_size: int,
+    model_name: str = "the model",
+    out_of_memory: type[BaseException] | tuple[type[BaseException], ...] = torch.OutOfMemoryError,
+    on_backoff: Callable[[str], object] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (prefix indices [b], log-probabilities [b, V] float32) for each batch of prefix
+    indices, in order.
+
+    A batch that raises `out_of_memory` is halved and its rows retried in halves, and later
+    batches run at most at the size that fitted (longer prefixes come later); `on_backoff` is
+    told "batch 16 -> 8 (out of memory)". One prefix that does not fit is a CacheError naming
+    `model_name` and the prefix's length."""
+    limit = None  # the largest batch allowed since the last out-of-memory error
+    for batch in batches:
+        start = 0
+        while start < len(batch):
+            size = len(batch) - start if limit is None else min(limit, len(batch) - start)
+            rows = np.asarray(batch[start : start + size], dtype=np.int64)
+            try:
+                logprobs = batch_logprobs(model, [token_ids[i] for i in rows], device, vocab_size)
+            except out_of_memory:
+                logprobs = None  # handled below, once the error's frames (and tensors) are gone
+            if logprobs is None:
+                if str(device).startswith("cuda"):
+                    torch.cuda.empty_cache()
+                if size == 1:
+                    tokens = len(token_ids[rows[0]])
+                    raise CacheError(
+                        f"{model_name} runs out of memory on one prefix of {tokens} tokens; use a "
+                        "device with more memory, --device-map auto, or shorter prefixes"
+                    )
+                limit = size // 2
+                if on_backoff is not None:
+                    on_backoff(f"batch {size} -> {limit} (out of memory)")
+                continue
+            yield rows, logprobs.cpu().numpy()
+            start += size
+
+
 def iter_next_token_logprobs(
     model: torch.nn.Module,
     token_ids: Sequence[Sequence[int]],
@@ -183,10 +253,8 @@ def iter_next_token_logprobs(
     """Yield (prefix indices [b], log-probabilities [b, V] float32) for `indices`, by batch."""
     indices = np.asarray(indices, dtype=np.int64)
     lengths = [len(token_ids[i]) for i in indices]
-    for batch in length_batches(lengths, batch_size):
-        rows = indices[batch]
-        logprobs = batch_logprobs(model, [token_ids[i] for i in rows], device, vocab_size)
-        yield rows, logprobs.cpu().numpy()
+    batches = [indices[batch] for batch in length_batches(lengths, batch_size)]
+    yield from run_batches(model, token_ids, batches, device=device, vocab_size=vocab_size)
 
 
 def next_token_logprobs(
@@ -292,9 +360,11 @@ def extract_suite(
 
     Resumable: rerunning with the same models and prefixes continues where a crash left off, and
     models whose rows are all written are not even loaded. The tokenizer is the target's.
-    """
-    from tqdm.auto import tqdm
 
+    Under torchrun (RANK and WORLD_SIZE set), each rank runs its share of the batches on its own
+    device and writes its rows into the one cache, which the first rank makes, checks and
+    finishes; every rank returns it. The bytes are those one process writes.
+    """
     config = config or ExtractConfig()
     check_cache_destination(out_dir)
     if not isinstance(suite_or_model_ids, Suite):
@@ -309,7 +379,15 @@ def extract_suite(
         suite = dataclasses.replace(
             suite_or_model_ids, revisions=(revision,) * len(suite_or_model_ids.model_ids)
         )
-    device, dtype = config.resolved_device(), config.resolved_dtype()
+    ranks = Ranks.from_env()
+    device, dtype = ranks.device(config.resolved_device()), config.resolved_dtype()
+    if device != config.resolved_device():
+        check_device(device)  # this rank's own GPU
+    if config.device_map is not None and ranks.local_world_size > 1:
+        raise ValueError(
+            f"--device-map spreads each model over the machine's GPUs, so run one process per "
+            f"machine (torchrun --nproc-per-node 1), not {ranks.local_world_size}"
+        )
     model_ids = list(suite.model_ids)
     for model_id in model_ids:
         if model_id.startswith(("/", ".", "~")) and not Path(model_id).expanduser().is_dir():
@@ -341,10 +419,9 @@ def extract_suite(
             check_fits(model_id, rows, context_length(model_config), vocab_size, token_ids)
         check_model_tokenizer(model_spec(model_id, suite.revision(m)), target_tokenizer)
         fingerprints.append(config_fingerprint(model_config))
-    extraction = _extraction_meta(suite, device, dtype, config.batch_size)
+    extraction = _extraction_meta(suite, device, dtype, config)
     extraction.update(model_configs=fingerprints, **{FINGERPRINT_KEY: target_tokenizer.fingerprint})
-    with create_cache(
-        out_dir,
+    cache_args = dict(
         model_names=suite.model_names,
         param_counts=counts,
         scales=[suite.scale(m, count) for m, count in enumerate(counts)],
@@ -356,37 +433,105 @@ def extract_suite(
         seed=seed,
         dtype=config.cache_dtype,
         extraction=extraction,
-    ) as writer:  # the cache's lock, released on the way out whatever happens
-        for m, model_id in enumerate(model_ids):
-            pending = writer.pending(m)
-            if not pending.size:
-                continue  # finished in an earlier run: not even loaded
-            model = load_model(model_id, revision=suite.revision(m), dtype=dtype, device=device)
-            try:
-                check_model(model, model_id, vocab_size, token_ids, counts[m])
-                with tqdm(
-                    total=len(prefixes),
-                    initial=len(prefixes) - pending.size,
-                    desc=Path(suite.model_names[m]).name or model_id,
-                    unit="prefix",
-                    disable=not config.progress,
-                ) as bar:
-                    for rows, logprobs in iter_next_token_logprobs(
-                        model,
-                        token_ids,
-                        pending,
-                        batch_size=config.batch_size,
-                        device=device,
-                        vocab_size=vocab_size,
-                    ):
-                        writer.write(m, rows, logprobs)
-                        bar.update(rows.size)
-            finally:
-                writer.commit()  # keep the rows written before an error or Ctrl-C
-                model_ref = weakref.ref(model)
-                del model
-                release_memory(model_ref, device)
-        return writer.finalize(verify=verify)
+    )
+    with torchrun_group(ranks):
+        writer = _open_writer(ranks, Path(out_dir), cache_args)
+        with writer:  # commits (and releases the lock) on the way out, whatever happens
+            for m, model_id in enumerate(model_ids):
+                _extract_model(
+                    writer, m, model_id, suite, token_ids, counts[m], config, device, ranks
+                )
+            # With several ranks, every rank's rows are on disk before the first merges them,
+            # checks them and records their digests; the others wait for its verdict.
+            ranks.step(writer.commit if ranks.first else writer.close)
+            cache = ranks.step(lambda: writer.finalize(verify=verify) if ranks.first else None)
+    return cache if cache is not None else FeatureCache(out_dir)
+
+
+def _open_writer(ranks: Ranks, path: Path, cache_args: dict) -> CacheWriter:
+    """The cache's writer for this rank: the first rank makes (or resumes) the cache and holds
+    its lock; the others join its job once it exists. Every rank has read which rows are done
+    before any rank writes one, so that all of them cut the same batches."""
+    if not ranks.several:
+        return create_cache(path, **cache_args)
+    first = ranks.step(lambda: create_cache(path, **cache_args) if ranks.first else None)
+    job = ranks.broadcast(None if first is None else first.lock.job)
+
+    def join() -> CacheWriter:
+        if ranks.first:
+            return first
+        if job is None:
+            raise CacheError(
+                f"rank 0 could not lock {path} for its job (a read-only directory, or a system "
+                "without flock), so its ranks cannot share it; run one process"
+            )
+        return create_cache(path, **cache_args, job=job, part=ranks.name)
+
+    try:
+        return ranks.step(join)
+    except BaseException:
+        if first is not None:
+            first.close()
+        raise
+
+
+def _extract_model(
+    writer: CacheWriter,
+    m: int,
+    model_id: str,
+    suite: Suite,
+    token_ids: Sequence[Sequence[int]],
+    param_count: int,
+    config: ExtractConfig,
+    device: str,
+    ranks: Ranks,
+) -> None:
+    """Write model `m`'s rows of this rank's batches not done yet; the model is loaded only if
+    there are some."""
+    from tqdm.auto import tqdm
+
+    done = writer.done[m]  # a view: rows written below turn True
+    plan = length_batches([len(ids) for ids in token_ids], config.batch_size)
+    mine = ranks.share([batch for batch in plan if not done[batch].all()])
+    if not mine:
+        return  # finished in an earlier run (or the other ranks' share): not even loaded
+    pending = sum(int((~done[batch]).sum()) for batch in mine)
+    name = Path(suite.model_names[m]).name or model_id
+    dtype, vocab_size = config.resolved_dtype(), writer.vocab_size
+    model = load_model(
+        model_id,
+        revision=suite.revision(m),
+        dtype=dtype,
+        device=device,
+        device_map=config.device_map,
+    )
+    try:
+        check_model(model, model_id, vocab_size, token_ids, param_count)
+        with tqdm(
+            total=pending if ranks.several else len(token_ids),
+            initial=0 if ranks.several else len(token_ids) - pending,
+            desc=f"{name} ({ranks.name} of {ranks.world_size})" if ranks.several else name,
+            unit="prefix",
+            disable=not config.progress or not ranks.first,
+        ) as bar:
+            for rows, logprobs in run_batches(
+                model,
+                token_ids,
+                mine,
+                device=input_device(model, device),
+                vocab_size=vocab_size,
+                model_name=model_id,
+                on_backoff=bar.set_postfix_str,
+            ):
+                new = ~done[rows]  # rows an earlier run committed keep their bytes
+                if new.any():
+                    writer.write(m, rows[new], logprobs[new])
+                    bar.update(int(new.sum()))
+    finally:
+        writer.commit()  # keep the rows written before an error or Ctrl-C
+        model_ref = weakref.ref(model)
+        del model
+        release_memory(model_ref, device)
 
 
 def check_model_tokenizer(model: str, target: TokenizerId) -> None:
@@ -409,15 +554,15 @@ def check_model_tokenizer(model: str, target: TokenizerId) -> None:
     )
 
 
-def _extraction_meta(suite: Suite, device: str, dtype: str, batch_size: int) -> dict:
+def _extraction_meta(suite: Suite, device: str, dtype: str, config: ExtractConfig) -> dict:
     import transformers
 
     return {
         "suite": suite.name,
         "revisions": list(suite.revisions) or None,
-        "device": str(device),
+        "device": str(device) if config.device_map is None else f"map:{config.device_map}",
         "model_dtype": dtype,
-        "batch_size": batch_size,
+        "batch_size": config.batch_size,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

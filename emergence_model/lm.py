@@ -13,8 +13,27 @@ from contextlib import contextmanager
 import torch
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# accelerate's ways of spreading one model over a machine's devices (`from_pretrained`'s
+# device_map): auto and balanced even out the GPUs, balanced_low_0 keeps GPU 0 light, sequential
+# fills them in order.
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # Logit rows are rounded up to a multiple of this, as Pythia's are (50277 tokens -> 50304 rows).
 LOGIT_ROW_MULTIPLE = 128
+# Pythia's tokenizer's length, and each size's (layers, hidden size, heads, logit rows) from its
+# config: `pythia_config` rebuilds one (random weights: benchmarks and estimates at real shapes).
+PYTHIA_VOCAB = 50277
+PYTHIA_SHAPES = {
+    "14m": (6, 128, 4, 50304),
+    "31m": (6, 256, 8, 50304),
+    "70m": (6, 512, 8, 50304),
+    "160m": (12, 768, 12, 50304),
+    "410m": (24, 1024, 16, 50304),
+    "1b": (16, 2048, 8, 50304),
+    "1.4b": (24, 2048, 16, 50304),
+    "2.8b": (32, 2560, 32, 50304),
+    "6.9b": (32, 4096, 32, 50432),
+    "12b": (36, 5120, 40, 50688),
+}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -62,15 +81,48 @@ def load_config(model_id: str, revision: str | None = None):
         return AutoConfig.from_pretrained(model_id, revision=revision)
 
 
+def require_accelerate(flag: str) -> None:
+    """Refuse `flag` in one line where accelerate, which it needs, is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ValueError(f"{flag} needs accelerate, which is not installed: pip install accelerate")
+
+
 def load_model(
-    model_id: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu"
+    model_id: str,
+    *,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    device_map: str | None = None,
 ) -> torch.nn.Module:
+    """A causal LM in eval mode on `device`, or spread over the machine's devices by
+    accelerate's `device_map` (one of DEVICE_MAPS; `device` is then unused)."""
     from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(dtype)
+    if device_map is not None:
+        require_accelerate("--device-map")
     with _loading("weights", model_id, revision):
+        if device_map is not None:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_id, revision=revision, dtype=dtype, device_map=device_map
+            )
+            return model.eval()
         model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=dtype)
         return model.to(device).eval()
+
+
+def input_device(model: torch.nn.Module, device: str) -> str:
+    """Where a model's inputs go: the first device of its accelerate device map (where its
+    embeddings are), or `device` for a model on one device."""
+    placement = getattr(model, "hf_device_map", None) or {}
+    for where in placement.values():
+        if where == "disk":
+            continue
+        return f"cuda:{where}" if isinstance(where, int) else str(where)
+    return device
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -137,4 +189,19 @@ def gpt_neox_config(
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         dtype="float32",
+    )
+
+
+def pythia_config(size: str):
+    """The GPTNeoXConfig of Pythia-`size` (a key of PYTHIA_SHAPES), for a random-weight model of
+    its shape: the same parameters and FLOPs as the real one."""
+    if size not in PYTHIA_SHAPES:
+        raise ValueError(f"no Pythia of size {size!r}; one of {', '.join(PYTHIA_SHAPES)}")
+    layers, hidden, heads, rows = PYTHIA_SHAPES[size]
+    return gpt_neox_config(
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        vocab_size=PYTHIA_VOCAB,
+        extra_logit_rows=rows - PYTHIA_VOCAB,
     )

@@ -52,7 +52,8 @@ class TrainConfig:
     """How the predictor is trained (everything but the network's shape)."""
 
     batch_size: int = 32
-    """Prefixes per training batch."""
+    """Prefixes per training batch on each device (with --devices N under DDP, a step's batch
+    is N times as many: the step one device takes at N x this)."""
     max_epochs: int = 8
     """Passes over the training prefixes (at most: early stopping may end sooner)."""
     lr: float = 1e-3
@@ -135,6 +136,8 @@ class TrainConfig:
 
 
 MEMBER_FILE = "member.pt"
+# A line for the user from the first process only: under DDP every process runs this code.
+print_once = rank_zero_only(print)
 
 
 class PredictorModule(pl.LightningModule):
@@ -262,6 +265,8 @@ def fit_predictor(
         deterministic="warn",  # gather's backward has no deterministic CUDA kernel
         enable_progress_bar=train_config.progress,
         enable_model_summary=False,
+        # under DDP each process takes its part of one process's batches (data.RankBatches)
+        use_distributed_sampler=False,
     )
     metrics = {}
     if c.lr_find and not c.fast_dev_run:
@@ -390,10 +395,12 @@ def fit_cross_fitted(
         key = _fold_key(cache, predictor_config, train_config, split)
         saved = None if c.fast_dev_run else _load_member(fold_dir / MEMBER_FILE, key)
         if saved is not None:
-            print(f"fold {k + 1}/{len(folds)}: reusing the network in {fold_dir / MEMBER_FILE}")
+            print_once(
+                f"fold {k + 1}/{len(folds)}: reusing the network in {fold_dir / MEMBER_FILE}"
+            )
             predictor, fold_metrics = saved
         else:
-            print(
+            print_once(
                 f"fold {k + 1}/{len(folds)}: {len(split[0])} training, {len(split[1])} "
                 f"validation, {len(split[2])} held-out prefixes"
             )
@@ -413,7 +420,9 @@ def fit_cross_fitted(
                     )
         weights = fit_member_mixture(predictor, cache, split[1]) if c.mixture else None
         if weights is not None:
-            print(f"fold {k + 1}/{len(folds)}: mixture {[round(w, 3) for w in weights.tolist()]}")
+            print_once(
+                f"fold {k + 1}/{len(folds)}: mixture {[round(w, 3) for w in weights.tolist()]}"
+            )
         members.append(predictor)
         metrics[f"fold-{k}"] = fold_metrics
     return PerTokenPredictor.ensemble(members).eval(), folds, metrics

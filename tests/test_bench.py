@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from synthetic_cache import write_synthetic_cache
 
 import bench.experiments.predictor_cv as predictor_cv
-from bench.benchmarks import bench_predictor, bench_strategy_memory
+from bench.benchmarks import bench_gpu, bench_predictor, bench_strategy_memory
 from bench.common import REPO, module_name, start_run
-from bench.experiments import predictor_ladders
+from bench.experiments import gpu_estimates, predictor_ladders
 from bench.experiments.ladders import LadderRoot
 from emergence_model.cache import open_cache
 from emergence_model.data import predictor_config_for
@@ -32,7 +33,7 @@ SCRIPTS = sorted(
 
 
 def test_every_script_shows_how_to_run_it_as_a_module_and_none_edits_sys_path():
-    assert len(SCRIPTS) == 13
+    assert len(SCRIPTS) == 15
     for path in SCRIPTS:
         source = path.read_text()
         doc = ast.get_docstring(ast.parse(source))
@@ -146,3 +147,58 @@ def test_predictor_cv_trains_with_lightning_and_writes_its_table(ladder_root, tm
     seed0 = section["numbers"]["seed0"]
     assert seed0["prefixes"] == 96 and 0 <= seed0["default"]["top1"] <= 1
     assert set(seed0["base: mean"]["minus_default"]) == {"value", "ci"}
+
+
+@pytest.fixture
+def offline_text(tiny_suite, monkeypatch):
+    """Paragraphs and the tiny suite's tokenizer in place of WikiText-2 and Pythia's tokenizer
+    from ../shared, which tests never read."""
+    from conftest import make_sentences
+
+    from emergence_model.lm import load_tokenizer
+
+    sentences = make_sentences(400, seed=3)
+    paragraphs = [" ".join(sentences[i : i + 8]) for i in range(0, 400, 8)]
+    text = (paragraphs, load_tokenizer(str(tiny_suite.tokenizer_dir)), "tiny sentences")
+    for module in (bench_gpu, gpu_estimates):
+        monkeypatch.setattr(module, "load_text_and_tokenizer", lambda: text)
+
+
+def test_the_gpu_benchmark_runs_its_whole_path_shrunk_on_a_cpu(offline_text, tmp_path):
+    argv = ["--device", "cpu", "--tiny", "--peak-tflops", "0.5", "--train-epochs", "2"]
+    bench_gpu.main([*argv, "--dir", str(tmp_path / "work"), "--results-dir", str(tmp_path)])
+    extraction, predictor = json.loads((tmp_path / "bench_gpu.json").read_text())["sections"]
+    assert [m["size"] for m in extraction["numbers"]] == ["1b", "12b"]
+    for m in extraction["numbers"]:
+        assert m["prefixes"] == 48 and m["prefixes_per_second"] > 0 and m["backoffs"] == []
+        assert m["share_of_peak"] == pytest.approx(m["tflops"] / 0.5)
+    numbers = predictor["numbers"]
+    assert numbers["steps"] == 2 * -(-numbers["train_rows"] // 32) and 0 <= numbers["scored_top1"]
+    assert "Card: CPU; dense bf16 peak 0.5 TFLOP/s" in extraction["notes"]
+    assert not (tmp_path / "work" / "train-cache").exists()
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.5), ("NVIDIA H200", 989.4),
+     ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L40S", 362.1), ("NVIDIA L4", 121.0),
+     ("NVIDIA A10G", 70.0), ("Some Future GPU", None)],
+)  # fmt: skip
+def test_a_card_s_bf16_peak_comes_from_its_name(monkeypatch, name, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
+    assert bench_gpu.card("cuda", None) == (name, None if peak is None else peak * 1e12)
+    assert bench_gpu.card("cuda", 100.0) == (name, 100.0 * 1e12)  # --peak-tflops wins
+
+
+def test_gpu_estimates_say_they_are_estimates_and_count_the_cache_s_bytes(offline_text, tmp_path):
+    gpu_estimates.main(["--results-dir", str(tmp_path)])
+    disk, extraction, predictor = json.loads((tmp_path / "gpu_estimates.json").read_text())[
+        "sections"
+    ]
+    assert disk["numbers"]["bytes_per_prefix"] == 7 * (50277 * 2 + 4 + 1)
+    assert disk["rows"][1][:2] == ["20,000", "14.08 GB (13.11 GiB)"]
+    numbers = extraction["numbers"]
+    low, high = numbers["batch_16"]["seconds"]
+    assert 0 < low < high and numbers["batch_64"]["seconds"][0] < low  # fewer batches, less host
+    for section in (extraction, predictor):
+        assert section["notes"].startswith("Estimate, not measured")

@@ -226,6 +226,44 @@ def test_only_committed_rows_count_as_done(tmp_path):
     assert len(resumed.finalize()) == 4
 
 
+def test_the_processes_of_one_job_commit_their_own_parts_and_the_holder_merges_them(tmp_path):
+    """A torchrun job's ranks: rank 0 holds the lock and finishes; the others commit their rows
+    to done.PART.npy, so a rank that dies loses only what it had not committed."""
+    rng = np.random.default_rng(0)
+    args = dict(model_names=["a", "b"], param_counts=[1, 2], prefixes=list("wxyz"), vocab_size=5)
+    full = np.stack([random_logprobs(rng, 4, 5) for _ in range(2)], axis=1)
+    first = create_cache(tmp_path / "c", tokenizer="t", **args)
+    other = create_cache(tmp_path / "c", tokenizer="t", job=first.lock.job, part="rank1", **args)
+    for m in range(2):
+        first.write(m, [0, 1], full[[0, 1], m])
+        other.write(m, [2, 3], full[[2, 3], m])
+    other.close()  # committed to its part, not to done.npy
+    assert not np.load(tmp_path / "c" / DONE_FILE)[:, 2:].any()
+    assert np.load(tmp_path / "c" / "done.rank1.npy")[:, 2:].all()
+    with pytest.raises(RuntimeError, match="does not finalize"):
+        other.finalize()
+    cache = first.finalize()  # merges the part, then reads every row back
+    np.testing.assert_array_equal(cache.rows(range(4)), full.astype(np.float16))
+    assert not (tmp_path / "c" / "done.rank1.npy").exists()
+
+
+def test_a_resumed_job_keeps_the_rows_a_dead_process_committed_to_its_part(tmp_path):
+    rng = np.random.default_rng(1)
+    args = dict(model_names=["a"], param_counts=[1], prefixes=list("wxyz"), vocab_size=5)
+    first = create_cache(tmp_path / "c", tokenizer="t", **args)
+    other = create_cache(tmp_path / "c", tokenizer="t", job=first.lock.job, part="rank1", **args)
+    other.write(0, [3], random_logprobs(rng, 1, 5))
+    other.commit()
+    (tmp_path / "c" / "done.rank2.npy.123-ab.tmp").write_bytes(b"torn")  # a part half written
+    del first, other  # the whole job dies; a plain process reruns it
+    resumed = create_cache(tmp_path / "c", tokenizer="t", **args)
+    assert resumed.pending(0).tolist() == [0, 1, 2]
+    assert np.load(tmp_path / "c" / DONE_FILE)[0].tolist() == [False, False, False, True]
+    assert not (tmp_path / "c" / "done.rank1.npy").exists()
+    with pytest.raises(ValueError, match="a writer's part is letters"):
+        create_cache(tmp_path / "c", tokenizer="t", job=resumed.lock.job, part="../x", **args)
+
+
 def test_a_crash_while_creating_is_redone(tmp_path):
     args = dict(model_names=["a"], param_counts=[1], prefixes=["x"], vocab_size=5, tokenizer="t")
     create_cache(tmp_path / "c", **args)

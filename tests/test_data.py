@@ -40,3 +40,24 @@ def test_a_cache_of_the_target_alone_is_refused(tmp_path):
     cache = write_synthetic_cache(tmp_path / "c", num_prefixes=10, param_counts=(1,))
     with pytest.raises(ValueError, match="at least one small model and a target"):
         predictor_config_for(cache, PredictorConfig())
+
+
+def test_each_rank_takes_its_part_of_the_batches_one_process_draws():
+    import torch
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from emergence_model.data import RankBatches
+
+    def sampler():  # one process's shuffle, drawn alike in every rank
+        return RandomSampler(range(21), generator=torch.Generator().manual_seed(0))
+
+    whole = list(BatchSampler(sampler(), 8, drop_last=False))  # one process at batch 8
+    assert list(RankBatches(sampler(), 8, 0, 1, training=True)) == whole
+    parts = [list(RankBatches(sampler(), 4, rank, 2, training=True)) for rank in range(2)]
+    assert [sorted(a + b) for a, b in zip(*parts, strict=True)] == [sorted(b) for b in whole]
+    assert [len(p) for p in parts[0]] == [4, 4, 3] and [len(p) for p in parts[1]] == [4, 4, 2]
+    # a last batch of fewer rows than ranks: a training rank repeats a row, a validation rank
+    # has no last step
+    short = [list(RankBatches(range(9), 2, rank, 4, training=True)) for rank in range(4)]
+    assert [p[-1] for p in short] == [[8], [8], [8], [8]]
+    assert list(RankBatches(range(9), 2, 3, 4, training=False)) == [[3, 7]]

@@ -1,4 +1,5 @@
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from emergence_model.extract import (
     extract_suite,
     length_batches,
     next_token_logprobs,
+    run_batches,
     tokenize_prefixes,
 )
 from emergence_model.lm import count_parameters, load_model, load_tokenizer
@@ -181,8 +183,101 @@ def test_batch_logprobs_cuts_padding_rows(target, tiny_suite):
         ({"batch_size": 0}, "--batch-size"),
         ({"dtype": "int8"}, "--dtype"),
         ({"cache_dtype": "bfloat16"}, "--cache-dtype"),
+        ({"device_map": "everywhere"}, "--device-map"),
+        ({"device_map": "auto", "device": "cpu"}, "--device and --device-map: pick one"),
     ],
 )
 def test_extract_config_names_the_flag_to_fix(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         ExtractConfig(**kwargs)
+
+
+class FakeOutOfMemory(Exception):
+    """Stands in for torch.OutOfMemoryError, which a CPU never raises."""
+
+
+class MemoryBound(torch.nn.Module):
+    """A causal LM whose next-token logits are a table's row for the last token, and which runs
+    out of memory on batches of more than `limit` prefixes."""
+
+    def __init__(self, limit: int, vocab: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.table = torch.randn(vocab, vocab + 3, generator=torch.Generator().manual_seed(0))
+        self.sizes = []
+
+    def forward(self, input_ids, attention_mask, logits_to_keep):
+        self.sizes.append(len(input_ids))
+        if len(input_ids) > self.limit:
+            raise FakeOutOfMemory
+        last = input_ids.gather(1, logits_to_keep)  # (b, 1): the last real token of each row
+        return SimpleNamespace(logits=self.table[last])  # (b, 1, rows)
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_its_rows_retried():
+    token_ids = [[i % 7, (3 * i) % 7] for i in range(10)]
+    model, messages = MemoryBound(limit=2, vocab=7), []
+    batches = [np.arange(8), np.arange(8, 10)]
+    out = list(
+        run_batches(
+            model, token_ids, batches, device="cpu", vocab_size=7,
+            out_of_memory=FakeOutOfMemory, on_backoff=messages.append,
+        )
+    )  # fmt: skip
+    assert messages == ["batch 8 -> 4 (out of memory)", "batch 4 -> 2 (out of memory)"]
+    assert model.sizes == [8, 4, 2, 2, 2, 2, 2]  # later batches start at the size that fitted
+    rows = np.concatenate([r for r, _ in out])
+    assert rows.tolist() == list(range(10))
+    expected = torch.log_softmax(model.table[[ids[-1] for ids in token_ids], :7], -1).numpy()
+    np.testing.assert_allclose(np.concatenate([lp for _, lp in out]), expected, rtol=0, atol=1e-6)
+
+
+def test_one_prefix_that_does_not_fit_is_one_line_naming_the_model_and_its_length():
+    model = MemoryBound(limit=0, vocab=7)
+    batches = run_batches(
+        model, [[1, 2, 3]], [np.array([0])], device="cpu", vocab_size=7, model_name="org/big",
+        out_of_memory=FakeOutOfMemory,
+    )  # fmt: skip
+    with pytest.raises(CacheError, match="org/big runs out of memory on one prefix of 3 tokens"):
+        next(batches)
+
+
+def test_a_resumed_extraction_runs_each_row_in_its_first_run_s_batch(
+    tiny_suite, tmp_path, monkeypatch
+):
+    """Batches are cut from every prefix, not from those left, so a rerun writes the bytes of an
+    uninterrupted run."""
+    out, ids = tmp_path / "c", tiny_suite.model_ids[-1:]
+    first = extract_suite(ids, tiny_suite.prefixes, out, BATCH_5)
+    done = np.load(out / "done.npy")
+    done[0, [0, 1, 2]] = False  # three rows of (at most) three batches were never committed
+    np.save(out / "done.npy", done)
+    sizes, real = [], extract.batch_logprobs
+
+    def spy(model, token_ids, *args):
+        sizes.append(len(token_ids))
+        return real(model, token_ids, *args)
+
+    monkeypatch.setattr(extract, "batch_logprobs", spy)
+    again = extract_suite(ids, tiny_suite.prefixes, out, BATCH_5)
+    assert 1 <= len(sizes) <= 3 and set(sizes) <= {5, 24 % 5}  # whole batches of the first run
+    np.testing.assert_array_equal(again.logprobs, first.logprobs)
+
+
+def test_device_map_without_accelerate_is_one_line_saying_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name)
+    )
+    with pytest.raises(ValueError, match="--device-map needs accelerate.*: pip install accelerate"):
+        ExtractConfig(device_map="auto")
+
+
+def test_device_map_auto_extracts_the_same_rows(tiny_suite, tiny_cache, tmp_path):
+    pytest.importorskip("accelerate")
+    config = ExtractConfig(device_map="auto", batch_size=5, progress=False)
+    cache = extract_suite(tiny_suite.model_ids, tiny_suite.prefixes, tmp_path / "c", config)
+    assert cache.meta["extraction"]["device"] == "map:auto"
+    np.testing.assert_array_equal(cache.logprobs, tiny_cache.logprobs)

@@ -6,6 +6,7 @@ from emergence_model.lm import (
     count_parameters,
     count_parameters_from_config,
     gpt_neox_config,
+    input_device,
     logit_rows,
 )
 
@@ -62,3 +63,12 @@ def test_parameter_count_of_a_tiny_model_by_hand():
 
 def test_param_counts_from_config_match_the_loaded_model(tiny_suite):
     assert count_parameters_from_config(tiny_suite.model_ids[0]) == tiny_suite.param_counts[0]
+
+
+def test_a_model_s_inputs_go_to_the_first_device_of_its_map():
+    model = torch.nn.Linear(2, 2)
+    assert input_device(model, "cpu") == "cpu"
+    model.hf_device_map = {"embed_in": "disk", "layers.0": 1, "embed_out": "cpu"}
+    assert input_device(model, "cpu") == "cuda:1"
+    model.hf_device_map = {"": "cpu"}
+    assert input_device(model, "cuda") == "cpu"

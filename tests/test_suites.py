@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from tiny_demo import model_dirs, suite_record
 
+from emergence_model.lm import PYTHIA_SHAPES
 from emergence_model.suites import (
     PYTHIA_PARAM_COUNTS,
     PYTHIA_TOKENS_PER_STEP,
@@ -41,37 +42,19 @@ def test_param_count_for_unknown_model_is_none():
     assert param_count_for("/tmp/tiny-neox-0") is None
 
 
-# (layers, d_model, heads, logit rows) from each model's published config.
-PYTHIA_SHAPES = {
-    "pythia-14m": (6, 128, 4, 50304),
-    "pythia-31m": (6, 256, 8, 50304),
-    "pythia-70m": (6, 512, 8, 50304),
-    "pythia-160m": (12, 768, 12, 50304),
-    "pythia-410m": (24, 1024, 16, 50304),
-    "pythia-1b": (16, 2048, 8, 50304),
-    "pythia-1.4b": (24, 2048, 16, 50304),
-    "pythia-2.8b": (32, 2560, 32, 50304),
-    "pythia-6.9b": (32, 4096, 32, 50432),
-    "pythia-12b": (36, 5120, 40, 50688),
-}
-
-
-@pytest.mark.parametrize("name", list(PYTHIA_SHAPES))
-def test_pythia_counts_are_those_of_the_architecture(name):
-    """The table's counts are what a GPT-NeoX of each published shape holds, counted on the meta
-    device (no weights): a wrong digit in the table fails here."""
+@pytest.mark.parametrize("size", list(PYTHIA_SHAPES))
+def test_pythia_counts_are_those_of_the_architecture(size):
+    """The table's counts are what a GPT-NeoX of each published shape (`lm.PYTHIA_SHAPES`, from
+    each model's config) holds, counted on the meta device (no weights): a wrong digit in either
+    table fails here."""
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from emergence_model.lm import count_parameters, gpt_neox_config
+    from emergence_model.lm import count_parameters, pythia_config
 
-    layers, width, heads, rows = PYTHIA_SHAPES[name]
-    config = gpt_neox_config(
-        hidden_size=width, num_layers=layers, num_heads=heads, vocab_size=rows, extra_logit_rows=0
-    )
     with torch.device("meta"):
-        model = GPTNeoXForCausalLM(config)
-    assert count_parameters(model) == PYTHIA_PARAM_COUNTS[name]
+        model = GPTNeoXForCausalLM(pythia_config(size))
+    assert count_parameters(model) == PYTHIA_PARAM_COUNTS[f"pythia-{size}"]
 
 
 def test_pythia_suite_is_the_challenge_ladder_with_the_12b_last():

@@ -1,5 +1,8 @@
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +142,39 @@ def test_no_arguments_runs_the_demo(caches, tmp_path, monkeypatch):
     assert calls == [None]
     assert (tmp_path / "checkpoints" / "demo.ckpt").is_file()
     assert set(panels) == {"in-domain (wiki)", "transfer (rte)"}
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_the_network_one_process_trains_at_twice_the_batch(
+    caches, tmp_path
+):
+    """train.py --devices 2 --strategy ddp (gloo): each process takes half of each batch of 16,
+    so the network is the one a single process trains at --batch-size 16, to float rounding;
+    the first process alone evaluates, reports and saves."""
+    train, transfer = caches
+    common = ["--train-cache", str(train.path), "--transfer-cache", str(transfer.path),
+              *FAST, "--accelerator", "cpu", "--threads", "1"]  # fmt: skip
+    one = tmp_path / "one" / "wiki.ckpt"
+    single = load_train_script().main([*common, "--out", str(one), "--devices", "1"])
+    out = tmp_path / "ddp" / "wiki.ckpt"
+    argv = [*common, "--out", str(out), "--batch-size", "8", "--devices", "2", "--strategy", "ddp"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *argv],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the first process speaks: one leaderboard, one line per fold, one checkpoint
+    assert run.stdout.count(f"saved {out}") == 1 and run.stdout.count("fold 1/2: 54 training") == 1
+    assert sorted(p.name for p in out.parent.glob("*.ckpt")) == ["wiki.ckpt"]
+    for fold in ("fold-0", "fold-1"):
+        assert len(list((out.parent / "runs" / "wiki" / fold / "lightning").glob("*.ckpt"))) == 1
+    results = json.loads((out.parent / "runs" / "wiki" / "report" / "results.json").read_text())
+    for panel, summary in single.items():
+        assert (
+            results[panel]["strategies"]["network"]["top1"]
+            == (summary["strategies"]["network"]["top1"])
+        )
+    weights, reference = load_checkpoint(out)["state_dict"], load_checkpoint(one)["state_dict"]
+    for name, value in reference.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5)

@@ -5,6 +5,7 @@ One job per module:
     format.py    the files, their metadata and the checks every reader and writer makes
     reader.py    `open_cache` and `FeatureCache`: a finished cache, its rows read when used
     writer.py    `create_cache` and `CacheWriter`: writing, resuming, the full check at the end
+    rows.py      rows written into the arrays' files, and the done parts of a job's processes
     combine.py   `combine_caches` and `select_models`: new caches from finished ones
     paths.py     output-path guards: nothing is written inside a cache
 

@@ -8,6 +8,7 @@ A cache is a directory:
     logprobs.npy    [N, M, V] log-probabilities (float16 or float32), read through a memory map
     argmax.npy      [N, M] int32, each model's top token, taken before rounding to the cache dtype
     done.npy        [M, N] bool, which (model, prefix) rows are written
+    done.PART.npy   while the processes of one job write it: the rows each one committed
     .lock           while a process writes the cache: its lock (`files.lock_for_writing`)
 
 A finished cache records in meta.json ("digests") the sha256 of its arrays and of its prefix
@@ -34,6 +35,9 @@ LOGPROBS_FILE = "logprobs.npy"
 ARGMAX_FILE = "argmax.npy"
 DONE_FILE = "done.npy"
 CACHE_FILES = (META_FILE, PREFIXES_FILE, LOGPROBS_FILE, ARGMAX_FILE, DONE_FILE)
+# The rows each process of a job of several committed (done.rank1.npy, ...), until the process
+# that holds the cache's lock merges them into done.npy.
+DONE_PARTS = "done.*.npy"
 # Files whose sha256 a finished cache records: every number and the prefix list they belong to
 # (done.npy of a finished cache is all True, which opening it checks).
 DIGESTED_FILES = (PREFIXES_FILE, LOGPROBS_FILE, ARGMAX_FILE)

@@ -8,10 +8,19 @@ resumes. The space of the arrays is reserved on the disk when they are made (and
 made without it resumes), so a disk that fills up is a one-line error before any row, never a
 SIGBUS in a memory map.
 
-Crash safety: rows go into the memory maps first and are flushed to disk, and only then is the new
-`done.npy` written beside the old one and renamed over it. A crash at any point leaves a `done.npy`
-that marks only rows that are really on disk. Progress is committed this way at most every
-`COMMIT_SECONDS` (each commit costs an fsync), so a killed run redoes at most that much work.
+Crash safety: rows are written into the arrays' files first and reach the disk (fsync), and only
+then is the new `done.npy` written beside the old one and renamed over it. A crash at any point
+leaves a `done.npy` that marks only rows that are really on disk. Progress is committed this way at
+most every `COMMIT_SECONDS` (each commit costs an fsync), so a killed run redoes at most that much
+work.
+
+Several processes of one job (the ranks of a torchrun job): the first makes the cache and holds its
+lock; the others join its job (`create_cache(..., job=..., part=...)`) and write their own rows
+into the same files, each committing its own `done.PART.npy` the same way. The holder merges the
+parts into `done.npy` when it finishes, and when it resumes a cache whose job died, so that a
+process that died loses only the rows it had not committed. Rows are written with `pwrite`, never
+through a shared memory map: processes on several machines then change only their own bytes of a
+file on a shared filesystem.
 
 A finished run reads every row back and records the result in meta.json ("check"), and with it
 the sha256 of its files ("digests"): a cache that failed it, or whose run stopped before it, does
@@ -21,6 +30,7 @@ write the same numbers (`RESUME_EXTRACTION_KEYS` and the fields `create_cache` n
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -42,6 +52,7 @@ from emergence_model.cache.format import (
     CHECK_PENDING,
     CHECK_SKIPPED,
     DONE_FILE,
+    DONE_PARTS,
     FORMAT_VERSION,
     LOGPROBS_FILE,
     META_FILE,
@@ -56,6 +67,7 @@ from emergence_model.cache.format import (
 )
 from emergence_model.cache.paths import check_cache_destination
 from emergence_model.cache.reader import FeatureCache
+from emergence_model.cache.rows import RowFile, done_part_file, merge_done_parts
 from emergence_model.files import (
     LOCK_FILE,
     NO_SPACE,
@@ -94,17 +106,22 @@ class CacheWriter:
     """Writes rows into a new or partly written cache; `finalize()` checks it and opens it.
 
     It holds the cache's lock (`lock`) until `finalize()` or `close()`; as a context manager it
-    closes on the way out, whatever happened."""
+    closes on the way out, whatever happened. A writer with a `part` is one process of a job
+    whose first process holds the lock: it commits its rows to its own `done.PART.npy` and
+    never finalizes; the holder merges the parts."""
 
     def __init__(
         self,
         path: Path,
         commit_seconds: float = COMMIT_SECONDS,
         lock: WriterLock | None = None,
+        part: str | None = None,
     ) -> None:
         self.path = path
         self.commit_seconds = commit_seconds
         self.lock = lock
+        self.part = part
+        self.done_file = DONE_FILE if part is None else done_part_file(part)
         self.meta = read_meta(path)
         self.num_prefixes = int(self.meta["num_prefixes"])
         self.model_names = list(self.meta["model_names"])
@@ -112,9 +129,11 @@ class CacheWriter:
         self.done = np.array(
             open_array(path / DONE_FILE, (len(self.model_names), self.num_prefixes), "bool")
         )
-        # The memory maps open for writing at the first write, so that rerunning a finished
-        # cache (read-only, say) only reads it.
-        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+        if part is None:
+            self._merge_parts()  # the rows of a job whose processes died before it finished
+        # The files open for writing at the first write, so that rerunning a finished cache
+        # (read-only, say) only reads it.
+        self._maps: tuple[RowFile, RowFile] | None = None
         self._wrote = False
         self._uncommitted = False
         self._last_commit = time.monotonic()
@@ -131,26 +150,34 @@ class CacheWriter:
             if self._maps is not None:
                 self.commit()
         finally:
+            for row_file in self._maps or ():
+                row_file.close()
             self._maps = None
             if self.lock is not None:
                 self.lock.release()
 
-    def _writable_maps(self) -> tuple[np.ndarray, np.ndarray]:
+    def _merge_parts(self) -> None:
+        """Fold the processes' `done.PART.npy` into `done.npy`, then remove them (a crash in
+        between leaves parts that mark only rows done.npy marks too)."""
+        parts = merge_done_parts(self.path, self.done)
+        if parts:
+            _atomic_save_npy(self.path / DONE_FILE, self.done)
+            for part in parts:
+                part.unlink(missing_ok=True)
+
+    def _writable_maps(self) -> tuple[RowFile, RowFile]:
         if self._maps is None:
             shape = (self.num_prefixes, len(self.model_names))
-            maps = (
-                open_array(
-                    self.path / LOGPROBS_FILE,
-                    (*shape, self.vocab_size),
-                    self.meta["dtype"],
-                    mode="r+",
-                ),
-                open_array(self.path / ARGMAX_FILE, shape, "int32", mode="r+"),
+            # Opened as memory maps for writing, which checks them (and refuses a read-only
+            # cache in one line); rows then go in with pwrite (`cache.rows`).
+            logprobs = open_array(
+                self.path / LOGPROBS_FILE, (*shape, self.vocab_size), self.meta["dtype"], "r+"
             )
+            argmax = open_array(self.path / ARGMAX_FILE, shape, "int32", mode="r+")
             # A cache made by a version that did not reserve its space: reserve it before the
             # first row (a no-op for a cache that has it).
             _reserve_arrays(self.path)
-            self._maps = maps
+            self._maps = (RowFile(logprobs), RowFile(argmax))
         return self._maps
 
     def write(
@@ -176,20 +203,21 @@ class CacheWriter:
             argmax = logprobs.argmax(axis=-1)
         if logprobs.dtype != stored_logprobs.dtype:
             logprobs = cast(logprobs, stored_logprobs.dtype)
-        stored_logprobs[prefix_indices, model_index] = logprobs
-        stored_argmax[prefix_indices, model_index] = argmax
+        stored_logprobs.write(model_index, prefix_indices, logprobs)
+        stored_argmax.write(model_index, prefix_indices, np.asarray(argmax))
         self.done[model_index, prefix_indices] = True
         self._wrote = self._uncommitted = True
         if time.monotonic() - self._last_commit >= self.commit_seconds:
             self.commit()
 
     def commit(self) -> None:
-        """Flush written rows to disk, then atomically mark them done in `done.npy`."""
+        """Flush written rows to disk, then atomically mark them done in `done.npy` (a part's
+        own `done.PART.npy`)."""
         if not self._uncommitted:
             return
-        for array in self._writable_maps():
-            array.flush()
-        _atomic_save_npy(self.path / DONE_FILE, self.done)
+        for row_file in self._writable_maps():
+            row_file.sync()
+        _atomic_save_npy(self.path / self.done_file, self.done)
         self._uncommitted = False
         self._last_commit = time.monotonic()
 
@@ -206,7 +234,10 @@ class CacheWriter:
         The check's result goes into meta.json, with the sha256 of its files when it passed (or
         was skipped): a cache that fails it never opens (and the next run into it starts over).
         A cache checked before and not written to since is not read again. The lock is released
-        either way."""
+        either way. The holder of a job of several processes finalizes once all of them closed
+        their writers: it merges their rows first."""
+        if self.part is not None:
+            raise RuntimeError("a part of a job does not finalize: its lock holder does")
         try:
             return self._finalize(verify)
         finally:
@@ -214,7 +245,9 @@ class CacheWriter:
 
     def _finalize(self, verify: bool) -> FeatureCache:
         self.commit()
-        self._maps = None
+        if any(self.path.glob(DONE_PARTS)):
+            self._merge_parts()
+            self._wrote = True  # rows of the other processes: the full check reads them
         status = check_status(self.meta)
         cache = FeatureCache(self.path, finished=False)  # refuses an incomplete cache
         if not self._wrote and (status == CHECK_PASSED or status == CHECK_SKIPPED and not verify):
@@ -261,6 +294,7 @@ def create_cache(
     dtype: str = "float16",
     extraction: dict | None = None,
     job: str | None = None,
+    part: str | None = None,
 ) -> CacheWriter:
     """Start a cache at `path`, or reopen a partly written one of the same job.
 
@@ -274,7 +308,9 @@ def create_cache(
 
     `job`: the lock's `WriterLock.job` when this process writes as part of the job whose first
     process made the cache and holds its lock (the other ranks of a torchrun job): it takes no
-    lock and never starts the cache over; rows of different processes must not overlap.
+    lock and never starts the cache over; rows of different processes must not overlap. It
+    commits its rows to `done.PART.npy` (`part`: its name in the job, e.g. "rank1"; default
+    "pid" and its pid), which the holder merges when it finishes or resumes.
     """
     path = Path(path)
     model_names, prefixes = [str(n) for n in model_names], [str(p) for p in prefixes]
@@ -344,12 +380,17 @@ def create_cache(
         _check_free_space(path, size)
     if job is None:
         path.mkdir(parents=True, exist_ok=True)
+        part = None  # the lock's holder commits to done.npy itself
+    elif part is None:
+        part = f"pid{os.getpid()}"
+    else:
+        done_part_file(part)  # refuse a part that is not a file name before anything else
     lock = lock_for_writing(path / LOCK_FILE, f"the cache {path}", job=job)
     try:
         # Everything below reads the cache as this writer alone may change it.
         if (path / META_FILE).is_file():
             if _resumable(path, meta, prefixes):
-                return CacheWriter(path, lock=lock)
+                return CacheWriter(path, lock=lock, part=part)
             if job is not None:
                 raise CacheError(
                     f"{path} holds no rows of job {job} to add to; its first process makes it"
@@ -362,7 +403,7 @@ def create_cache(
         elif job is not None:
             raise CacheError(f"{path} is not made yet: job {job}'s first process makes it")
         _make_files(path, meta, prefixes)
-        return CacheWriter(path, lock=lock)
+        return CacheWriter(path, lock=lock, part=part)
     except BaseException:
         lock.release()
         raise
@@ -424,9 +465,13 @@ def _plain_json(value):
 
 
 def _is_ours(name: str) -> bool:
-    """One of a cache's files, its lock, or a temporary of one (`atomic_file`'s NAME.*.tmp)."""
-    return name in (*CACHE_FILES, LOCK_FILE) or any(
-        name.startswith(f + ".") and name.endswith(".tmp") for f in CACHE_FILES
+    """One of a cache's files, its lock, a process's done part, or a temporary of one
+    (`atomic_file`'s NAME.*.tmp)."""
+    return (
+        name in (*CACHE_FILES, LOCK_FILE)
+        or fnmatch.fnmatchcase(name, DONE_PARTS)
+        or fnmatch.fnmatchcase(name, f"{DONE_PARTS}.*.tmp")
+        or any(name.startswith(f + ".") and name.endswith(".tmp") for f in CACHE_FILES)
     )
 
 

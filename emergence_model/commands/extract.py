@@ -8,9 +8,11 @@
     python cache_features.py --export-pickle cache/wikipedia --out wikipedia.pkl
     python cache_features.py --combine cache/part0 cache/part1 --out cache/all
     python cache_features.py --verify cache/wikipedia
+    torchrun --nproc-per-node 4 cache_features.py --suite pythia --dataset wikipedia --out c
 
 `emergence-model extract ...` is the same command. Kill it at any point and rerun the same command:
-it continues where it stopped.
+it continues where it stopped. Under torchrun each process takes its share of the prefixes on its
+own GPU (cuda:LOCAL_RANK), and together they write the one cache a single process would.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from emergence_model.cli import (
 )
 from emergence_model.extract import ExtractConfig, extract_suite
 from emergence_model.prefixes import PrefixConfig, describe_sources, load_prefixes
+from emergence_model.ranks import Ranks
 from emergence_model.suites import SuiteConfig, describe_suites
 
 
@@ -97,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     run_options = config_from_args(RunOptions, args)
     run_options.apply()
     lines = run(args, run_options)
-    for line in lines:
-        print(line)
+    if Ranks.from_env().first:  # under torchrun, the first process speaks for the job
+        for line in lines:
+            print(line)
     return lines
 
 
