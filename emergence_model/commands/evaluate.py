@@ -25,9 +25,10 @@ from emergence_model.cache import check_cache_destination, open_cache
 from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel
 from emergence_model.checkpoint import (
     CheckpointError,
-    build_predictor,
     check_compatible,
+    checkpoint_selection,
     load_checkpoint,
+    network_strategy,
 )
 from emergence_model.cli import FlagGroup, RunOptions, command_parser, config_from_args
 from emergence_model.evaluate import (
@@ -39,7 +40,7 @@ from emergence_model.evaluate import (
 )
 from emergence_model.folds import NOT_TRAINED, training_folds
 from emergence_model.report import format_table, write_reports
-from emergence_model.strategies import STRATEGIES, NetworkStrategy
+from emergence_model.strategies import STRATEGIES
 
 
 @dataclass
@@ -139,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         strategies = dict(baselines)
         for path, c in checkpoints:
             key = "network" if len(checkpoints) == 1 else f"network:{path.stem}"
-            predictor = build_predictor(c)
-            strategies[key] = NetworkStrategy(predictor, c["model_names"], c["target_name"])
+            strategies[key] = network_strategy(c, str(path))
         parts, description = [(None, strategies)], "all prefixes"
         if config.calibrate:
             rows, strategies, pool = calibrated_panel(
@@ -163,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         num_bootstrap=config.bootstrap,
         seed=config.bootstrap_seed,
     )
+    for path, c in checkpoints:
+        selection = checkpoint_selection(c, str(path))
+        if selection is not None:
+            notes.append(f"{path.name}: " + selection.ensemble.describe("its network"))
     summary["notes"] = notes
     title = job.cache.name
     print(format_table(summary, title))
