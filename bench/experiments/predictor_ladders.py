@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +32,16 @@ from pathlib import Path
 from bench.common import AFTER_DASHES, REPO, start_run
 from bench.experiments.ladders import LADDER_NAMES, LADDERS, LadderRoot
 from emergence_model.cache import open_cache
-from emergence_model.checkpoint import build_predictor, load_checkpoint
+from emergence_model.checkpoint import build_predictor, checkpoint_selection, load_checkpoint
 from emergence_model.cli import exit_on_user_error
 from emergence_model.demo.study import default_settings
 from emergence_model.evaluate import evaluate_cache, make_baselines
 from emergence_model.model import PREDICTOR_DESIGN
+from emergence_model.pipeline import NETWORK_ALONE
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section
-from emergence_model.strategies import NetworkStrategy
+from emergence_model.selection import guided
+from emergence_model.strategies import NETWORK_GUIDE, NetworkStrategy
 
 # How a ladder's network is trained: a new user's command. (One place to change if train.py moves.)
 TRAIN_COMMAND = [sys.executable, str(REPO / "train.py")]
@@ -80,6 +83,9 @@ class LaddersConfig:
     """With --ablations: only these rows of ABLATIONS; none given, every row."""
     retrain: bool = False
     """Train again even where a finished run with the same settings is there."""
+    small_sets: list[int] = field(default_factory=list)
+    """Also train each ladder on this many prefixes of its training cache (train.py
+    --max-train-prefixes N: a user's small labelled set), a results section each."""
     train_args: list[str] = field(
         default_factory=list, metadata={"cli": False, AFTER_DASHES: "train.py flags for every run"}
     )
@@ -146,6 +152,8 @@ def one_member_on_transfer(run: Trained) -> dict:
         checkpoint["model_names"],
         checkpoint["target_name"],
     )
+    selection = checkpoint_selection(checkpoint)
+    member = guided(member, None if selection is None else selection.choice(0))
     panels = {}
     for title, summary in run.panels.items():
         if title.startswith("transfer"):
@@ -159,15 +167,30 @@ def panel_name(title: str, summary: dict) -> str:
     return title.split(" (")[0] + " " + Path(summary["cache"]).name
 
 
+def guide_cell(summary: dict) -> str:
+    """Which guide the network guessed with on a panel: one, or each fold's with its count."""
+    params = summary["strategies"]["network"]["params"]
+    parts = params if isinstance(params, list) else [params]
+    guides = [p.get("guide", NETWORK_GUIDE) for p in parts]
+    counts = Counter(guides)
+    if len(counts) == 1:
+        return guides[0]
+    return ", ".join(f"{guide} x{count}" for guide, count in counts.items())
+
+
 def results_row(summary: dict) -> list[str]:
-    """Network and best baseline: top-1 (and their paired difference, points), KL and
-    sum min(p, q) (and theirs), each metric against the best baseline on that metric."""
+    """Network and best baseline: top-1 (and their paired difference, points), the guide the
+    network guessed with and the network alone's difference, KL and sum min(p, q) (and theirs),
+    each metric against the best baseline on that metric."""
     entries, comparison = summary["strategies"], summary["comparisons"]["network"]
     best = comparison["baseline"]
+    alone = summary["comparisons"].get(NETWORK_ALONE)
     cells = [
         f"{format_number(entries['network']['top1']['value'], percent=True)} / "
         f"{format_number(entries[best]['top1']['value'], percent=True)} ({best})",
         format_stat(comparison["top1_diff"], percent=True, signed=True),
+        guide_cell(summary),
+        "-" if alone is None else format_stat(alone["top1_diff"], percent=True, signed=True),
     ]
     for metric in ("kl", "accept"):
         diff = comparison.get(f"{metric}_diff")
@@ -189,6 +212,8 @@ def results_section(runs: dict[str, Trained], setting: str) -> Section:
         "set",
         "top-1 %, network / best baseline",
         "network - best, points",
+        "guessed with",
+        "network alone - best",
         "KL, network / best",
         "network - best",
         "sum min(p,q), network / best",
@@ -267,6 +292,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in config.ladders
     }
     sections = [results_section(runs, default)]
+    for n in config.small_sets:
+        flags = [*extra, "--max-train-prefixes", str(n)]
+        small = {
+            name: train_ladder(where.root, name, f"{n} prefixes", flags, config.retrain)
+            for name in config.ladders
+        }
+        sections.append(results_section(small, f"{default}, {n} training prefixes"))
     if config.ablations:
         ablations = {(default, name): trained for name, trained in runs.items()}
         for setting, flags in ABLATIONS.items():
