@@ -10,18 +10,18 @@ Three steps, each one small module, the same weights for every token of the voca
    where one model's quirk would carry it away, an extrapolation along the ladder (a weighting
    that grows with size) where the trend holds. It starts as the mean-probability baseline.
 2. A correction of `num_candidates` tokens, each small model's top token and then the most
-   probable under the mean (`candidate_ids`): an MLP reads each candidate's value under the
-   mean and under the base (log-prob, gap to the top, rank), the per-prefix context and a learned
-   embedding of the token's identity (the target's habits are token-specific). Two more feature
-   groups were measured and removed, as neither earned its place on the training folds of nine
-   ladders: the trajectory (the candidate's log-prob, gap to the top and rank under each small
-   model) and the trend (its log-linear extrapolation in log scale to the target's and the
-   slope). Every other token keeps its base plus one per-prefix offset. The default 16
-   candidates hold the target's top token on 99.2-99.7% of every ladder's in-domain prefixes but
-   the overfitted real-long's (64 score 0.1 to 0.2 points lower on the training folds of the
-   demo's, the one-layer and the real ladder: `python -m bench.experiments.predictor_cv`, whose
-   table is docs/results/predictor_cv.md), and scoring a [100, 6, 50277] batch stays a few
-   passes over the input on a CPU.
+   probable under the mean (`candidate_ids`; 0: every token): an MLP reads each candidate's value
+   under the mean and under the base (log-prob, gap to the top, rank among the candidates), the
+   per-prefix context, optionally each small model's log-prob and gap (`features="models"`) and
+   a learned embedding of the token's identity (the target's habits are token-specific). Two more
+   feature groups were measured and removed, as neither earned its place on the training folds:
+   the trajectory (the candidate's log-prob, gap and rank under each small model) and the trend
+   (its log-linear extrapolation to the target's size and the slope). Every other token keeps
+   its base plus one per-prefix offset. The default 16 candidates hold the target's top token on
+   nearly every in-domain prefix (the evaluation reports the share), more candidates score no
+   better on the training folds (`python -m bench.experiments.predictor_cv`, whose table is
+   docs/results/predictor_cv.md), and scoring a [100, 6, 50277] batch stays a few passes over
+   the input on a CPU.
 3. The MLP's output makes the `logits`, trained on the target's top token (KL to its
    distribution sharpened at temperature 0.25: `TrainConfig`), which rank the tokens (the
    guess). The predicted distribution of the target is a mixture of each small model's

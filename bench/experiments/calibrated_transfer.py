@@ -3,7 +3,7 @@
     python -m bench.experiments.calibrated_transfer          # every ladder trained already
     python -m bench.experiments.calibrated_transfer --ladders real real-2x --sizes 16 32 128
 
-Reads each ladder's default network (ROOT/runs/<ladder>/default/network.ckpt, trained by
+Reads each ladder's default network (RUNS/<ladder>/default/network.ckpt, trained by
 `python -m bench.experiments.predictor_ladders`) and its transfer caches. On each transfer set
 (at most --max-rows prompts, evenly spaced) and for each calibration size N, N prompts drawn at
 random calibrate the network (`emergence_model.calibrate`, as `evaluate.py --calibrate N` does:
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     (config, where), run = start_run(__file__, __doc__, argv, CalibratedTransferConfig, LadderRoot)
     table = []
     for ladder in config.ladders:
-        checkpoint_path = where.root / "runs" / ladder / "default" / "network.ckpt"
+        checkpoint_path = where.runs_dir / ladder / "default" / "network.ckpt"
         if not checkpoint_path.is_file():
             print(f"{ladder}: no trained network at {checkpoint_path}: skipped", file=sys.stderr)
             continue

@@ -22,11 +22,14 @@ first (95% bootstrap over the prefixes). Ladders are ROOT/<name>/caches/demo-wik
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -35,8 +38,9 @@ from bench.experiments.ladders import LADDER_NAMES, LadderRoot
 from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.cli import exit_on_user_error
 from emergence_model.evaluate import score_rows
+from emergence_model.files import atomic_file
 from emergence_model.folds import Split, fold_splits, limit_rows
-from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.model import PREDICTOR_DESIGN, PerTokenPredictor, PredictorConfig
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section
 from emergence_model.stats import mean_with_ci
@@ -119,6 +123,11 @@ class PredictorCVConfig:
     validation prefixes drawn at random, as train.py --max-train-prefixes draws them), a column
     per ladder and number; its held-out prefixes are all scored. 0: all."""
 
+    work_dir: Path | None = None
+    """Keep each variant's per-prefix agreement here, and reuse it where the variant, the cache,
+    the defaults, the network's design and the folds are those of a finished one: an
+    interrupted run, or one with more variants or columns, trains only what is missing."""
+
     def __post_init__(self) -> None:
         if self.inner_folds < 2:
             raise ValueError(f"--inner-folds must be at least 2, got {self.inner_folds}")
@@ -172,14 +181,41 @@ def compare_variants(
     agree = {"mean-prob": top1(cache, STRATEGIES["mean-prob"](), held_out)}
     for name in config.variants:
         started = time.perf_counter()
+        saved = None
+        if config.work_dir is not None:
+            saved = config.work_dir / f"{variant_key(cache, VARIANTS[name], splits)}.npy"
+            if saved.is_file():
+                agree[name] = np.load(saved)
+                print(f"{name}: top-1 {100 * agree[name].mean():.2f}% (from {saved})", flush=True)
+                continue
         parts = []
         for split in splits:
             network = train_variant(cache, VARIANTS[name], split, progress)
             parts.append(top1(cache, NetworkStrategy(network, names[:-1], names[-1]), split[2]))
         agree[name] = np.concatenate(parts)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(saved) as f:
+                np.save(f, agree[name])
         seconds = time.perf_counter() - started
         print(f"{name}: top-1 {100 * agree[name].mean():.2f}% ({seconds:.0f} s)", flush=True)
     return agree
+
+
+def variant_key(cache: FeatureCache, variant: Variant, splits: list[Split]) -> str:
+    """What a variant's agreement depends on: the configurations it trains with (the defaults
+    and its changes), the cache, the network's design and the inner folds."""
+    training = dataclasses.asdict(dataclasses.replace(TrainConfig(), **variant.training))
+    del training["progress"]
+    identity = {
+        "network": dataclasses.asdict(dataclasses.replace(PredictorConfig(), **variant.network)),
+        "training": training,
+        "seeds": variant.seeds,
+        "cache": cache.fingerprint,
+        "design": PREDICTOR_DESIGN,
+        "splits": [[part.tolist() for part in split] for split in splits],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def comparison_cells(agree: dict[str, np.ndarray], first: str) -> tuple[list[str], dict]:

@@ -3,11 +3,13 @@
     python -m bench.experiments.predictor_ladders                  # every ladder: build, train
     python -m bench.experiments.predictor_ladders --build-only     # only the ladders and caches
     python -m bench.experiments.predictor_ladders --ladders seed0 onelayer --ablations
+    python -m bench.experiments.predictor_ladders --small-sets 1500  # also from 1,500 prefixes
     python -m bench.experiments.predictor_ladders --ladders seed1 -- --max-epochs 8  # train.py's
 
 The ladders are those of `bench.experiments.ladders`, each in ROOT/<name> (--root, default
 ../suites beside the repository). Each is trained with `python train.py --train-cache ...
---transfer-cache ...` (a new user's command) in ROOT/runs/<ladder>/<setting>, and a finished run
+--transfer-cache ...` (a new user's command) in ROOT/runs/<ladder>/<setting> (--runs: elsewhere),
+and a finished run
 whose flags, caches, defaults and network design (`PREDICTOR_DESIGN`) are unchanged is read back
 rather than retrained (train.py itself resumes finished folds). The table gives, per ladder, the
 network minus the best baseline in top-1 agreement (points, 95% paired bootstrap), in-domain
@@ -48,19 +50,37 @@ TRAIN_COMMAND = [sys.executable, str(REPO / "train.py")]
 
 # One change each against train.py's defaults (the design in the README's predictor section).
 ABLATIONS: dict[str, list[str]] = {
-    "correction bounded to 1 nat": ["--max-correction", "1"],
+    "the earlier training: 8 epochs, the epoch kept on validation top-1": [
+        "--max-epochs",
+        "8",
+        "--steps",
+        "1000000000",
+        "--monitor",
+        "top1",
+    ],
+    "token embedding of 16": ["--token-embedding", "16"],
     "64 candidates": ["--num-candidates", "64"],
     "256 candidates": ["--num-candidates", "256"],
     "base: mean": ["--base", "mean"],
     "base: largest": ["--base", "largest"],
     "base: extrapolate": ["--base", "extrapolate"],
     "features: no context": ["--features", ""],
-    "features: no token embedding": ["--token-embedding", "0"],
-    "half the training prefixes": ["--train-fraction", "0.5"],
+    "features: each model's log-prob and gap": ["--features", "context,models"],
     "objective: logits on the top token (cross-entropy)": ["--soft-weight", "0"],
     "objective: logits soft at temperature 1": ["--target-temperature", "1"],
-    "training: 4 epochs at lr 3e-3": ["--max-epochs", "4", "--lr", "3e-3"],
-    "training: 12 epochs": ["--max-epochs", "12"],
+    "the issue's MLP on 256 candidates: a residual on the largest, each model's log-prob and "
+    "gap, cross-entropy": [
+        "--num-candidates",
+        "256",
+        "--base",
+        "largest",
+        "--features",
+        "context,models",
+        "--soft-weight",
+        "0",
+    ],
+    "half the training prefixes": ["--train-fraction", "0.5"],
+    "training: learning rate 3e-3": ["--lr", "3e-3"],
     "training: learning rate from Lightning's finder": ["--lr-find"],
     "MLP width 64": ["--hidden-size", "64"],
 }
@@ -84,8 +104,13 @@ class LaddersConfig:
     retrain: bool = False
     """Train again even where a finished run with the same settings is there."""
     small_sets: list[int] = field(default_factory=list)
-    """Also train each ladder on this many prefixes of its training cache (train.py
-    --max-train-prefixes N: a user's small labelled set), a results section each."""
+    """Also train on this many prefixes of each training cache (train.py --max-train-prefixes N:
+    a user's small labelled set), a results section each."""
+    small_set_ladders: list[str] = field(
+        default_factory=lambda: [n for n in LADDER_NAMES if n.startswith("real")],
+        metadata={"choices": LADDER_NAMES},
+    )
+    """The ladders --small-sets trains on (those among --ladders): the real-text ones."""
     train_args: list[str] = field(
         default_factory=list, metadata={"cli": False, AFTER_DASHES: "train.py flags for every run"}
     )
@@ -102,11 +127,12 @@ class Trained:
 
 
 def train_ladder(
-    root: Path, name: str, setting: str, flags: Sequence[str], retrain: bool = False
+    where: LadderRoot, name: str, setting: str, flags: Sequence[str], retrain: bool = False
 ) -> Trained:
-    """train.py on one ladder with `flags` (reused when nothing changed since)."""
-    train_cache, transfers = LADDERS[name].build(root / name)
-    run_dir = root / "runs" / name / setting
+    """train.py on one ladder with `flags` (reused when nothing changed since); the ladder is
+    built first where its training cache is not."""
+    train_cache, transfers = where.built(name) or LADDERS[name].build(where.root / name)
+    run_dir = where.runs_dir / name / setting
     settings = {
         "flags": list(flags),
         # what the flags are changes to: a run of older defaults or network design is redone
@@ -288,15 +314,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     extra = config.train_args
     default = "default" if not extra else "custom: " + " ".join(extra)
     runs = {
-        name: train_ladder(where.root, name, default.split(":")[0], extra, config.retrain)
+        name: train_ladder(where, name, default.split(":")[0], extra, config.retrain)
         for name in config.ladders
     }
     sections = [results_section(runs, default)]
     for n in config.small_sets:
         flags = [*extra, "--max-train-prefixes", str(n)]
         small = {
-            name: train_ladder(where.root, name, f"{n} prefixes", flags, config.retrain)
+            name: train_ladder(where, name, f"{n} prefixes", flags, config.retrain)
             for name in config.ladders
+            if name in config.small_set_ladders
         }
         sections.append(results_section(small, f"{default}, {n} training prefixes"))
     if config.ablations:
@@ -305,9 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if config.settings and setting not in config.settings:
                 continue
             for name in config.ladders:
-                ablations[setting, name] = train_ladder(
-                    where.root, name, setting, flags, config.retrain
-                )
+                ablations[setting, name] = train_ladder(where, name, setting, flags, config.retrain)
         for name, trained in runs.items():
             member = one_member_on_transfer(trained)
             if member:
