@@ -58,7 +58,7 @@ ABLATIONS: dict[str, list[str]] = {
         "--monitor",
         "top1",
     ],
-    "token embedding of 16": ["--token-embedding", "16"],
+    "no token embedding": ["--token-embedding", "0"],
     "64 candidates": ["--num-candidates", "64"],
     "256 candidates": ["--num-candidates", "256"],
     "base: mean": ["--base", "mean"],
