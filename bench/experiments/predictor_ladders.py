@@ -127,10 +127,16 @@ class Trained:
 
 
 def train_ladder(
-    where: LadderRoot, name: str, setting: str, flags: Sequence[str], retrain: bool = False
+    where: LadderRoot,
+    name: str,
+    setting: str,
+    flags: Sequence[str],
+    retrain: bool = False,
+    threads: int | None = None,
 ) -> Trained:
-    """train.py on one ladder with `flags` (reused when nothing changed since); the ladder is
-    built first where its training cache is not."""
+    """train.py on one ladder with `flags` (reused when nothing changed since; `threads`, this
+    run's --threads, is how it runs, not what it computes); the ladder is built first where its
+    training cache is not."""
     train_cache, transfers = where.built(name) or LADDERS[name].build(where.root / name)
     run_dir = where.runs_dir / name / setting
     settings = {
@@ -155,6 +161,7 @@ def train_ladder(
             "--run-dir",
             str(run_dir),
             "--no-progress",
+            *([] if threads is None else ["--threads", str(threads)]),
             *flags,
         ]
         print(f"[{name}/{setting}] {shlex.join(command)}", flush=True)
@@ -311,17 +318,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"[{name}] caches: {LADDERS[name].build(where.root / name)}", flush=True)
             print(f"[{name}] ready in {time.perf_counter() - started:.0f} s", flush=True)
         return
-    extra = config.train_args
+    extra, threads = config.train_args, run.options.threads
     default = "default" if not extra else "custom: " + " ".join(extra)
     runs = {
-        name: train_ladder(where, name, default.split(":")[0], extra, config.retrain)
+        name: train_ladder(where, name, default.split(":")[0], extra, config.retrain, threads)
         for name in config.ladders
     }
     sections = [results_section(runs, default)]
     for n in config.small_sets:
         flags = [*extra, "--max-train-prefixes", str(n)]
         small = {
-            name: train_ladder(where, name, f"{n} prefixes", flags, config.retrain)
+            name: train_ladder(where, name, f"{n} prefixes", flags, config.retrain, threads)
             for name in config.ladders
             if name in config.small_set_ladders
         }
@@ -332,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if config.settings and setting not in config.settings:
                 continue
             for name in config.ladders:
-                ablations[setting, name] = train_ladder(where, name, setting, flags, config.retrain)
+                ablations[setting, name] = train_ladder(
+                    where, name, setting, flags, config.retrain, threads
+                )
         for name, trained in runs.items():
             member = one_member_on_transfer(trained)
             if member:
