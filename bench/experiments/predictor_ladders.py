@@ -48,41 +48,32 @@ from emergence_model.strategies import NETWORK_GUIDE, NetworkStrategy
 # How a ladder's network is trained: a new user's command. (One place to change if train.py moves.)
 TRAIN_COMMAND = [sys.executable, str(REPO / "train.py")]
 
-# One change each against train.py's defaults (the design in the README's predictor section).
+# One change each against train.py's defaults (the design in docs/predictor.md): train.py flags.
 ABLATIONS: dict[str, list[str]] = {
-    "the earlier training: 8 epochs, the epoch kept on validation top-1": [
-        "--max-epochs",
-        "8",
-        "--steps",
-        "1000000000",
-        "--monitor",
-        "top1",
-    ],
-    "no token embedding": ["--token-embedding", "0"],
-    "64 candidates": ["--num-candidates", "64"],
-    "256 candidates": ["--num-candidates", "256"],
-    "base: mean": ["--base", "mean"],
-    "base: largest": ["--base", "largest"],
-    "base: extrapolate": ["--base", "extrapolate"],
-    "features: no context": ["--features", ""],
-    "features: each model's log-prob and gap": ["--features", "context,models"],
-    "objective: logits on the top token (cross-entropy)": ["--soft-weight", "0"],
-    "objective: logits soft at temperature 1": ["--target-temperature", "1"],
-    "the issue's MLP on 256 candidates: a residual on the largest, each model's log-prob and "
-    "gap, cross-entropy": [
-        "--num-candidates",
-        "256",
-        "--base",
-        "largest",
-        "--features",
-        "context,models",
-        "--soft-weight",
-        "0",
-    ],
-    "half the training prefixes": ["--train-fraction", "0.5"],
-    "training: learning rate 3e-3": ["--lr", "3e-3"],
-    "training: learning rate from Lightning's finder": ["--lr-find"],
-    "MLP width 64": ["--hidden-size", "64"],
+    name: shlex.split(flags)
+    for name, flags in {
+        "the earlier training: 8 epochs, the epoch kept on validation top-1": (
+            "--max-epochs 8 --steps 1000000000 --monitor top1"
+        ),
+        "no token embedding": "--token-embedding 0",
+        "64 candidates": "--num-candidates 64",
+        "256 candidates": "--num-candidates 256",
+        "base: mean": "--base mean",
+        "base: largest": "--base largest",
+        "base: extrapolate": "--base extrapolate",
+        "features: no context": "--features ''",
+        "features: each model's log-prob and gap": "--features context,models",
+        "objective: logits on the top token (cross-entropy)": "--soft-weight 0",
+        "objective: logits soft at temperature 1": "--target-temperature 1",
+        "the issue's MLP on 256 candidates: a residual on the largest, each model's log-prob and "
+        "gap, cross-entropy": (
+            "--num-candidates 256 --base largest --features context,models --soft-weight 0"
+        ),
+        "half the training prefixes": "--train-fraction 0.5",
+        "training: learning rate 3e-3": "--lr 3e-3",
+        "training: learning rate from Lightning's finder": "--lr-find",
+        "MLP width 64": "--hidden-size 64",
+    }.items()
 }
 ONE_MEMBER = "one fold's network on transfer, not the ensemble"
 
