@@ -253,3 +253,16 @@ def test_no_collapse_to_the_mean_where_the_largest_model_leads(tmp_path):
     assert (guess[differ] == largest_guess[differ]).mean() > 0.8
     assert (guess[differ] == mean_guess[differ]).mean() < 0.1
     assert (guess == target).mean() > (mean_guess == target).mean() + 0.25
+
+
+def test_a_small_training_set_is_passed_over_as_often_as_makes_the_step_budget():
+    config = TrainConfig(steps=3000, batch_size=32, max_epochs=100)
+    assert config.epochs_for(9000) == 11  # 282 steps an epoch
+    assert config.epochs_for(1200) == 79  # 38 steps an epoch
+    assert config.epochs_for(100) == 100  # at most --max-epochs
+    assert TrainConfig(steps=10, batch_size=32).epochs_for(9000) == 1
+    assert TrainConfig().monitored == ("val/loss", "min")
+    assert TrainConfig(monitor="top1").monitored == ("val/top1", "max")
+    for kwargs, flag in [({"steps": 0}, "--steps"), ({"monitor": "acc"}, "--monitor")]:
+        with pytest.raises(ValueError, match=flag):
+            TrainConfig(**kwargs)
