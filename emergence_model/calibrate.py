@@ -39,7 +39,21 @@ from emergence_model.cache import FeatureCache
 from emergence_model.files import write_json_atomic
 from emergence_model.logprobs import floor_logprobs, probs_to_logprobs
 from emergence_model.model import PerTokenPredictor, make_mode
-from emergence_model.strategies import MeanProbability, NetworkStrategy, check_same_models
+from emergence_model.selection import (
+    CALIBRATED_GUIDE,
+    GUIDE_BASELINES,
+    GuideChoice,
+    candidate_guides,
+    choose_guide,
+    guided,
+)
+from emergence_model.strategies import (
+    NETWORK_GUIDE,
+    STRATEGIES,
+    MeanProbability,
+    NetworkStrategy,
+    check_same_models,
+)
 from emergence_model.vocab import TokenizerId, check_same_tokenizer
 
 # The guess pool's objective: the target sharpened as for the network's logits (TrainConfig).
@@ -115,6 +129,9 @@ class GuidePool:
     rows: int
     temperature: float = DEFAULT_TEMPERATURE
     penalty: float = DEFAULT_PENALTY
+    choice: dict | None = None
+    """The guide the calibrated network guesses with and the evidence (`GuideChoice.record`):
+    chosen by cross-validation within the calibration prompts; None: the guess pool."""
 
     def __post_init__(self) -> None:
         g = len(self.guides)
@@ -126,6 +143,18 @@ class GuidePool:
             )
         if not np.isfinite(self.guess + self.distribution + self.prior).all():
             raise CalibrationError("a calibration's numbers must be finite: fit it again")
+        if self.choice is not None:
+            try:
+                GuideChoice.from_record(self.choice)
+            except (TypeError, ValueError) as e:
+                raise CalibrationError(
+                    f"a calibration's choice of guide is not readable ({e}): fit it again"
+                ) from None
+
+    @property
+    def guide_choice(self) -> GuideChoice | None:
+        """`choice` as a `GuideChoice`."""
+        return None if self.choice is None else GuideChoice.from_record(self.choice)
 
     def guides_with_prior(self, guides: torch.Tensor) -> torch.Tensor:
         """The network's guides (B, G - 1, V) (`guide_log_probs`) and the prior -> (B, G, V)."""
@@ -172,28 +201,68 @@ def fit_guide_pool(
     """Fit both pools on calibration prompts: the small models' log-probs (N, M, V) and the
     target's logits or log-probs (N, V) on the same prompts. Guides named in `exclude` (e.g.
     "network", for what it adds) keep a weight of zero."""
-    n = logprobs.shape[0]
+    check_calibration_size(logprobs.shape[0])
+    predictor.check_inputs(logprobs)
+    return fit_pools(
+        calibration_guides(predictor, logprobs),
+        target_logits,
+        guide_names(model_names),
+        temperature,
+        penalty,
+        exclude,
+    )
+
+
+def check_calibration_size(n: int) -> None:
     if not 2 <= n <= MAX_CALIBRATION_ROWS:
         raise CalibrationError(
             f"calibration takes 2 to {MAX_CALIBRATION_ROWS} prompts, got {n}: pass another "
             "--calibrate"
         )
+
+
+def calibration_guides(predictor: PerTokenPredictor, logprobs: torch.Tensor) -> torch.Tensor:
+    """`guide_log_probs` of calibration prompts (N, M, V) -> (N, M + 2, V), 64 at a time."""
+    n = logprobs.shape[0]
+    return torch.cat([guide_log_probs(predictor, logprobs[i : i + 64]) for i in range(0, n, 64)])
+
+
+def fit_pools(
+    guides: torch.Tensor,
+    target_logits: torch.Tensor,
+    names: Sequence[str],
+    temperature: float = DEFAULT_TEMPERATURE,
+    penalty: float = DEFAULT_PENALTY,
+    exclude: Sequence[str] = (),
+    start: str = NETWORK_GUIDE,
+) -> GuidePool:
+    """Both pools fitted on the guides of calibration prompts (N, M + 2, V) (`calibration_guides`,
+    the prior not yet among them) and the target's logits or log-probs (N, V); `names`: every
+    guide's, the prior's last (`guide_names`). The guess pool starts at the guide `start`, or
+    (BEST_START) at the one whose top token is the target's on most of the prompts, the network
+    where another is only level with it."""
+    n = guides.shape[0]
+    check_calibration_size(n)
     if temperature <= 0:
         raise CalibrationError(f"the temperature must be positive, got {temperature}")
-    predictor.check_inputs(logprobs)
-    names = guide_names(model_names)
     unknown = sorted(set(exclude) - set(names))
     if unknown:
-        raise CalibrationError(f"no guide named {unknown[0]!r}; the guides are {names}")
+        raise CalibrationError(f"no guide named {unknown[0]!r}; the guides are {list(names)}")
     if "mean" in exclude:
         raise CalibrationError("the pools start at the mean: it cannot be excluded")
-    guides = torch.cat([guide_log_probs(predictor, logprobs[i : i + 64]) for i in range(0, n, 64)])
     target = target_logits.float().log_softmax(dim=1)
     p = target.exp()
     # each prompt's prior leaves the prompt out; the saved prior is that of all N
     leave_one_out = (p.sum(dim=0, keepdim=True) - p) / (n - 1)
     guides = torch.cat([guides, floor_logprobs(leave_one_out.log()).log_softmax(dim=1)[:, None]], 1)
     keep = [i for i, name in enumerate(names) if name not in exclude]
+    if start == BEST_START:
+        hits = (guides[:, keep].argmax(dim=2) == target.argmax(dim=1)[:, None]).sum(dim=0)
+        first = NETWORK_GUIDE if NETWORK_GUIDE not in exclude else "mean"
+        best = names[keep[int(hits.argmax())]]
+        start = best if hits.max() > hits[keep.index(names.index(first))] else first
+    elif start not in names:
+        raise CalibrationError(f"no guide named {start!r} to start at; the guides are {names}")
 
     def fit(objective: torch.Tensor, start: str) -> list[float]:
         first = names.index("mean" if start in exclude else start)
@@ -204,14 +273,61 @@ def fit_guide_pool(
 
     prior = floor_logprobs(p.mean(dim=0).log()).log_softmax(dim=0)
     return GuidePool(
-        names,
-        guess=fit((target / temperature).softmax(dim=1), "network"),
+        list(names),
+        guess=fit((target / temperature).softmax(dim=1), start),
         distribution=fit(p, "mean"),
         prior=prior.tolist(),
         rows=n,
         temperature=temperature,
         penalty=penalty,
     )
+
+
+# `fit_pools`'s start of the guess pool: the guide that agrees with the target most often.
+BEST_START = "best"
+# Parts of the calibration prompts in the cross-validation that chooses the guide, at most.
+CHOICE_PARTS = 4
+
+
+@torch.no_grad()
+def cross_validated_choice(
+    network: NetworkStrategy,
+    baselines: dict,
+    logprobs: torch.Tensor,
+    target_logits: torch.Tensor,
+    guides: torch.Tensor,
+    seed: int = 0,
+    **fit,
+) -> GuideChoice:
+    """The guide the calibrated network guesses with, chosen by cross-validation within the
+    calibration prompts (`selection.choose_guide`, the calibrated pools the default): the pools
+    fitted on all parts but one guess on that one; every other guide (`candidate_guides`: the
+    uncalibrated network, its mixture's mode, the baselines) guesses on every prompt."""
+    n = logprobs.shape[0]
+    target = target_logits.argmax(dim=1)
+    names = guide_names(network.model_names)
+    parts = min(CHOICE_PARTS, n // 2)
+    read = f"the calibration prompts, cross-validated in {parts} parts"
+    if parts < 2:
+        read = f"{n} calibration prompts, too few to cross-validate"
+        return GuideChoice(CALIBRATED_GUIDE, CALIBRATED_GUIDE, n, read=read)
+    agree = {}
+    order = np.random.default_rng(seed).permutation(n)
+    guess = torch.empty(n, dtype=torch.long)
+    for k in range(parts):
+        held = torch.from_numpy(np.sort(order[k::parts]))
+        fitted = torch.from_numpy(np.sort(np.setdiff1d(order, order[k::parts])))
+        pool = fit_pools(guides[fitted], target_logits[fitted], names, **fit)
+        pooled_guess = pooled(torch.tensor(pool.guess), pool.guides_with_prior(guides[held]))
+        guess[held] = pooled_guess.argmax(dim=1)
+    agree[CALIBRATED_GUIDE] = (guess == target).numpy()
+    x = floor_logprobs(logprobs)
+    cfg = network.predictor.config
+    for name, strategy in candidate_guides(network, baselines).items():
+        scores = strategy.score_tensor(x, cfg.scales, cfg.target_scale)
+        agree[name] = (scores.argmax(dim=1) == target).numpy()
+    params = {name: b.params() for name, b in baselines.items()}
+    return choose_guide(agree, CALIBRATED_GUIDE, params=params, read=read)
 
 
 def calibration_rows(num_rows: int, n: int, seed: int = 0) -> np.ndarray:
@@ -231,8 +347,16 @@ def calibrate(
     temperature: float = DEFAULT_TEMPERATURE,
     penalty: float = DEFAULT_PENALTY,
     exclude: Sequence[str] = (),
+    baselines: dict | None = None,
+    choose: bool = True,
+    start: str = BEST_START,
 ) -> CalibratedStrategy:
-    """The network of `strategy`, calibrated on `rows` of `cache` (their target outputs)."""
+    """The network of `strategy`, calibrated on `rows` of `cache` (their target outputs): the guess
+    pool starts at the guide that agrees with the target most often on them (`start`: another
+    guide's name to start there), and the calibrated network guesses with the guide chosen by
+    cross-validation within them (`cross_validated_choice`, among the calibrated pools,
+    `strategy` itself and `baselines`, default: untuned GUIDE_BASELINES); `choose=False`: with
+    the guess pool."""
     check_same_models(
         strategy.model_names,
         cache.model_names[:-1],
@@ -249,16 +373,25 @@ def calibrate(
             "calibrate on a cache of the tokenizer the network was trained under",
         )
     data = torch.from_numpy(cache.rows(np.asarray(rows)))
-    names = strategy.model_names
-    pool = fit_guide_pool(
-        strategy.predictor, names, data[:, :-1], data[:, -1], temperature, penalty, exclude
-    )
+    logprobs, target = data[:, :-1], data[:, -1]
+    check_calibration_size(len(data))
+    strategy.predictor.check_inputs(logprobs)
+    guides = calibration_guides(strategy.predictor, logprobs)
+    fit = dict(temperature=temperature, penalty=penalty, exclude=exclude, start=start)
+    pool = fit_pools(guides, target, guide_names(strategy.model_names), **fit)
+    if choose:
+        if baselines is None:
+            baselines = {name: STRATEGIES[name]() for name in GUIDE_BASELINES}
+        choice = cross_validated_choice(strategy, baselines, logprobs, target, guides, **fit)
+        pool.choice = choice.record()
     return CalibratedStrategy(strategy, pool)
 
 
 class CalibratedStrategy(NetworkStrategy):
     """A network calibrated on a few prompts of a new kind (`calibrate`): its scores are the
-    distribution pool's log-probs with the guess pool's top token as their mode."""
+    distribution pool's log-probs with the guess of the guide chosen for it as their mode (the
+    guess pool's top token, unless the cross-validation within the calibration prompts chose
+    another guide: the uncalibrated network or a baseline)."""
 
     ranks_candidates = False  # the pools rank every token
 
@@ -275,6 +408,19 @@ class CalibratedStrategy(NetworkStrategy):
         self.pool = pool
         self._guess = torch.tensor(pool.guess)
         self._distribution = torch.tensor(pool.distribution)
+        choice = pool.guide_choice
+        self.guesser: NetworkStrategy | None = None  # None: the guess pool
+        if choice is not None and choice.guide == NETWORK_GUIDE:
+            self.guesser = network
+        elif choice is not None and choice.guide != CALIBRATED_GUIDE:
+            plain = NetworkStrategy(
+                network.predictor,
+                network.model_names,
+                network.target_name,
+                network.chunk_rows,
+                tokenizer=network.tokenizer,
+            )
+            self.guesser = guided(plain, choice)
 
     def guides(self, logprobs: torch.Tensor) -> torch.Tensor:
         """Small models' log-probs (B, M, V) -> every guide of the pools (B, G, V)."""
@@ -284,16 +430,29 @@ class CalibratedStrategy(NetworkStrategy):
         self.check_scales(scales)
         out = []
         for start in range(0, x.shape[0], self.chunk_rows):
-            guides = self.guides(x[start : start + self.chunk_rows])
-            guess = pooled(self._guess, guides).argmax(dim=1)
+            chunk = x[start : start + self.chunk_rows]
+            guides = self.guides(chunk)
+            if self.guesser is None:
+                guess = pooled(self._guess, guides).argmax(dim=1)
+            else:
+                guess = self.guesser.guess(chunk)
             out.append(make_mode(pooled(self._distribution, guides), guess))
         return torch.cat(out) if out else x.new_zeros(0, x.shape[2])
 
     def guesses(self, probs: torch.Tensor) -> torch.Tensor:
+        if self.guesser is not None:
+            return self.guesser.guesses(probs)
         return pooled(self._guess, self.guides(probs_to_logprobs(probs))).argmax(dim=1)
 
     def params(self) -> dict:
-        return {**super().params(), "calibrated_on": self.pool.rows}
+        choice = self.pool.guide_choice
+        guide = {} if choice is None else {"guide": choice.guide}
+        return {
+            "heads": self.predictor.config.num_heads,
+            "target": self.target_name,
+            **guide,
+            "calibrated_on": self.pool.rows,
+        }
 
 
 CALIBRATION_FILE = "calibration.json"  # the pool, beside evaluate's and train.py's reports
@@ -303,9 +462,11 @@ CALIBRATED = "network, calibrated"  # the calibrated network's name among a pane
 def calibrated_panel(
     cache: FeatureCache, strategies: dict, n: int, seed: int = 0
 ) -> tuple[np.ndarray, dict, GuidePool]:
-    """`n` random prompts of `cache` calibrate `strategies["network"]`; returns the other rows
+    """`n` random prompts of `cache` calibrate `strategies["network"]` (the guide chosen among the
+    calibrated pools, that network and the baselines among `strategies`); returns the other rows
     (to score), the strategies with the calibrated network added, and its pool."""
     rows = calibration_rows(len(cache), n, seed)
-    calibrated = calibrate(strategies["network"], cache, rows)
+    baselines = {name: strategies[name] for name in GUIDE_BASELINES if name in strategies}
+    calibrated = calibrate(strategies["network"], cache, rows, baselines=baselines)
     rest = np.setdiff1d(np.arange(len(cache)), rows)
     return rest, {**strategies, CALIBRATED: calibrated}, calibrated.pool

@@ -8,12 +8,15 @@
      "design" (what the weights compute: model.PREDICTOR_DESIGN),
      "state_dict" (one head per cross-fitting fold),
      "baselines" (tuned baseline parameters, e.g. the contrastive beta), "metrics",
+     "selection" (the guide each network guesses with, chosen on its training folds, and the
+        evidence: `selection.Selection`),
      "data" (training cache, its fingerprint, the split: folds, fractions, seed), "train_config"}
 
 Only plain Python values and tensors, so it loads with `torch.load(path, weights_only=True)`, and
 nothing is built from it before it is checked: its design, its weights (finite, and the names and
-shapes its config's network has, found without allocating it). `load_strategy(path)` turns one
-into a callable with the challenge's signature.
+shapes its config's network has, found without allocating it), its choice of guides.
+`load_strategy(path)` turns one into a callable with the challenge's signature, guessing with the
+guide chosen for it (a checkpoint without "selection" guesses with the network's own guess).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from emergence_model.cache.format import short_repr
 from emergence_model.files import atomic_file
 from emergence_model.model import PREDICTOR_DESIGN, PerTokenPredictor, PredictorConfig
+from emergence_model.selection import Selection, guided
 from emergence_model.strategies import NetworkStrategy, check_same_models
 from emergence_model.vocab import TokenizerId, check_same_tokenizer
 
@@ -80,6 +84,7 @@ def save_checkpoint(
     data: dict | None = None,
     train_config: dict | None = None,
     tokenizer: TokenizerId | None = None,
+    selection: Selection | None = None,
 ) -> dict:
     """Write the checkpoint dict for `predictor` (its config carries scales and vocabulary);
     `tokenizer`: the training cache's (`TokenizerId.of_cache`), which caches are compared with."""
@@ -106,6 +111,8 @@ def save_checkpoint(
         "data": plain(data or {}),
         "train_config": plain(train_config or {}),
     }
+    if selection is not None:
+        checkpoint["selection"] = plain(selection.record())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as f:
@@ -143,6 +150,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if problem is not None:
         raise CheckpointError(f"{path}: {problem}; the file is damaged or not from train.py")
     _network(checkpoint, where=str(path))  # a config and weights that do not fit: now
+    checkpoint_selection(checkpoint, where=str(path))  # a damaged choice of guides: now too
     return checkpoint
 
 
@@ -312,13 +320,40 @@ def check_compatible(
     )
 
 
-def load_strategy(path: str | os.PathLike) -> NetworkStrategy:
-    """A checkpoint as a challenge strategy: strategy(sentences, model_names, target_model_name,
-    probs (N, M, V) probabilities, float16 fine) -> list of N token ids."""
-    checkpoint = load_checkpoint(path)
-    return NetworkStrategy(
-        build_predictor(checkpoint),
+def checkpoint_selection(checkpoint: dict, where: str = "the checkpoint") -> Selection | None:
+    """The guides a checkpoint's networks guess with (`selection.Selection`), or None where it
+    records none (its networks guess alone); CheckpointError in one line if the record is damaged.
+    """
+    record = checkpoint.get("selection")
+    if record is None:
+        return None
+    try:
+        selection = Selection.from_record(record)
+        heads = checkpoint["config"].get("num_heads", 1)
+        if len(selection.folds) not in (0, heads):
+            raise ValueError(f"{len(selection.folds)} fold choices for {heads} networks")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(
+            f"{where}: its choice of guides is not readable ({' '.join(str(e).split())}); "
+            "retrain it with train.py"
+        ) from None
+    return selection
+
+
+def network_strategy(checkpoint: dict, where: str = "the checkpoint") -> NetworkStrategy:
+    """A loaded checkpoint's ensemble as a strategy, guessing with the guide chosen for it."""
+    network = NetworkStrategy(
+        build_predictor(checkpoint, where),
         checkpoint["model_names"],
         checkpoint["target_name"],
         tokenizer=TokenizerId.of_checkpoint(checkpoint),
     )
+    selection = checkpoint_selection(checkpoint, where)
+    return guided(network, None if selection is None else selection.ensemble)
+
+
+def load_strategy(path: str | os.PathLike) -> NetworkStrategy:
+    """A checkpoint as a challenge strategy: strategy(sentences, model_names, target_model_name,
+    probs (N, M, V) probabilities, float16 fine) -> list of N token ids, guessed with the guide
+    chosen on its training folds (`selection`)."""
+    return network_strategy(load_checkpoint(path), str(path))

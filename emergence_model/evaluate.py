@@ -29,12 +29,13 @@ import numpy as np
 import torch
 
 from emergence_model.cache import FeatureCache
-from emergence_model.checkpoint import build_predictor
+from emergence_model.checkpoint import build_predictor, checkpoint_selection
 from emergence_model.cli import exit_on_user_error
 from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, training_folds
 from emergence_model.logprobs import floor_logprobs
 from emergence_model.meter import Cost, measure
 from emergence_model.model import PerTokenPredictor, candidate_ids
+from emergence_model.selection import Selection, guided
 from emergence_model.speculative import sampled_acceptance
 from emergence_model.stats import DEFAULT_BOOTSTRAP, bootstrap_ci, mean_with_ci
 from emergence_model.strategies import STRATEGIES, NetworkStrategy, Strategy, baseline_names
@@ -298,6 +299,22 @@ def evaluate_cache(
 ) -> dict:
     """`score_parts` summarized together, with intervals."""
     per_row = score_parts(cache, parts, chunk_rows)
+    return summarize_parts(
+        cache, per_row, parts, rows_description, num_bootstrap=num_bootstrap, seed=seed
+    )
+
+
+def summarize_parts(
+    cache: FeatureCache,
+    per_row: dict,
+    parts: Sequence[tuple[np.ndarray | None, dict[str, Strategy]]],
+    rows_description: str = "all prefixes",
+    *,
+    num_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> dict:
+    """`summarize` of the per-prefix results of `parts` (`score_parts`, or put together from
+    several such), with each part's parameters and what was scored."""
     strategies = parts[0][1]
     summary = summarize(per_row, strategies, num_bootstrap=num_bootstrap, seed=seed)
     for name in strategies:
@@ -336,10 +353,12 @@ def fold_parts(
     target_name: str,
     baselines: dict[str, Strategy],
     folds: np.ndarray,
+    selection: Selection | None = None,
 ) -> list[tuple[np.ndarray, dict[str, Strategy]]]:
     """Rows no network saw, scored by the whole ensemble, then each fold's rows by the one
-    network that never saw them (`folds` from `training_folds`); rows every network saw are left
-    out. Parts without rows are dropped."""
+    network that never saw them (`folds` from `training_folds`), each guessing with the guide
+    `selection` chose for it; rows every network saw are left out. Parts without rows are
+    dropped."""
     heads = len(predictor.heads)
     if folds.size and folds.max() >= heads:
         raise ValueError(
@@ -352,6 +371,8 @@ def fold_parts(
         rows = np.flatnonzero(folds == code)
         if rows.size:
             strategy = NetworkStrategy(network, model_names, target_name)
+            if selection is not None:
+                strategy = guided(strategy, selection.choice(None if code < 0 else code))
             parts.append((rows, {**baselines, "network": strategy}))
     return parts
 
@@ -397,9 +418,8 @@ def cross_fit_parts(
     if folds is None:
         folds = np.full(len(cache), NOT_TRAINED, dtype=np.int64)
     predictor = build_predictor(checkpoint)
-    return fold_parts(
-        predictor, checkpoint["model_names"], checkpoint["target_name"], baselines, folds
-    )
+    names, target = checkpoint["model_names"], checkpoint["target_name"]
+    return fold_parts(predictor, names, target, baselines, folds, checkpoint_selection(checkpoint))
 
 
 if __name__ == "__main__":

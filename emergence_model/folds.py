@@ -78,6 +78,20 @@ def fold_splits(
     return splits
 
 
+def limit_rows(
+    rows: np.ndarray, prefixes: Sequence[str], max_prefixes: int, seed: int
+) -> np.ndarray:
+    """At most `max_prefixes` distinct prefix texts of `rows` (indices into `prefixes`), drawn at
+    random from `seed`, with every row of each text drawn; 0: all of them. Sorted."""
+    rows = np.asarray(rows, dtype=np.int64)
+    texts = sorted({prefixes[i] for i in rows})
+    if not max_prefixes or len(texts) <= max_prefixes:
+        return rows
+    order = np.random.default_rng(seed).permutation(len(texts))
+    kept = {texts[i] for i in order[:max_prefixes]}
+    return np.sort(rows[[prefixes[i] in kept for i in rows]])
+
+
 def held_out_by(prefixes: Sequence[str], splits: Sequence[Split]) -> dict[str, int]:
     """Each training prefix's digest -> the fold whose network never saw it (its test part), or
     SEEN_BY_ALL (--folds 1: the prefixes the one network trained or validated on). A checkpoint
@@ -115,10 +129,16 @@ def training_folds(prefixes: Sequence[str], checkpoint: dict) -> np.ndarray | No
             split["val_fraction"],
             split["test_fraction"],
             split["seed"],
+            split.get("max_prefixes", 0),
         ).prefix_folds
     if recorded is None:
         return None
     return fold_codes(recorded, prefixes)
+
+
+def _local(split: Split, rows: np.ndarray) -> Split:
+    """A split of cache rows as positions in `rows` (sorted, and holding them all)."""
+    return tuple(np.searchsorted(rows, part) for part in split)
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,16 +161,31 @@ class Folds:
         val_fraction: float,
         test_fraction: float,
         seed: int,
+        max_prefixes: int = 0,
     ) -> Folds:
-        """The folds of a cache's `prefixes` (`fold_splits`), and which never saw each prefix."""
-        splits = fold_splits(prefixes, folds, val_fraction, test_fraction, seed)
+        """The folds of a cache's `prefixes` (`fold_splits`), and which never saw each prefix.
+        With `max_prefixes`, the folds cut that many prefix texts of the cache, drawn at random
+        (`limit_rows`); the other rows are in no fold, and no network sees them."""
+        rows = limit_rows(np.arange(len(prefixes)), prefixes, max_prefixes, seed)
+        chosen = [prefixes[i] for i in rows]
+        splits = [
+            tuple(rows[part] for part in split)
+            for split in fold_splits(chosen, folds, val_fraction, test_fraction, seed)
+        ]
         settings = {
             "folds": folds,
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
             "seed": seed,
         }
-        return cls(splits, held_out_by(prefixes, splits), settings)
+        if max_prefixes:
+            settings["max_prefixes"] = max_prefixes
+        return cls(splits, held_out_by(chosen, [_local(s, rows) for s in splits]), settings)
+
+    def unseen_rows(self, num_rows: int) -> np.ndarray:
+        """Rows of the training cache in no fold (`max_prefixes`): no network saw them."""
+        in_folds = np.concatenate([part for split in self.splits for part in split])
+        return np.setdiff1d(np.arange(num_rows), in_folds)
 
     def __len__(self) -> int:
         return len(self.splits)

@@ -10,18 +10,18 @@ Three steps, each one small module, the same weights for every token of the voca
    where one model's quirk would carry it away, an extrapolation along the ladder (a weighting
    that grows with size) where the trend holds. It starts as the mean-probability baseline.
 2. A correction of `num_candidates` tokens, each small model's top token and then the most
-   probable under the mean (`candidate_ids`): an MLP reads each candidate's value under the
-   mean and under the base (log-prob, gap to the top, rank), the per-prefix context and a learned
-   embedding of the token's identity (the target's habits are token-specific). Two more feature
-   groups were measured and removed, as neither earned its place on the training folds of nine
-   ladders: the trajectory (the candidate's log-prob, gap to the top and rank under each small
-   model) and the trend (its log-linear extrapolation in log scale to the target's and the
-   slope). Every other token keeps its base plus one per-prefix offset. The default 16
-   candidates hold the target's top token on 99.2-99.7% of every ladder's in-domain prefixes but
-   the overfitted real-long's (64 score 0.1 to 0.2 points lower on the training folds of the
-   demo's, the one-layer and the real ladder: `python -m bench.experiments.predictor_cv`, whose
-   table is docs/results/predictor_cv.md), and scoring a [100, 6, 50277] batch stays a few
-   passes over the input on a CPU.
+   probable under the mean (`candidate_ids`; 0: every token): an MLP reads each candidate's value
+   under the mean and under the base (log-prob, gap to the top, rank among the candidates), the
+   per-prefix context, optionally each small model's log-prob and gap (`features="models"`) and
+   a learned embedding of the token's identity (the target's habits are token-specific). Two more
+   feature groups were measured and removed, as neither earned its place on the training folds:
+   the trajectory (the candidate's log-prob, gap and rank under each small model) and the trend
+   (its log-linear extrapolation to the target's size and the slope). Every other token keeps
+   its base plus one per-prefix offset. The default 16 candidates hold the target's top token on
+   nearly every in-domain prefix (the evaluation reports the share), more candidates score no
+   better on the training folds (`python -m bench.experiments.predictor_cv`, whose table is
+   docs/results/predictor_cv.md), and scoring a [100, 6, 50277] batch stays a few passes over
+   the input on a CPU.
 3. The MLP's output makes the `logits`, trained on the target's top token (KL to its
    distribution sharpened at temperature 0.25: `TrainConfig`), which rank the tokens (the
    guess). The predicted distribution of the target is a mixture of each small model's
@@ -58,12 +58,13 @@ _MODE_MARGIN = 1e-3
 # that train.py and the study train such networks again rather than reuse them. The checkpoint's
 # file format (checkpoint.CHECKPOINT_FORMAT) is another matter: it says whether a file loads.
 # 1: the mean's top tokens as the candidates; 2: each small model's top token among them;
-# 3: one output (the logits), the distribution a mixture of the small models alone.
-PREDICTOR_DESIGN = 3
+# 3: one output (the logits), the distribution a mixture of the small models alone; 4: ranks among
+# the candidates by sorting (ties by position), so that every token can be a candidate.
+PREDICTOR_DESIGN = 4
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 BASES = ("gated", "mean", "largest", "extrapolate")
-FEATURE_GROUPS = ("context",)
+FEATURE_GROUPS = ("context", "models")
 # Feature groups of earlier versions, measured and removed (README: "What each part contributes").
 REMOVED_FEATURE_GROUPS = ("trajectory", "trend")
 
@@ -88,9 +89,11 @@ class PredictorConfig:
     """Bound on the MLP's change to a token's base log-prob, in nats (c * tanh(raw / c)); 0:
     unbounded."""
     features: str = "context"
-    """Feature groups the MLP reads: context (per-prefix top log-prob, top-2 margin, collision
-    entropy of each model and of the mean; also what the gated base and the tail offset read), or
-    none (""). The base's and the mean's log-prob, gap and rank are always read."""
+    """Feature groups the MLP reads, comma-separated: context (per-prefix top log-prob, top-2
+    margin, collision entropy of each model and of the mean; also what the gated base and the
+    tail offset read), models (each small model's log-prob of the candidate and its gap to that
+    model's top token), or none (""). The base's and the mean's log-prob, gap and rank are
+    always read."""
     token_embedding: int = 16
     """Size of a learned embedding of each candidate token's identity (0: none)."""
     dropout: float = 0.0
@@ -180,6 +183,8 @@ class PredictorConfig:
     def num_token_features(self) -> int:
         """Per-candidate features the MLP reads, the per-head base and identity included."""
         n = 3 + 3  # the mean's log-prob, gap and rank; the base's
+        if self.uses("models"):
+            n += 2 * self.num_models  # each model's log-prob and gap
         return n + self.num_context_features + self.token_embedding
 
 
@@ -324,14 +329,7 @@ class TokenHead(nn.Module):
         cand = features.candidates
         weights = self.guide_weights(features.context)  # (B, G)
         cand_base = torch.einsum("bg,bgk->bk", weights, features.candidate_guides)  # (B, K)
-        s = 1.0 / _LOGPROB_SCALE
-        base_rank = (cand_base.unsqueeze(1) > cand_base.unsqueeze(2)).sum(dim=2).float()
-        per_token = [
-            features.tokens,
-            (cand_base * s).unsqueeze(2),
-            ((cand_base - cand_base.amax(dim=1, keepdim=True)) * s).unsqueeze(2),
-            (torch.log1p(base_rank) / 4).unsqueeze(2),
-        ]
+        per_token = [features.tokens, logprob_features(cand_base.unsqueeze(1))]
         if self.embedding is not None:
             per_token.append(self.embedding(cand))  # (B, K, E)
         correction = self.token_out(self.mlp(torch.cat(per_token, dim=2))).squeeze(2)  # (B, K)
@@ -387,6 +385,23 @@ def make_mode(distribution: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:
     raised = torch.maximum(at_guess, best_other + _MODE_MARGIN)
     raised = torch.where(is_top & (at_guess > best_other), at_guess, raised)
     return F.log_softmax(distribution.scatter(1, guess[:, None], raised), dim=1)
+
+
+def descending_rank(values: torch.Tensor) -> torch.Tensor:
+    """Each value's rank along the last dimension, 0 for the largest (ties by position)."""
+    order = values.argsort(dim=-1, descending=True, stable=True)
+    ranks = torch.arange(values.shape[-1], device=values.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, ranks)
+
+
+def logprob_features(logp: torch.Tensor, rank: bool = True) -> torch.Tensor:
+    """Log-scores of the candidates under some guides (B, G, K) -> each candidate's value, gap to
+    the guide's top candidate and (`rank`) rank among the candidates, per guide (B, K, 3G; 2G
+    without the rank)."""
+    parts = [logp / _LOGPROB_SCALE, (logp - logp.amax(dim=2, keepdim=True)) / _LOGPROB_SCALE]
+    if rank:
+        parts.append(torch.log1p(descending_rank(logp).to(logp.dtype)) / 4)
+    return torch.stack(parts, dim=3).transpose(1, 2).flatten(2)  # (B, G, K, F) -> (B, K, F * G)
 
 
 def mean_features(log_mean: torch.Tensor) -> torch.Tensor:
@@ -487,8 +502,10 @@ class PerTokenPredictor(nn.Module):
         if self.config.uses("context"):
             stats = distribution_stats(torch.cat([xc, cand_log_mean.unsqueeze(1)], dim=1))
             context = stats.flatten(1)  # (B, G, 3) -> (B, C)
-        tokens = mean_features(cand_log_mean)  # (B, K, 3)
-        tokens = torch.cat([tokens, context.unsqueeze(1).expand(b, k, -1)], dim=2)
+        tokens = [mean_features(cand_log_mean), context.unsqueeze(1).expand(b, k, -1)]
+        if self.config.uses("models"):
+            tokens.append(logprob_features(xc, rank=False))  # (B, K, 2M)
+        tokens = torch.cat(tokens, dim=2)
         guides = torch.cat([xc, cand_log_mean.unsqueeze(1)], dim=1)  # (B, G, K)
         return Features(log_mean, cand, guides, tokens, context)
 
@@ -498,25 +515,40 @@ class PerTokenPredictor(nn.Module):
         mean of the heads'."""
         return torch.stack([head.mixture for head in self.heads]).mean(dim=0)
 
-    def predicted_log_probs(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """(B, M, V) log-probs -> the predicted log-distribution of the target (B, V): the mixture
-        of the small models' distributions and their mean, the guess (argmax of the logits) made
-        its mode."""
-        self.check_inputs(logprobs)
-        x = floor_logprobs(logprobs)
-        p = x.exp()  # one pass for the logits' features and the mixture
-        guess = self.combine(self.features(p, lambda idx: x.gather(2, idx))).argmax(dim=1)
+    def mixture_log_probs(self, p: torch.Tensor) -> torch.Tensor:
+        """Floored probabilities (B, M, V) -> the log of the mixture of the small models'
+        distributions and their mean (B, V), before any guess is made its mode."""
         # the mean's weight spread over the models it averages: no (B, M + 1, V) components
         w = self.mixture
         mixed = torch.einsum("m,bmv->bv", w[:-1] + w[-1] / (len(w) - 1), renormalised(p))
-        return make_mode(torch.log(mixed.clamp_min(1e-30)), guess)
+        return torch.log(mixed.clamp_min(1e-30))
+
+    def predicted_log_probs(
+        self, logprobs: torch.Tensor, guess: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, M, V) log-probs -> the predicted log-distribution of the target (B, V): the mixture
+        of the small models' distributions and their mean, with `guess` (B,) made its mode;
+        default: the network's guess (argmax of the logits)."""
+        self.check_inputs(logprobs)
+        x = floor_logprobs(logprobs)
+        p = x.exp()  # one pass for the logits' features and the mixture
+        if guess is None:
+            guess = self.combine(self.features(p, lambda idx: x.gather(2, idx))).argmax(dim=1)
+        return make_mode(self.mixture_log_probs(p), guess.to(p.device))
 
     @torch.no_grad()
-    def log_probs(self, logprobs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
+    def log_probs(
+        self, logprobs: torch.Tensor, chunk_rows: int = 16, guess: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`predicted_log_probs` of log-probs (N, M, V), a few rows at a time; the input is
-        checked first (`logprobs.check_rows`)."""
+        checked first (`logprobs.check_rows`); `guess` (N,) replaces the network's own as the
+        distribution's mode."""
         check_rows(logprobs, log=True, name="logprobs")
-        return self._chunked(self.predicted_log_probs, logprobs, chunk_rows)
+        if guess is None:
+            return self._chunked(self.predicted_log_probs, logprobs, chunk_rows)
+        return self._chunked(
+            self.predicted_log_probs, logprobs, chunk_rows, lambda rows: guess[rows]
+        )
 
     @torch.no_grad()
     def log_probs_from_probs(self, probs: torch.Tensor, chunk_rows: int = 16) -> torch.Tensor:
@@ -527,11 +559,14 @@ class PerTokenPredictor(nn.Module):
             lambda p: self.predicted_log_probs(probs_to_logprobs(p)), probs, chunk_rows
         )
 
-    def _chunked(self, fn, inputs: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    def _chunked(self, fn, inputs: torch.Tensor, chunk_rows: int, extra=None) -> torch.Tensor:
+        """fn over (rows of) `inputs`, `chunk_rows` at a time on the network's device; with
+        `extra`, fn(rows, extra(slice of those rows))."""
         self.check_inputs(inputs)
         device = self.device
         out = torch.empty(inputs.shape[0], inputs.shape[2], dtype=torch.float32)
         for start in range(0, inputs.shape[0], chunk_rows):
-            rows = inputs[start : start + chunk_rows].to(device)
-            out[start : start + chunk_rows] = fn(rows).cpu()
+            at = slice(start, start + chunk_rows)
+            rows = inputs[at].to(device)
+            out[at] = (fn(rows) if extra is None else fn(rows, extra(at))).cpu()
         return out

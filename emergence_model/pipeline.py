@@ -34,13 +34,22 @@ from emergence_model.evaluate import (
     evaluate_cache,
     fold_parts,
     make_baselines,
+    score_parts,
 )
 from emergence_model.files import LOCK_FILE, check_writable, lock_for_writing
 from emergence_model.folds import NOT_TRAINED, Folds, fold_codes
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.report import format_table, write_reports
+from emergence_model.selection import (
+    Selection,
+    candidate_guides,
+    choose_guide,
+    cross_fitted_selection,
+    guided,
+)
 from emergence_model.strategies import (
     FIT_CHUNK_ROWS,
+    NETWORK_GUIDE,
     ContrastiveExtrapolation,
     NetworkStrategy,
     check_same_models,
@@ -153,40 +162,54 @@ def _train_and_report(
         run_dir=str(run_dir),
     )
     names, target = cache.model_names[:-1], cache.target_name
-    # in-domain: each fold's rows scored by the network that never saw them, against baselines
-    # tuned on that fold's training rows
+    evaluation = dict(
+        num_bootstrap=eval_config.bootstrap,
+        seed=eval_config.bootstrap_seed,
+        chunk_rows=eval_config.chunk_rows,
+    )
+    # baselines tuned on each fold's training rows, and on all training rows for the ensemble
+    fold_baselines = [make_baselines(params=tune_baselines(cache, s[0])) for s in folds.splits]
+    baselines = tune_baselines(cache, np.unique(np.concatenate([s[0] for s in folds.splits])))
+    print(f"baselines tuned on the training prefixes: {baselines}")
+    members = [NetworkStrategy(predictor.member(k), names, target) for k in range(len(folds))]
+    selection = select_guides(cache, members, folds, fold_baselines, baselines, evaluation)
+    for line in selection.describe():
+        print(line)
+    # in-domain: each fold's rows scored by the network that never saw them, guessing with the
+    # guide chosen for it, against baselines tuned on that fold's training rows
     parts = [
         (
             test,
             {
-                **make_baselines(params=tune_baselines(cache, train)),
-                "network": NetworkStrategy(predictor.member(k), names, target),
+                **fold_baselines[k],
+                NETWORK_ALONE: members[k],
+                "network": guided(members[k], selection.choice(k)),
             },
         )
-        for k, (train, _, test) in enumerate(folds.splits)
+        for k, (_, _, test) in enumerate(folds.splits)
     ]
     rows = (
         "held-out test prefixes"
         if len(folds) == 1
         else f"every prefix, by the network of the {len(folds)} that never saw it"
     )
-    evaluation = dict(
-        num_bootstrap=eval_config.bootstrap,
-        seed=eval_config.bootstrap_seed,
-        chunk_rows=eval_config.chunk_rows,
-    )
-    panels = [
-        (
-            f"in-domain ({cache.path.name})",
-            evaluate_cache(cache, parts, rows_description=rows, **evaluation),
-        )
-    ]
-    baselines = tune_baselines(cache, np.unique(np.concatenate([s[0] for s in folds.splits])))
-    print(f"baselines tuned on the training prefixes: {baselines}")
+    in_domain = evaluate_cache(cache, parts, rows_description=rows, **evaluation)
+    in_domain["notes"] = selection.describe()
+    in_domain["selection"] = selection.record()
+    panels = [(f"in-domain ({cache.path.name})", in_domain)]
+    ensemble = NetworkStrategy(predictor, names, target)
     strategies = {
         **make_baselines(params=baselines),
-        "network": NetworkStrategy(predictor, names, target),
+        NETWORK_ALONE: ensemble,
+        "network": guided(ensemble, selection.ensemble),
     }
+    unseen = folds.unseen_rows(len(cache))
+    if unseen.size:  # --max-train-prefixes: the training cache's prefixes no network learnt from
+        learnt = len(cache) - len(unseen)
+        rows = f"the prefixes outside the {learnt} learnt from, by the ensemble"
+        summary = evaluate_cache(cache, [(unseen, strategies)], rows_description=rows, **evaluation)
+        summary["notes"] = [selection.ensemble.describe("the network")]
+        panels.append((f"unseen ({cache.path.name})", summary))
     # A transfer cache may share prefixes with the training cache: those are scored by the fold's
     # network that never saw them, as in-domain, and the summary says so.
     pools = {}
@@ -204,7 +227,9 @@ def _train_and_report(
         elif (seen == NOT_TRAINED).all():
             summary = evaluate_cache(other, [(None, strategies)], **evaluation)
         else:
-            parts = fold_parts(predictor, names, target, make_baselines(params=baselines), seen)
+            parts = fold_parts(
+                predictor, names, target, make_baselines(params=baselines), seen, selection
+            )
             description, notes = describe_folds(seen, f"{out.name}'s training prefixes")
             summary = evaluate_cache(other, parts, rows_description=description, **evaluation)
             summary["notes"] = notes
@@ -230,6 +255,7 @@ def _train_and_report(
         },
         train_config=dataclasses.asdict(train_config),
         tokenizer=tokenizer,
+        selection=selection,
     )
     print()
     written = [
@@ -244,6 +270,38 @@ def _train_and_report(
         print(f"wrote {path}")
     print(f"saved {out}: use it with emergence_model.load_strategy({str(out)!r})")
     return dict(panels)
+
+
+NETWORK_ALONE = "network alone"
+"""The leaderboard's name for the network guessing alone, beside "network", the predictor that
+guesses with the guide chosen for it (`selection`)."""
+
+
+def select_guides(
+    cache,
+    members: Sequence[NetworkStrategy],
+    folds: Folds,
+    fold_baselines: Sequence[dict],
+    baselines: dict,
+    evaluation: dict,
+) -> Selection:
+    """The guide each fold's network guesses with, and the ensemble's (`selection`): with several
+    folds, from every guide's guesses on each fold's held-out rows by the fold's network that
+    never saw them; with one, on its validation rows."""
+    held_out = [split[2] for split in folds.splits] if len(folds) > 1 else [folds.splits[0][1]]
+    parts = [
+        (rows, candidate_guides(members[k], fold_baselines[k])) for k, rows in enumerate(held_out)
+    ]
+    per_row = score_parts(cache, parts, evaluation["chunk_rows"])
+    agree = {name: columns["top1"] for name, columns in per_row["strategies"].items()}
+    row_folds = np.concatenate([np.full(len(rows), k) for k, rows in enumerate(held_out)])
+    bootstrap = dict(num_bootstrap=evaluation["num_bootstrap"], seed=evaluation["seed"])
+    params = [{name: b.params() for name, b in fold.items()} for fold in fold_baselines]
+    if len(folds) == 1:
+        read = "the validation prefixes"
+        choice = choose_guide(agree, NETWORK_GUIDE, params=params[0], read=read, **bootstrap)
+        return Selection(choice, [choice])
+    return cross_fitted_selection(agree, row_folds, params, baselines, **bootstrap)
 
 
 def check_calibration(transfers: Sequence, prefix_folds: dict[str, int], n: int) -> None:

@@ -325,7 +325,9 @@ def contrastive_logits(x: torch.Tensor, scales, beta: float) -> torch.Tensor:
 
 @register("network")
 class NetworkStrategy(Strategy):
-    """The learned per-token network, from a checkpoint (see `load_strategy`)."""
+    """The learned per-token network, from a checkpoint (see `load_strategy`). Its guess is the
+    network's own, or that of the `guide` chosen for it on its training folds
+    (`emergence_model.selection`); its distribution is the network's, with the guess its mode."""
 
     gives_distribution = True
     # whether the top token comes from the MLP's candidates (`candidate_ids`), whose recall the
@@ -338,6 +340,7 @@ class NetworkStrategy(Strategy):
         model_names: Sequence[str],
         target_name: str,
         chunk_rows: int = 16,
+        guide: Strategy | None = None,
         tokenizer: TokenizerId | None = None,
     ) -> None:
         self.predictor = predictor.eval()
@@ -347,6 +350,12 @@ class NetworkStrategy(Strategy):
         self.tokenizer = tokenizer
         """The tokenizer it was trained under, where known (a checkpoint's: `load_strategy`),
         which a cache it is calibrated on must share."""
+        self.guide = guide
+
+    @property
+    def guide_name(self) -> str:
+        """What makes the guess: "network", or the guide's name."""
+        return NETWORK_GUIDE if self.guide is None else self.guide.name
 
     def check_scales(self, scales: Sequence[float] | None) -> None:
         cfg = self.predictor.config
@@ -356,9 +365,17 @@ class NetworkStrategy(Strategy):
                 f"{list(scales)}: use a checkpoint trained on this suite"
             )
 
+    def guide_guess(self, inputs: torch.Tensor, from_probs: bool = False) -> torch.Tensor:
+        """The guide's guesses (N,) on log-probs (N, M, V) (or probabilities, `from_probs`),
+        with the scales the network was trained on."""
+        cfg = self.predictor.config
+        score = self.guide.score_probs if from_probs else self.guide.score_tensor
+        return score(inputs, cfg.scales, cfg.target_scale).argmax(dim=1)
+
     def score_tensor(self, x, scales, target_scale):
         self.check_scales(scales)
-        return self.predictor.log_probs(x, chunk_rows=self.chunk_rows)
+        guess = None if self.guide is None else self.guide_guess(x)
+        return self.predictor.log_probs(x, chunk_rows=self.chunk_rows, guess=guess)
 
     def __call__(self, sentences, model_names, target_model_name, probs) -> list[int]:
         check_same_models(
@@ -379,12 +396,48 @@ class NetworkStrategy(Strategy):
                 guesses += self.guesses(chunk).tolist()
         return guesses
 
+    @torch.no_grad()
+    def guess(self, x: torch.Tensor) -> torch.Tensor:
+        """Floored log-probs (B, M, V) -> the guessed token ids (B,), without the distribution."""
+        if self.guide is not None:
+            return self.guide_guess(x)
+        return self.predictor(x.to(self.predictor.device)).argmax(dim=1).cpu()
+
     def guesses(self, probs: torch.Tensor) -> torch.Tensor:
         """A float32 copy of a chunk of probabilities (B, M, V) -> the guessed token ids (B,)."""
+        if self.guide is not None:
+            return self.guide_guess(probs, from_probs=True)
         return self.predictor.forward_probs(probs).argmax(dim=1)
 
     def params(self) -> dict:
-        return {"heads": self.predictor.config.num_heads, "target": self.target_name}
+        guide = {} if self.guide is None else {"guide": self.guide_name, **self.guide.params()}
+        return {"heads": self.predictor.config.num_heads, "target": self.target_name, **guide}
+
+
+NETWORK_GUIDE = "network"  # the guide name of the network's own guess
+
+
+class MixtureGuide(Strategy):
+    """The mode of the network's predicted distribution before its guess is made the mode: the
+    mixture of the small models' distributions and their mean fitted on validation prefixes."""
+
+    name = "mixture"
+    gives_distribution = True
+
+    def __init__(self, predictor: PerTokenPredictor, chunk_rows: int = 16) -> None:
+        self.predictor = predictor
+        self.chunk_rows = chunk_rows
+
+    def score_tensor(self, x, scales, target_scale):
+        out = []
+        for start in range(0, x.shape[0], self.chunk_rows):
+            rows = x[start : start + self.chunk_rows].to(self.predictor.device)
+            out.append(self.predictor.mixture_log_probs(rows.exp()).cpu())
+        return torch.cat(out) if out else x.new_zeros(0, x.shape[2])
+
+    def score_probs(self, probs, scales, target_scale):
+        p = probs.to(self.predictor.device, torch.float32).clamp_min(PROB_FLOOR)
+        return self.predictor.mixture_log_probs(p).cpu()
 
 
 def make_strategy(name: str, **kwargs) -> Strategy:

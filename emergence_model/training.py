@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import pickle
 import shutil
 import zipfile
@@ -54,8 +55,15 @@ class TrainConfig:
     batch_size: int = 32
     """Prefixes per training batch on each device (with --devices N under DDP, a step's batch
     is N times as many: the step one device takes at N x this)."""
-    max_epochs: int = 8
-    """Passes over the training prefixes (at most: early stopping may end sooner)."""
+    steps: int = 3000
+    """Optimizer steps a fold's network trains for: as many passes over its training prefixes as
+    make this many steps (at most --max-epochs), so that a small training set is passed over
+    more often; early stopping may end it sooner, but not before half of them."""
+    max_epochs: int = 100
+    """Passes over the training prefixes, at most."""
+    monitor: str = "loss"
+    """What keeps the best epoch's network and stops training early: the validation prefixes'
+    loss, or their top-1 agreement (coarse on a few prefixes: it may keep an early epoch's)."""
     lr: float = 1e-3
     """Peak learning rate of AdamW (cosine decay after a short warm-up)."""
     lr_find: bool = False
@@ -76,6 +84,10 @@ class TrainConfig:
     is the network's guess either way). --no-mixture: the mean alone."""
     train_fraction: float = 1.0
     """Share of each fold's training prefixes used (a learning curve; 1: all)."""
+    max_train_prefixes: int = 0
+    """Learn from at most this many prefixes of the training cache, drawn at random (--seed), as
+    a user with a small labelled set would: the folds, their validation prefixes and the choice
+    of guide use them alone, and the cache's other prefixes are scored as unseen ones. 0: all."""
     folds: int = 5
     """Cross-fitting: train one network per fold of the prefixes, each never seeing its fold,
     score every prefix with the network that did not see it (in-domain results over all
@@ -108,6 +120,10 @@ class TrainConfig:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.max_epochs < 1:
             raise ValueError(f"--max-epochs must be at least 1, got {self.max_epochs}")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+        if self.monitor not in ("loss", "top1"):
+            raise ValueError(f"--monitor must be loss or top1, got {self.monitor!r}")
         if not 0.0 <= self.soft_weight <= 1.0:
             raise ValueError(f"--soft-weight must be in [0, 1], got {self.soft_weight}")
         if not 0.0 < self.train_fraction <= 1.0:
@@ -115,6 +131,10 @@ class TrainConfig:
         if self.target_temperature <= 0:
             raise ValueError(
                 f"--target-temperature must be positive, got {self.target_temperature}"
+            )
+        if self.max_train_prefixes < 0:
+            raise ValueError(
+                f"--max-train-prefixes must be 0 (all) or more, got {self.max_train_prefixes}"
             )
         if self.folds < 1:
             raise ValueError(f"--folds must be at least 1, got {self.folds}")
@@ -126,13 +146,36 @@ class TrainConfig:
                 f"{self.held_out_fraction:.2f} (--folds, --test-fraction) leave nothing to train on"
             )
 
+    def steps_per_epoch(self, train_rows: int, world_size: int = 1) -> int:
+        """Optimizer steps in one pass over `train_rows` prefixes: one process's batches, shared
+        among `world_size` processes under DDP (data.RankBatches)."""
+        return max(1, math.ceil(math.ceil(train_rows / self.batch_size) / world_size))
+
+    def epochs_for(self, train_rows: int, world_size: int = 1) -> int:
+        """Passes over `train_rows` training prefixes that make --steps steps, at most
+        --max-epochs."""
+        per_epoch = self.steps_per_epoch(train_rows, world_size)
+        return max(1, min(self.max_epochs, math.ceil(self.steps / per_epoch)))
+
+    @property
+    def monitored(self) -> tuple[str, str]:
+        """The logged metric that keeps the best epoch and stops early, and its better way."""
+        return ("val/loss", "min") if self.monitor == "loss" else ("val/top1", "max")
+
     @property
     def held_out_fraction(self) -> float:
         return self.test_fraction if self.folds == 1 else 1.0 / self.folds
 
     def folds_of(self, prefixes: Sequence[str]) -> Folds:
         """The cross-fitting folds of a training cache's `prefixes` that these settings make."""
-        return Folds.of(prefixes, self.folds, self.val_fraction, self.test_fraction, self.seed)
+        return Folds.of(
+            prefixes,
+            self.folds,
+            self.val_fraction,
+            self.test_fraction,
+            self.seed,
+            self.max_train_prefixes,
+        )
 
 
 MEMBER_FILE = "member.pt"
@@ -240,11 +283,12 @@ def fit_predictor(
         with_target_logprobs=c.soft_weight > 0,
     )
     module = PredictorModule(dataclasses.asdict(config), dataclasses.asdict(train_config))
+    monitor, mode = c.monitored
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "lightning",
         filename="best-{epoch}",
-        monitor="val/top1",
-        mode="max",
+        monitor=monitor,
+        mode=mode,
         save_top_k=1,
     )
     trainer = pl.Trainer(
@@ -252,11 +296,11 @@ def fit_predictor(
         devices=_lightning_devices(train_config.devices),
         strategy=train_config.strategy,
         precision=train_config.precision,
-        max_epochs=train_config.max_epochs,
+        max_epochs=c.max_epochs,  # set below, once the number of processes is known
         fast_dev_run=train_config.fast_dev_run,
         callbacks=[
             checkpoint,
-            EarlyStopping(monitor="val/top1", mode="max", patience=train_config.patience),
+            EarlyStopping(monitor=monitor, mode=mode, patience=train_config.patience),
         ],
         logger=CSVLogger(run_dir, name="logs"),
         default_root_dir=run_dir,
@@ -268,6 +312,11 @@ def fit_predictor(
         # under DDP each process takes its part of one process's batches (data.RankBatches)
         use_distributed_sampler=False,
     )
+    # --steps steps in all, whatever the number of processes sharing each pass
+    per_epoch = c.steps_per_epoch(len(data.train_idx), trainer.world_size)
+    epochs = c.epochs_for(len(data.train_idx), trainer.world_size)
+    trainer.fit_loop.max_epochs = epochs
+    trainer.fit_loop.epoch_loop.min_steps = min(c.steps, epochs * per_epoch) // 2
     metrics = {}
     if c.lr_find and not c.fast_dev_run:
         if trainer.world_size > 1:  # each process would read its own loss curve and rate
@@ -295,10 +344,25 @@ def fit_predictor(
     if checkpoint.best_model_path:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
-        metrics["best_val_top1"] = float(checkpoint.best_model_score)
+        metrics["best_epoch"] = int(state["epoch"])
+        metrics[f"best_val_{c.monitor}"] = float(checkpoint.best_model_score)
+        if c.monitor != "top1":  # what predictor_ladders' table reads, whatever chose the epoch
+            metrics["best_val_top1"] = validation_top1(module, data)
     metrics["epochs"] = int(trainer.current_epoch)
     predictor = module.predictor.cpu().eval()
     return predictor, data, metrics
+
+
+@torch.no_grad()
+def validation_top1(module: PredictorModule, data: CacheDataModule) -> float:
+    """The top-1 agreement of `module`'s network on the validation prefixes of `data`."""
+    module.eval()
+    hits = total = 0
+    for batch in data.val_dataloader():
+        guess = module(batch["logprobs"].to(module.device)).argmax(dim=1).cpu()
+        hits += int((guess == batch["target"]).sum())
+        total += len(guess)
+    return hits / max(total, 1)
 
 
 def _fold_key(

@@ -115,6 +115,26 @@ def test_inner_folds_never_hold_the_outer_folds_scored_prefixes(ladder_root):
         assert len(set(np.concatenate(split))) == sum(map(len, split))  # the parts are disjoint
 
 
+def test_inner_folds_learn_from_a_small_set_and_score_every_held_out_prefix(ladder_root):
+    cache = open_cache(LadderRoot(ladder_root).cache("seed0"))
+    whole = predictor_cv.inner_splits(cache, 3)
+    small = predictor_cv.inner_splits(cache, 3, max_prefixes=30)
+    for (train, val, held_out), (learnt, checked, scored) in zip(whole, small, strict=True):
+        assert len(learnt) + len(checked) == 30
+        assert set(learnt) <= set(train) and set(checked) <= set(val)
+        assert np.array_equal(held_out, scored)
+
+
+def test_trained_networks_go_beside_ladders_that_are_only_read(ladder_root, tmp_path):
+    where = LadderRoot(ladder_root, runs=tmp_path / "runs")
+    assert (
+        where.runs_dir == tmp_path / "runs"
+        and LadderRoot(ladder_root).runs_dir.parent == ladder_root
+    )
+    assert where.built("seed0") == (where.cache("seed0"), [])  # no transfer set cached
+    assert where.built("seed1") is None  # not built: predictor_ladders would build it
+
+
 def test_variants_are_the_package_defaults_with_their_changes(ladder_root, monkeypatch):
     calls = []
 

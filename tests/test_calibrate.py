@@ -203,3 +203,36 @@ def test_the_prior_carries_a_habit_of_the_target_that_no_small_model_has(tmp_pat
     assert scored["cal"]["top1"].mean() >= target_is_habit - 0.02
     assert calibrated.pool.guess[-1] > 0.5 and calibrated.pool.distribution[-1] > 0.5
     assert scored["cal"]["kl"].mean() < 0.5 * scored["network"]["kl"].mean()
+
+
+def test_cross_validation_within_the_calibration_prompts_chooses_the_guide(tmp_path):
+    # the target is the largest small model sharpened; pools held at the untrained network (an
+    # infinite pull) guess as the mean: the prompts themselves show the largest model far ahead,
+    # and the calibrated network guesses with it
+    x = synthetic_logprobs(160, VOCAB, noise=1.0, seed=5)
+    sharp = 2.0 * x[:, -2]
+    x[:, -1] = sharp - np.log(np.exp(sharp).sum(axis=1, keepdims=True))
+    cache = write_synthetic_cache(tmp_path / "largest", logprobs=x)
+    rows = calibration_rows(len(cache), 48, seed=0)
+    rest = np.setdiff1d(np.arange(len(cache)), rows)
+    network = untrained(cache)
+    held = calibrate(network, cache, rows, penalty=1e6, start="network")
+    choice = held.pool.guide_choice
+    assert choice.guide == "largest" and choice.default == "calibrated" and choice.rows == 48
+    assert choice.evidence["largest"]["lead"]["ci"][0] > 0 and "cross-validated" in choice.read
+    scored = score_rows(cache, {"largest": largest(), "cal": held}, rest)["strategies"]
+    assert np.array_equal(scored["cal"]["guess"], scored["largest"]["guess"])
+    again = CalibratedStrategy(network, GuidePool.load(held.pool.save(tmp_path / "c.json")))
+    assert again.params()["guide"] == "largest"
+    # by default the guess pool starts at the guide that agrees with the target most often, here
+    # the largest model: the pools are as good as it, and they are kept
+    free = calibrate(network, cache, rows)
+    assert free.pool.guide_choice.guide == "calibrated"
+    assert int(np.argmax(free.pool.guess)) == len(cache.model_names) - 2  # the largest small one
+    assert calibrate(network, cache, rows, choose=False).pool.choice is None
+
+
+def largest():
+    from emergence_model.strategies import LargestModel
+
+    return LargestModel()

@@ -102,7 +102,35 @@ def test_train_evaluates_in_domain_and_on_transfer_and_saves_a_challenge_strateg
         transfer.prefixes[:5], transfer.model_names[:-1], transfer.target_name, probs
     )
     logprobs = torch.log(torch.from_numpy(probs).float())
-    assert guesses == strategy.predictor.log_probs(logprobs).argmax(1).tolist()
+    # the challenge's guesses are the mode of the predicted distribution, whichever guide the
+    # training folds chose for the network (the checkpoint records it and why)
+    assert guesses == strategy.scores(logprobs.numpy()).argmax(1).tolist()
+    chosen = checkpoint["selection"]["ensemble"]
+    assert strategy.guide_name == chosen["guide"] and chosen["rows"] == 120
+    assert f"guesses with {chosen['guide']}" in printed
+    assert len(checkpoint["selection"]["folds"]) == 2
+    assert "network alone" in in_domain["strategies"]
+
+
+@pytest.mark.slow
+def test_a_small_labelled_set_is_cross_fitted_and_the_rest_scored_as_unseen(caches, tmp_path):
+    train, _ = caches
+    out = tmp_path / "small.ckpt"
+    panels = load_train_script().main(
+        ["--train-cache", str(train.path), "--out", str(out), "--max-train-prefixes", "60", *FAST]
+    )
+    assert panels["in-domain (wiki)"]["num_prefixes"] == 60
+    unseen = panels["unseen (wiki)"]
+    assert unseen["num_prefixes"] == 60 and "outside the 60 learnt from" in unseen["rows"]
+    checkpoint = load_checkpoint(out)
+    assert len(checkpoint["data"]["prefix_folds"]) == 60
+    assert checkpoint["selection"]["ensemble"]["rows"] == 60  # the choice read the 60 alone
+    from emergence_model.commands.evaluate import main as evaluate
+
+    again = evaluate(["--cache", str(train.path), "--checkpoint", str(out), "--bootstrap", "50"])
+    assert again["num_prefixes"] == 120  # 60 by the fold networks, 60 by the ensemble
+    with pytest.raises(ValueError, match="--max-train-prefixes must be 0"):
+        load_train_script().main(["--train-cache", str(train.path), "--max-train-prefixes", "-1"])
 
 
 def test_transfer_cache_of_other_models_is_refused(caches, tmp_path):

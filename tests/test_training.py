@@ -213,3 +213,56 @@ def test_cross_fitting_resumes_from_finished_folds(tiny_cache, tmp_path, monkeyp
     np.save(rebuilt / "argmax.npy", argmax[:, ::-1].copy())  # same prefixes, other contents
     fit_cross_fitted(open_cache(rebuilt), config, train, tmp_path)
     assert trained == ["fold-0", "fold-1", "fold-2"]
+
+
+def largest_leads_ladder(num_prefixes: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """(N, 7, V) log-probs of six small models and a target: the target's logits are a prefix's
+    own (sharpened); the largest small model reads them with little noise, the five others share a
+    strong bias of their own (a habit the target grew out of), so the mean of the small models'
+    probabilities follows the bias and the largest model follows the target."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0.0, 1.5, (num_prefixes, 1, vocab))
+    habit = rng.normal(0.0, 2.5, (num_prefixes, 1, vocab))
+    smaller = truth + habit + rng.normal(0.0, 0.5, (num_prefixes, 5, vocab))
+    largest = truth + rng.normal(0.0, 0.4, (num_prefixes, 1, vocab))
+    logits = np.concatenate([smaller, largest, 2.0 * truth], axis=1)
+    return torch.log_softmax(torch.from_numpy(logits), dim=2).float().numpy()
+
+
+def test_no_collapse_to_the_mean_where_the_largest_model_leads(tmp_path):
+    # the largest small model is right far more often than the mean: a network trained on such a
+    # ladder follows it, and its guesses are not the mean's
+    x = largest_leads_ladder(400, 40)
+    counts = [1_000_000 * 2**i for i in range(7)]
+    cache = write_synthetic_cache(tmp_path / "cache", logprobs=x, param_counts=counts)
+    # the default training, its step budget shrunk for a test: a few hundred prefixes are passed
+    # over as often as make that many steps
+    train = TrainConfig(steps=600, batch_size=16, val_fraction=0.1, test_fraction=0.3, **QUIET)
+    predictor, data, _ = fit_predictor(cache, PredictorConfig(), train, tmp_path / "run")
+    rows = data.test_idx
+    small = torch.from_numpy(cache.rows(rows)[:, :-1])
+    target = cache.target_argmax[rows]
+    mean_guess = MeanProbability().scores(small).argmax(axis=1)
+    largest_guess = small[:, -1].argmax(dim=1).numpy()
+    with torch.no_grad():
+        guess = predictor(small).argmax(dim=1).numpy()
+    assert (largest_guess == target).mean() > (mean_guess == target).mean() + 0.3  # the ladder
+    differ = mean_guess != largest_guess
+    assert differ.mean() > 0.3
+    # where the mean and the largest model part ways, the network goes with the largest
+    assert (guess[differ] == largest_guess[differ]).mean() > 0.8
+    assert (guess[differ] == mean_guess[differ]).mean() < 0.1
+    assert (guess == target).mean() > (mean_guess == target).mean() + 0.25
+
+
+def test_a_small_training_set_is_passed_over_as_often_as_makes_the_step_budget():
+    config = TrainConfig(steps=3000, batch_size=32, max_epochs=100)
+    assert config.epochs_for(9000) == 11  # 282 steps an epoch
+    assert config.epochs_for(1200) == 79  # 38 steps an epoch
+    assert config.epochs_for(100) == 100  # at most --max-epochs
+    assert TrainConfig(steps=10, batch_size=32).epochs_for(9000) == 1
+    assert TrainConfig().monitored == ("val/loss", "min")
+    assert TrainConfig(monitor="top1").monitored == ("val/top1", "max")
+    for kwargs, flag in [({"steps": 0}, "--steps"), ({"monitor": "acc"}, "--monitor")]:
+        with pytest.raises(ValueError, match=flag):
+            TrainConfig(**kwargs)

@@ -3,18 +3,19 @@
     python -m bench.experiments.calibrated_transfer          # every ladder trained already
     python -m bench.experiments.calibrated_transfer --ladders real real-2x --sizes 16 32 128
 
-Reads each ladder's default network (ROOT/runs/<ladder>/default/network.ckpt, trained by
+Reads each ladder's default network (RUNS/<ladder>/default/network.ckpt, trained by
 `python -m bench.experiments.predictor_ladders`) and its transfer caches. On each transfer set
 (at most --max-rows prompts, evenly spaced) and for each calibration size N, N prompts drawn at
-random calibrate the network (`emergence_model.calibrate`, as `evaluate.py --calibrate N` does)
-and every strategy is scored on the other prompts; the draw is repeated --draws times (seeds 0,
-1, ...). The table gives, per set and N, the calibrated network minus the best baseline on top-1
-(points), KL and sum min(p, q), each with the 95% paired bootstrap interval of the first draw and
-the range of the point estimate over the draws; and two references on the same prompts, as top-1
-differences to the calibrated network: the pools without the network (its weight held at zero:
-what the network adds), and the one token the target most often ranks first on the calibration
-prompts (what memorising the answer's token alone would give). The table goes to
-docs/results/calibrated_transfer.md and .json.
+random calibrate the network (`emergence_model.calibrate`, as `evaluate.py --calibrate N` does:
+the pools fitted on them, the guide it guesses with chosen by cross-validation within them) and
+every strategy is scored on the other prompts; the draw is repeated --draws times (seeds 0, 1,
+...). The table gives, per set and N, the calibrated network minus the best baseline on top-1
+(points), the guide each draw chose, KL and sum min(p, q), each with the 95% paired bootstrap
+interval of the first draw and the range of the point estimate over the draws; and two references
+on the same prompts, as top-1 differences to the calibrated network: the guess pool without the
+network (its weight held at zero: what the network adds), and the one token the target most often
+ranks first on the calibration prompts (what memorising the answer's token alone would give).
+The table goes to docs/results/calibrated_transfer.md and .json.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from emergence_model.cli import exit_on_user_error
 from emergence_model.evaluate import make_baselines, score_rows
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section
+from emergence_model.selection import GUIDE_BASELINES
 from emergence_model.stats import mean_with_ci
 
 # The table's measures: (key, percent) in the order of its columns after N.
@@ -73,13 +75,16 @@ def calibrated_rows(ladder: str, name: str, cache, network, baselines, config) -
     zero_shot = score_rows(cache, {**baselines, "network": network}, rows)["strategies"]
     target_top = cache.target_argmax[rows]
     out = []
+    guides = {name: baselines[name] for name in GUIDE_BASELINES}
     for n in config.sizes:
         results: dict[str, list] = {k: [] for k, _ in MEASURES}
+        chosen = []
         for draw in range(config.draws):
             at = calibration_rows(len(rows), n, draw)
             rest = np.setdiff1d(np.arange(len(rows)), at)
-            calibrated = calibrate(network, cache, rows[at])
-            alone = calibrate(network, cache, rows[at], exclude=("network",))
+            calibrated = calibrate(network, cache, rows[at], baselines=guides)
+            alone = calibrate(network, cache, rows[at], exclude=("network",), choose=False)
+            chosen.append(calibrated.pool.guide_choice.guide)
             scored = score_rows(cache, {"cal": calibrated, "alone": alone}, rows[rest])
             cal = scored["strategies"]["cal"]
             for metric, pick in (("top1", max), ("kl", min), ("accept", max)):
@@ -90,14 +95,16 @@ def calibrated_rows(ladder: str, name: str, cache, network, baselines, config) -
             token = Counter(target_top[at].tolist()).most_common(1)[0][0]
             results["tok"].append((target_top[rest] == token) - cal["top1"])
         cells = [cell(results[k], percent) for k, percent in MEASURES]
-        print(f"{ladder} {name} N={n}: {'; '.join(c for c, _ in cells)}", flush=True)
+        print(f"{ladder} {name} N={n}: {'; '.join(c for c, _ in cells)}; {chosen}", flush=True)
         numbers = {
             "ladder": ladder,
             "set": name,
             "n": n,
             **{k: c[1] for (k, _), c in zip(MEASURES, cells, strict=True)},
+            "guides": chosen,
         }
-        out.append(([ladder, name, str(n), *[c for c, _ in cells]], numbers))
+        row = [ladder, name, str(n), cells[0][0], ", ".join(chosen), *[c for c, _ in cells[1:]]]
+        out.append((row, numbers))
     return out
 
 
@@ -105,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     (config, where), run = start_run(__file__, __doc__, argv, CalibratedTransferConfig, LadderRoot)
     table = []
     for ladder in config.ladders:
-        checkpoint_path = where.root / "runs" / ladder / "default" / "network.ckpt"
+        checkpoint_path = where.runs_dir / ladder / "default" / "network.ckpt"
         if not checkpoint_path.is_file():
             print(f"{ladder}: no trained network at {checkpoint_path}: skipped", file=sys.stderr)
             continue
@@ -120,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "set",
         "N",
         "top-1, calibrated minus best baseline",
+        "guessed with (each draw)",
         "KL",
         "sum min(p, q)",
         "without the network, top-1",

@@ -130,7 +130,23 @@ class LadderRoot:
     root: Path = ROOT
     """Where the ladders are built and kept, ../suites beside the repository by default:
     ROOT/<ladder> holds a ladder's suite and caches, ROOT/runs/<ladder> its trained networks."""
+    runs: Path | None = None
+    """Where the trained networks go instead of ROOT/runs (e.g. beside ladders one may only
+    read)."""
 
     def cache(self, ladder: str, name: str = TRAINING_SET) -> Path:
         """The path of a ladder's cache `name` (it may not be built)."""
         return self.root / ladder / "caches" / name
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where the ladders' trained networks are: RUNS/<ladder>/<setting>."""
+        return self.runs if self.runs is not None else self.root / "runs"
+
+    def built(self, ladder: str) -> tuple[Path, list[Path]] | None:
+        """A ladder's training cache and transfer caches where its training cache is finished
+        (nothing is built or written), else None."""
+        if not (self.cache(ladder) / "meta.json").is_file():
+            return None
+        transfers = [self.cache(ladder, t) for t in TRANSFER_SETS]
+        return self.cache(ladder), [t for t in transfers if (t / "meta.json").is_file()]

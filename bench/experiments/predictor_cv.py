@@ -3,6 +3,7 @@
     python -m bench.experiments.predictor_cv                          # every variant, seed0
     python -m bench.experiments.predictor_cv --ladders seed0 onelayer real
     python -m bench.experiments.predictor_cv --ladders real --variants default "no token embedding"
+    python -m bench.experiments.predictor_cv --ladders real --max-train-prefixes 1500 0
 
 The first fold of train.py's cross-fitting (`TrainConfig`'s folds, fractions and seed) holds out
 its share of the prefixes for scoring; this reads only the rest (that fold's training and
@@ -21,11 +22,14 @@ first (95% bootstrap over the prefixes). Ladders are ROOT/<name>/caches/demo-wik
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -34,8 +38,9 @@ from bench.experiments.ladders import LADDER_NAMES, LadderRoot
 from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.cli import exit_on_user_error
 from emergence_model.evaluate import score_rows
-from emergence_model.folds import Split, fold_splits
-from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.files import atomic_file
+from emergence_model.folds import Split, fold_splits, limit_rows
+from emergence_model.model import PREDICTOR_DESIGN, PerTokenPredictor, PredictorConfig
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section
 from emergence_model.stats import mean_with_ci
@@ -59,19 +64,40 @@ class Variant:
 
 VARIANTS = {
     "default": Variant(),
+    "the earlier training: 8 epochs, the epoch kept on validation top-1": Variant(
+        training={"max_epochs": 8, "steps": 10**9, "monitor": "top1"}
+    ),
+    "the epoch kept on validation top-1": Variant(training={"monitor": "top1"}),
+    "1000 steps": Variant(training={"steps": 1000}),
+    "10000 steps": Variant(training={"steps": 10000}),
     "64 candidates": Variant(network={"num_candidates": 64}),
+    "256 candidates": Variant(network={"num_candidates": 256}),
     "8 candidates": Variant(network={"num_candidates": 8}),
-    "12 epochs": Variant(training={"max_epochs": 12}),
     "MLP width 64": Variant(network={"hidden_size": 64}),
     "two hidden layers": Variant(network={"num_layers": 2}),
     "learning rate 3e-3": Variant(training={"lr": 3e-3}),
     "learning rate 3e-2": Variant(training={"lr": 3e-2}),
     "no token embedding": Variant(network={"token_embedding": 0}),
+    "no token embedding, learning rate 3e-3": Variant(
+        network={"token_embedding": 0}, training={"lr": 3e-3}
+    ),
+    "token embedding 4": Variant(network={"token_embedding": 4}),
+    "features: each model's log-prob and gap": Variant(network={"features": "context,models"}),
     "base: largest": Variant(network={"base": "largest"}),
     "base: mean": Variant(network={"base": "mean"}),
     "base: extrapolate": Variant(network={"base": "extrapolate"}),
     "hard targets (cross-entropy)": Variant(training={"soft_weight": 0.0}),
     "soft targets at temperature 1": Variant(training={"target_temperature": 1.0}),
+    "the issue's MLP on 256 candidates: a residual on the largest, each model's log-prob and "
+    "gap, no token embedding, cross-entropy": Variant(
+        network={
+            "num_candidates": 256,
+            "base": "largest",
+            "features": "context,models",
+            "token_embedding": 0,
+        },
+        training={"soft_weight": 0.0},
+    ),
     "half the training prefixes": Variant(training={"train_fraction": 0.5}),
     "three seeds per fold": Variant(seeds=3),
 }
@@ -92,21 +118,35 @@ class PredictorCVConfig:
     """The variants, each compared with the first."""
     inner_folds: int = 4
     """Inner folds of the first outer fold's training and validation prefixes."""
+    max_train_prefixes: list[int] = field(default_factory=lambda: [0])
+    """Each inner fold's network learns from at most this many prefixes (its training and
+    validation prefixes drawn at random, as train.py --max-train-prefixes draws them), a column
+    per ladder and number; its held-out prefixes are all scored. 0: all."""
+
+    work_dir: Path | None = None
+    """Keep each variant's per-prefix agreement here, and reuse it where the variant, the cache,
+    the defaults, the network's design and the folds are those of a finished one: an
+    interrupted run, or one with more variants or columns, trains only what is missing."""
 
     def __post_init__(self) -> None:
         if self.inner_folds < 2:
             raise ValueError(f"--inner-folds must be at least 2, got {self.inner_folds}")
 
 
-def inner_splits(cache: FeatureCache, inner_folds: int) -> list[Split]:
+def inner_splits(cache: FeatureCache, inner_folds: int, max_prefixes: int = 0) -> list[Split]:
     """(train, val, held-out) cache rows of each inner fold: the first outer fold's training and
-    validation prefixes cut by prefix text; the outer fold's scored prefixes are in none."""
+    validation prefixes cut by prefix text; the outer fold's scored prefixes are in none. With
+    `max_prefixes`, each inner fold's training and validation rows hold that many prefixes."""
     c = TrainConfig()
     outer = c.folds_of(cache.prefixes).splits[0]
     seen = np.sort(np.concatenate(outer[:2]))
     texts = [cache.prefixes[i] for i in seen]
     inner = fold_splits(texts, inner_folds, c.val_fraction, c.test_fraction, INNER_SEED)
-    return [tuple(seen[part] for part in split) for split in inner]
+    splits = []
+    for train, val, held_out in ([seen[part] for part in split] for split in inner):
+        learnt = limit_rows(np.concatenate([train, val]), cache.prefixes, max_prefixes, c.seed)
+        splits.append((np.intersect1d(train, learnt), np.intersect1d(val, learnt), held_out))
+    return splits
 
 
 def train_variant(
@@ -129,23 +169,53 @@ def top1(cache: FeatureCache, strategy, rows: np.ndarray) -> np.ndarray:
     return score_rows(cache, {"s": strategy}, rows)["strategies"]["s"]["top1"]
 
 
-def compare_variants(cache: FeatureCache, config: PredictorCVConfig, progress: bool) -> dict:
+def compare_variants(
+    cache: FeatureCache, config: PredictorCVConfig, progress: bool, max_prefixes: int = 0
+) -> dict:
     """Each variant's agreement (n,) on the held-out prefixes of every inner fold, in one order,
-    and the mean probability's on the same prefixes."""
-    splits = inner_splits(cache, config.inner_folds)
+    and the mean probability's on the same prefixes; each network learns from at most
+    `max_prefixes` prefixes (0: all)."""
+    splits = inner_splits(cache, config.inner_folds, max_prefixes)
     held_out = np.concatenate([split[2] for split in splits])
     names = cache.meta["model_names"]
     agree = {"mean-prob": top1(cache, STRATEGIES["mean-prob"](), held_out)}
     for name in config.variants:
         started = time.perf_counter()
+        saved = None
+        if config.work_dir is not None:
+            saved = config.work_dir / f"{variant_key(cache, VARIANTS[name], splits)}.npy"
+            if saved.is_file():
+                agree[name] = np.load(saved)
+                print(f"{name}: top-1 {100 * agree[name].mean():.2f}% (from {saved})", flush=True)
+                continue
         parts = []
         for split in splits:
             network = train_variant(cache, VARIANTS[name], split, progress)
             parts.append(top1(cache, NetworkStrategy(network, names[:-1], names[-1]), split[2]))
         agree[name] = np.concatenate(parts)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(saved) as f:
+                np.save(f, agree[name])
         seconds = time.perf_counter() - started
         print(f"{name}: top-1 {100 * agree[name].mean():.2f}% ({seconds:.0f} s)", flush=True)
     return agree
+
+
+def variant_key(cache: FeatureCache, variant: Variant, splits: list[Split]) -> str:
+    """What a variant's agreement depends on: the configurations it trains with (the defaults
+    and its changes), the cache, the network's design and the inner folds."""
+    training = dataclasses.asdict(dataclasses.replace(TrainConfig(), **variant.training))
+    del training["progress"]
+    identity = {
+        "network": dataclasses.asdict(dataclasses.replace(PredictorConfig(), **variant.network)),
+        "training": training,
+        "seeds": variant.seeds,
+        "cache": cache.fingerprint,
+        "design": PREDICTOR_DESIGN,
+        "splits": [[part.tolist() for part in split] for split in splits],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def comparison_cells(agree: dict[str, np.ndarray], first: str) -> tuple[list[str], dict]:
@@ -172,18 +242,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     columns, numbers = [], {}
     for ladder in config.ladders:
         cache = open_cache(where.cache(ladder))
-        agree = compare_variants(cache, config, run.options.progress)
-        cells, numbers[ladder] = comparison_cells(agree, config.variants[0])
-        columns.append(cells)
+        for n in config.max_train_prefixes:
+            column = ladder if not n else f"{ladder}, {n} prefixes"
+            print(f"[{column}]", flush=True)
+            agree = compare_variants(cache, config, run.options.progress, n)
+            cells, numbers[column] = comparison_cells(agree, config.variants[0])
+            columns.append(cells)
     first = config.variants[0]
     labels = [f"{first}: top-1 %, and minus mean-prob", *config.variants[1:]]
     rows = [[label, *cells] for label, *cells in zip(labels, *columns, strict=True)]
-    prefixes = ", ".join(f"{numbers[name]['prefixes']} on {name}" for name in config.ladders)
+    prefixes = ", ".join(f"{numbers[name]['prefixes']} on {name}" for name in numbers)
     notes = (
         f"Top-1 against {first}, points (95% paired bootstrap over the inner folds' held-out "
-        f"prefixes: {prefixes})."
+        f"prefixes: {prefixes}). A column with N prefixes: each network learnt from N of them."
     )
-    head = ["variant", *config.ladders]
+    head = ["variant", *numbers]
     section = Section("Variants on the training folds", head, rows, notes, numbers)
     run.write("Variants of the predictor on training folds only", [section])
 

@@ -3,11 +3,13 @@
     python -m bench.experiments.predictor_ladders                  # every ladder: build, train
     python -m bench.experiments.predictor_ladders --build-only     # only the ladders and caches
     python -m bench.experiments.predictor_ladders --ladders seed0 onelayer --ablations
+    python -m bench.experiments.predictor_ladders --small-sets 1500  # also from 1,500 prefixes
     python -m bench.experiments.predictor_ladders --ladders seed1 -- --max-epochs 8  # train.py's
 
 The ladders are those of `bench.experiments.ladders`, each in ROOT/<name> (--root, default
 ../suites beside the repository). Each is trained with `python train.py --train-cache ...
---transfer-cache ...` (a new user's command) in ROOT/runs/<ladder>/<setting>, and a finished run
+--transfer-cache ...` (a new user's command) in ROOT/runs/<ladder>/<setting> (--runs: elsewhere),
+and a finished run
 whose flags, caches, defaults and network design (`PREDICTOR_DESIGN`) are unchanged is read back
 rather than retrained (train.py itself resumes finished folds). The table gives, per ladder, the
 network minus the best baseline in top-1 agreement (points, 95% paired bootstrap), in-domain
@@ -24,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,35 +34,46 @@ from pathlib import Path
 from bench.common import AFTER_DASHES, REPO, start_run
 from bench.experiments.ladders import LADDER_NAMES, LADDERS, LadderRoot
 from emergence_model.cache import open_cache
-from emergence_model.checkpoint import build_predictor, load_checkpoint
+from emergence_model.checkpoint import build_predictor, checkpoint_selection, load_checkpoint
 from emergence_model.cli import exit_on_user_error
 from emergence_model.demo.study import default_settings
 from emergence_model.evaluate import evaluate_cache, make_baselines
 from emergence_model.model import PREDICTOR_DESIGN
+from emergence_model.pipeline import NETWORK_ALONE
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section
-from emergence_model.strategies import NetworkStrategy
+from emergence_model.selection import guided
+from emergence_model.strategies import NETWORK_GUIDE, NetworkStrategy
 
 # How a ladder's network is trained: a new user's command. (One place to change if train.py moves.)
 TRAIN_COMMAND = [sys.executable, str(REPO / "train.py")]
 
-# One change each against train.py's defaults (the design in the README's predictor section).
+# One change each against train.py's defaults (the design in docs/predictor.md): train.py flags.
 ABLATIONS: dict[str, list[str]] = {
-    "correction bounded to 1 nat": ["--max-correction", "1"],
-    "64 candidates": ["--num-candidates", "64"],
-    "256 candidates": ["--num-candidates", "256"],
-    "base: mean": ["--base", "mean"],
-    "base: largest": ["--base", "largest"],
-    "base: extrapolate": ["--base", "extrapolate"],
-    "features: no context": ["--features", ""],
-    "features: no token embedding": ["--token-embedding", "0"],
-    "half the training prefixes": ["--train-fraction", "0.5"],
-    "objective: logits on the top token (cross-entropy)": ["--soft-weight", "0"],
-    "objective: logits soft at temperature 1": ["--target-temperature", "1"],
-    "training: 4 epochs at lr 3e-3": ["--max-epochs", "4", "--lr", "3e-3"],
-    "training: 12 epochs": ["--max-epochs", "12"],
-    "training: learning rate from Lightning's finder": ["--lr-find"],
-    "MLP width 64": ["--hidden-size", "64"],
+    name: shlex.split(flags)
+    for name, flags in {
+        "the earlier training: 8 epochs, the epoch kept on validation top-1": (
+            "--max-epochs 8 --steps 1000000000 --monitor top1"
+        ),
+        "no token embedding": "--token-embedding 0",
+        "64 candidates": "--num-candidates 64",
+        "256 candidates": "--num-candidates 256",
+        "base: mean": "--base mean",
+        "base: largest": "--base largest",
+        "base: extrapolate": "--base extrapolate",
+        "features: no context": "--features ''",
+        "features: each model's log-prob and gap": "--features context,models",
+        "objective: logits on the top token (cross-entropy)": "--soft-weight 0",
+        "objective: logits soft at temperature 1": "--target-temperature 1",
+        "the issue's MLP on 256 candidates: a residual on the largest, each model's log-prob and "
+        "gap, cross-entropy": (
+            "--num-candidates 256 --base largest --features context,models --soft-weight 0"
+        ),
+        "half the training prefixes": "--train-fraction 0.5",
+        "training: learning rate 3e-3": "--lr 3e-3",
+        "training: learning rate from Lightning's finder": "--lr-find",
+        "MLP width 64": "--hidden-size 64",
+    }.items()
 }
 ONE_MEMBER = "one fold's network on transfer, not the ensemble"
 
@@ -80,6 +94,14 @@ class LaddersConfig:
     """With --ablations: only these rows of ABLATIONS; none given, every row."""
     retrain: bool = False
     """Train again even where a finished run with the same settings is there."""
+    small_sets: list[int] = field(default_factory=list)
+    """Also train on this many prefixes of each training cache (train.py --max-train-prefixes N:
+    a user's small labelled set), a results section each."""
+    small_set_ladders: list[str] = field(
+        default_factory=lambda: [n for n in LADDER_NAMES if n.startswith("real")],
+        metadata={"choices": LADDER_NAMES},
+    )
+    """The ladders --small-sets trains on (those among --ladders): the real-text ones."""
     train_args: list[str] = field(
         default_factory=list, metadata={"cli": False, AFTER_DASHES: "train.py flags for every run"}
     )
@@ -96,11 +118,18 @@ class Trained:
 
 
 def train_ladder(
-    root: Path, name: str, setting: str, flags: Sequence[str], retrain: bool = False
+    where: LadderRoot,
+    name: str,
+    setting: str,
+    flags: Sequence[str],
+    retrain: bool = False,
+    threads: int | None = None,
 ) -> Trained:
-    """train.py on one ladder with `flags` (reused when nothing changed since)."""
-    train_cache, transfers = LADDERS[name].build(root / name)
-    run_dir = root / "runs" / name / setting
+    """train.py on one ladder with `flags` (reused when nothing changed since; `threads`, this
+    run's --threads, is how it runs, not what it computes); the ladder is built first where its
+    training cache is not."""
+    train_cache, transfers = where.built(name) or LADDERS[name].build(where.root / name)
+    run_dir = where.runs_dir / name / setting
     settings = {
         "flags": list(flags),
         # what the flags are changes to: a run of older defaults or network design is redone
@@ -123,6 +152,7 @@ def train_ladder(
             "--run-dir",
             str(run_dir),
             "--no-progress",
+            *([] if threads is None else ["--threads", str(threads)]),
             *flags,
         ]
         print(f"[{name}/{setting}] {shlex.join(command)}", flush=True)
@@ -146,6 +176,8 @@ def one_member_on_transfer(run: Trained) -> dict:
         checkpoint["model_names"],
         checkpoint["target_name"],
     )
+    selection = checkpoint_selection(checkpoint)
+    member = guided(member, None if selection is None else selection.choice(0))
     panels = {}
     for title, summary in run.panels.items():
         if title.startswith("transfer"):
@@ -159,15 +191,30 @@ def panel_name(title: str, summary: dict) -> str:
     return title.split(" (")[0] + " " + Path(summary["cache"]).name
 
 
+def guide_cell(summary: dict) -> str:
+    """Which guide the network guessed with on a panel: one, or each fold's with its count."""
+    params = summary["strategies"]["network"]["params"]
+    parts = params if isinstance(params, list) else [params]
+    guides = [p.get("guide", NETWORK_GUIDE) for p in parts]
+    counts = Counter(guides)
+    if len(counts) == 1:
+        return guides[0]
+    return ", ".join(f"{guide} x{count}" for guide, count in counts.items())
+
+
 def results_row(summary: dict) -> list[str]:
-    """Network and best baseline: top-1 (and their paired difference, points), KL and
-    sum min(p, q) (and theirs), each metric against the best baseline on that metric."""
+    """Network and best baseline: top-1 (and their paired difference, points), the guide the
+    network guessed with and the network alone's difference, KL and sum min(p, q) (and theirs),
+    each metric against the best baseline on that metric."""
     entries, comparison = summary["strategies"], summary["comparisons"]["network"]
     best = comparison["baseline"]
+    alone = summary["comparisons"].get(NETWORK_ALONE)
     cells = [
         f"{format_number(entries['network']['top1']['value'], percent=True)} / "
         f"{format_number(entries[best]['top1']['value'], percent=True)} ({best})",
         format_stat(comparison["top1_diff"], percent=True, signed=True),
+        guide_cell(summary),
+        "-" if alone is None else format_stat(alone["top1_diff"], percent=True, signed=True),
     ]
     for metric in ("kl", "accept"):
         diff = comparison.get(f"{metric}_diff")
@@ -189,6 +236,8 @@ def results_section(runs: dict[str, Trained], setting: str) -> Section:
         "set",
         "top-1 %, network / best baseline",
         "network - best, points",
+        "guessed with",
+        "network alone - best",
         "KL, network / best",
         "network - best",
         "sum min(p,q), network / best",
@@ -260,13 +309,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"[{name}] caches: {LADDERS[name].build(where.root / name)}", flush=True)
             print(f"[{name}] ready in {time.perf_counter() - started:.0f} s", flush=True)
         return
-    extra = config.train_args
+    extra, threads = config.train_args, run.options.threads
     default = "default" if not extra else "custom: " + " ".join(extra)
     runs = {
-        name: train_ladder(where.root, name, default.split(":")[0], extra, config.retrain)
+        name: train_ladder(where, name, default.split(":")[0], extra, config.retrain, threads)
         for name in config.ladders
     }
     sections = [results_section(runs, default)]
+    for n in config.small_sets:
+        flags = [*extra, "--max-train-prefixes", str(n)]
+        small = {
+            name: train_ladder(where, name, f"{n} prefixes", flags, config.retrain, threads)
+            for name in config.ladders
+            if name in config.small_set_ladders
+        }
+        sections.append(results_section(small, f"{default}, {n} training prefixes"))
     if config.ablations:
         ablations = {(default, name): trained for name, trained in runs.items()}
         for setting, flags in ABLATIONS.items():
@@ -274,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 continue
             for name in config.ladders:
                 ablations[setting, name] = train_ladder(
-                    where.root, name, setting, flags, config.retrain
+                    where, name, setting, flags, config.retrain, threads
                 )
         for name, trained in runs.items():
             member = one_member_on_transfer(trained)

@@ -39,9 +39,10 @@ from emergence_model.cache import FeatureCache, check_cache_destination
 from emergence_model.calibrate import CALIBRATION_FILE, calibrated_panel
 from emergence_model.checkpoint import (
     CheckpointError,
-    build_predictor,
     check_compatible,
+    checkpoint_selection,
     load_checkpoint,
+    network_strategy,
 )
 from emergence_model.cli import FlagGroup, RunOptions, command_parser, config_from_args
 from emergence_model.evaluate import (
@@ -61,7 +62,7 @@ from emergence_model.harness.runs import (
     run_entries,
 )
 from emergence_model.report import format_table, write_reports
-from emergence_model.strategies import STRATEGIES, NetworkStrategy, Strategy, model_basename
+from emergence_model.strategies import STRATEGIES, Strategy, model_basename
 from emergence_model.suites import parse_int_list
 
 
@@ -304,8 +305,7 @@ def strategy_parts(
         strategies = dict(baselines)
         for path, c in checkpoints:
             key = "network" if len(checkpoints) == 1 else f"network:{path.stem}"
-            predictor = build_predictor(c)
-            strategies[key] = NetworkStrategy(predictor, c["model_names"], c["target_name"])
+            strategies[key] = network_strategy(c, str(path))
         parts, description = [(None, strategies)], "all prefixes"
         if config.calibrate:
             rows, strategies, pool = calibrated_panel(
@@ -320,4 +320,8 @@ def strategy_parts(
                 f"{seen} prefixes are in {path.name}'s training prefixes and were scored by "
                 "networks that saw them (--all-rows)"
             )
+    for path, c in checkpoints:
+        selection = checkpoint_selection(c, str(path))
+        if selection is not None:
+            notes.append(f"{path.name}: " + selection.ensemble.describe("its network"))
     return parts, description, notes, pool
