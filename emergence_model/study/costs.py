@@ -1,0 +1,194 @@
+"""What a draft costs, measured: one decode step of every model with a KV cache, and every
+draft's combination of them, timed on the CPU.
+
+A draft's cost c is one draft step over one target step. Parameters are a proxy for it that is
+poor at small sizes (the vocabulary projection, attention over the context and per-call overhead
+do not shrink with the parameters), so the study times it: for each model, one decode step (one
+new token, `past_key_values`, `use_cache=True`) after a context of CONTEXT_TOKENS tokens, at batch
+1 and at a batch of 16, the median of repeats, with a fixed number of CPU threads; for each draft,
+its combination of the small models' distributions (the network's forward pass on its real input,
+(batch, models, vocabulary)). A draft over several models costs the sum of their steps plus its
+combination. The target's cost of one more token in a pass (what a token the cascade answered
+costs when the target catches up on it later) is timed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from emergence_model.cache import FeatureCache
+from emergence_model.lm import load_model
+from emergence_model.speculative import cached_forward, crop_cache
+from emergence_model.strategies import ModelSubset, OneModel, Strategy
+from emergence_model.suites import parse_model_spec
+
+COST_BATCHES = (1, 16)
+"""Batch sizes a decode step is timed at: one sequence, and a small serving batch."""
+CONTEXT_TOKENS = 32
+"""Tokens in the context before the timed steps (the study's prompts are about this long)."""
+CATCH_UP_TOKENS = 4
+"""New tokens in the target pass that times what one more token in a pass costs."""
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU thread count set to `threads` for the block, then put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The median wall time of `run()` over `repeats` calls, after one call to warm up."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def decode_step_seconds(
+    model: torch.nn.Module, vocab_size: int, batch: int, new_tokens: int = 1, repeats: int = 20
+) -> float:
+    """Median seconds of one forward pass over `new_tokens` new tokens per sequence with a KV
+    cache of CONTEXT_TOKENS tokens, `batch` sequences (token ids drawn from a fixed seed)."""
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randint(0, vocab_size, (batch, CONTEXT_TOKENS), generator=generator)
+    new = torch.randint(0, vocab_size, (batch, new_tokens), generator=generator)
+    _, past = cached_forward(model, context, None)
+
+    def step() -> None:
+        cached_forward(model, new, past)
+        crop_cache(past, CONTEXT_TOKENS)  # the next step sees the same context
+
+    return median_seconds(step, repeats)
+
+
+@torch.inference_mode()
+def combine_seconds(
+    strategy: Strategy, num_models: int, vocab_size: int, scales, target_scale, batch: int,
+    repeats: int = 20,
+) -> float:  # fmt: skip
+    """Median seconds of a draft's combination of `num_models` distributions (its real input,
+    (batch, num_models, vocab_size) log-probabilities)."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch, num_models, vocab_size, generator=generator) * 3
+    x = torch.log_softmax(logits, dim=-1)
+    return median_seconds(lambda: strategy.score_tensor(x, scales, target_scale), repeats)
+
+
+def models_used(strategy: Strategy, num_small: int) -> list[int]:
+    """The small models (indices) a draft runs at every step."""
+    if isinstance(strategy, OneModel):
+        return [strategy.index]
+    if isinstance(strategy, ModelSubset):
+        return list(strategy.indices)
+    return list(range(num_small))
+
+
+def measure_costs(
+    cache: FeatureCache, drafts: dict[str, Strategy], threads: int, log=print
+) -> dict:
+    """Decode-step seconds of every model of `cache` (loaded from its local directories) at each
+    of COST_BATCHES, each draft's combination, and each draft's cost over the target's step.
+
+    Returns {"threads", "context_tokens", "batches", "models": {name: {batch: s}},
+    "catch_up_token": the target's cost of one more token in a pass over one step (batch 1),
+    "drafts": {draft: {"combine": {batch: s}, "cost": {batch: c}, "models": [indices]}}}."""
+    vocab = cache.vocab_size
+    small_scales, target_scale = cache.scales[:-1], cache.scales[-1]
+    steps: dict[str, dict[str, float]] = {}
+    catch_up = None
+    with torch_threads(threads):
+        for m, name in enumerate(cache.model_names):
+            model_id, revision = parse_model_spec(name)
+            model = load_model(model_id, revision=revision)
+            steps[name] = {str(b): decode_step_seconds(model, vocab, b) for b in COST_BATCHES}
+            if m == cache.num_models - 1:
+                more = decode_step_seconds(model, vocab, 1, new_tokens=CATCH_UP_TOKENS)
+                one = steps[name]["1"]
+                catch_up = max(0.0, (more - one) / (CATCH_UP_TOKENS - 1)) / one
+            log(f"timed {name}: {', '.join(f'{1e3 * s:.2f} ms' for s in steps[name].values())}")
+            del model
+        out_drafts = {}
+        target = steps[cache.model_names[-1]]
+        for draft, strategy in drafts.items():
+            used = models_used(strategy, cache.num_models - 1)
+            # what the combination reads: a subset's inner strategy its own models, any other
+            # strategy every small model
+            combined, inputs = (strategy, range(cache.num_models - 1))
+            if isinstance(strategy, ModelSubset):
+                combined, inputs = strategy.inner, used
+            scales = [small_scales[i] for i in inputs]
+            combine = {
+                str(b): combine_seconds(combined, len(scales), vocab, scales, target_scale, b)
+                for b in COST_BATCHES
+            }
+            cost = {
+                b: (sum(steps[cache.model_names[i]][b] for i in used) + combine[b]) / target[b]
+                for b in combine
+            }
+            out_drafts[draft] = {"combine": combine, "cost": cost, "models": used}
+    return {
+        "threads": threads,
+        "context_tokens": CONTEXT_TOKENS,
+        "batches": list(COST_BATCHES),
+        "models": steps,
+        "catch_up_token": catch_up,
+        "drafts": out_drafts,
+    }
+
+
+def parameter_cost(strategy: Strategy, cache: FeatureCache) -> float:
+    """A draft step's cost estimated from parameters: those of the models it runs over the
+    target's (above 1 where they outweigh the target)."""
+    counts = cache.param_counts[:-1]
+    used = models_used(strategy, len(counts))
+    return float(sum(counts[i] for i in used)) / cache.param_counts[-1]
+
+
+def given_costs(items: Sequence[str], drafts: Sequence[str]) -> dict[str, float]:
+    """--cost-ratio NAME=C, each NAME a draft of the study, C in (0, inf)."""
+    costs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            cost = float(value)
+        except ValueError:
+            cost = float("nan")
+        if not sep or not name or not cost > 0:
+            raise ValueError(
+                f"--cost-ratio takes NAME=C, a draft's name and its step's cost over a target "
+                f"step (a positive number), got {item!r}"
+            )
+        if name not in drafts:
+            raise ValueError(
+                f"--cost-ratio names {name!r}, which is not a draft of this study; pick from "
+                f"{', '.join(drafts)}"
+            )
+        costs[name] = cost
+    return costs
+
+
+COST_KINDS = ("given", "measured, batch 1", "measured, batch 16", "parameters")
+"""The costs a speed-up is reported at, the headline first among those there are."""
+
+
+def headline_cost(costs: dict[str, float]) -> tuple[str, float]:
+    """The cost the report leads with: the one given, else measured at batch 1, else the
+    parameter ratio."""
+    for kind in COST_KINDS:
+        if kind in costs:
+            return kind, costs[kind]
+    raise ValueError("a draft without any cost")
