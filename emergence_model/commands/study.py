@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from emergence_model.cli import FlagGroup, RunOptions, command_parser, config_from_args
 from emergence_model.demo.study import DEMO_SETTINGS, demo_ladders
+from emergence_model.results import run_stamp
 from emergence_model.study.config import StudyConfig
 from emergence_model.study.ladder import study_ladder
 from emergence_model.study.report import write_study_report
@@ -76,6 +80,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Run the command line; returns each ladder's study."""
+    started = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
     run_options = config_from_args(RunOptions, args)
     job = config_from_args(StudyJob, args)
@@ -107,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 title=ladder["title"],
             )
         )
-    for path in write_study_report(job.out, results):
+    command = " ".join(["python -m emergence_model.study", *map(shlex.quote, map(str, argv))])
+    stamp = run_stamp(command.strip(), time.perf_counter() - started, ignore=job.out)
+    for path in write_study_report(job.out, results, stamp):
         print(f"wrote {path}")
     print(f"settings: {dataclasses.asdict(config)}")
     return [r["study"] for r in results]

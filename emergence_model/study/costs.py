@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -156,29 +156,6 @@ def parameter_cost(strategy: Strategy, cache: FeatureCache) -> float:
     counts = cache.param_counts[:-1]
     used = models_used(strategy, len(counts))
     return float(sum(counts[i] for i in used)) / cache.param_counts[-1]
-
-
-def given_costs(items: Sequence[str], drafts: Sequence[str]) -> dict[str, float]:
-    """--cost-ratio NAME=C, each NAME a draft of the study, C in (0, inf)."""
-    costs = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            cost = float(value)
-        except ValueError:
-            cost = float("nan")
-        if not sep or not name or not cost > 0:
-            raise ValueError(
-                f"--cost-ratio takes NAME=C, a draft's name and its step's cost over a target "
-                f"step (a positive number), got {item!r}"
-            )
-        if name not in drafts:
-            raise ValueError(
-                f"--cost-ratio names {name!r}, which is not a draft of this study; pick from "
-                f"{', '.join(drafts)}"
-            )
-        costs[name] = cost
-    return costs
 
 
 COST_KINDS = ("given", "measured, batch 1", "measured, batch 16", "parameters")
