@@ -232,3 +232,27 @@ def test_the_demo_study_trains_again_its_own_network_of_older_defaults(ladder, m
     assert demo.trained_on(ladder["ckpt"], path, defaults=True)
     as_trained[0]["num_candidates"] += 1  # a default changed since the study trained it
     assert not demo.trained_on(ladder["ckpt"], path, defaults=True)
+
+
+def test_a_challenge_pickle_is_studied_with_the_tokenizer_it_was_given(ladder, tiny_suite,
+                                                                       tmp_path):  # fmt: skip
+    from emergence_model.challenge import export_challenge_pickle
+    from emergence_model.commands.extract import main as extract
+
+    pkl = export_challenge_pickle(ladder["rte"], tmp_path / "rte.pkl")
+    imported = tmp_path / "imported"
+    counts = ",".join(map(str, ladder["rte"].param_counts))
+    extract(["--from-pickle", str(pkl), "--out", str(imported), "--param-counts", counts,
+             "--tokenizer", str(tiny_suite.tokenizer_dir)])  # fmt: skip
+    assert json.loads((imported / "meta.json").read_text())["tokenizer"] == str(
+        tiny_suite.tokenizer_dir
+    )
+    out = tmp_path / "study"
+    args = ["--checkpoint", ladder["ckpt"], "--cache", imported, "--out", out, "--bootstrap", "20",
+            "--folds", "2", "--no-rung-curve", "--no-measure-costs"]  # fmt: skip
+    (study,) = main([str(a) for a in args])
+    assert study["tokenizer_note"] is None
+    rows = [json.loads(line) for line in (out / "per_prefix.jsonl").open()]
+    assert not any(r["target_text"].startswith("<id ") for r in rows)
+    with pytest.raises(ValueError, match="--tokenizer goes with --from-pickle"):
+        extract(["--out", str(tmp_path / "x"), "--tokenizer", "t", "--dataset", "demo-wiki"])
