@@ -156,24 +156,27 @@ def cascade_figure(sets: Sequence[tuple[str, dict]]):
     marker per agreement level, in the legend)."""
     plt = pyplot()
     figure, ax = plt.subplots(figsize=(7.0, 5.2))
-    markers = {}
+    styles = ("-", "--", "-.", ":")
+    levels: list[str] = []
     for i, (name, cascade) in enumerate(sets):
         entry = cascade["network"]
         curve = entry["curve"]
-        ax.plot(curve["net_compute"], curve["agreement"], color=_color(i), label=name)
-        for j, (level, point) in enumerate(entry["levels"].items()):
-            marker = KIND_MARKERS[j % len(KIND_MARKERS)]
-            label = f"threshold kept at {float(level):.0%} on held-out folds"
+        ax.plot(curve["net_compute"], curve["agreement"], styles[i % len(styles)],
+                color=_color(i), label=name)  # fmt: skip
+        for level, point in entry["levels"].items():
+            if level not in levels:
+                levels.append(level)
             ax.plot(
                 point["net_compute"]["value"],
                 point["agreement"]["value"],
-                marker,
+                KIND_MARKERS[levels.index(level) % len(KIND_MARKERS)],
                 color=_color(i),
                 markersize=7,
                 markerfacecolor="white",
-                label=None if level in markers else label,
             )
-            markers[level] = marker
+    for j, level in enumerate(levels):  # one neutral legend entry per level, after the sets
+        ax.plot([], [], KIND_MARKERS[j % len(KIND_MARKERS)], color="black", markerfacecolor="white",
+                label=f"threshold keeping {float(level):.0%} on held-out folds")  # fmt: skip
     ax.axvline(1.0, color="#999999", linewidth=0.8)
     ax.text(1.0, ax.get_ylim()[0], " the target alone", fontsize=7, color="#666666",
             va="bottom")  # fmt: skip
@@ -233,7 +236,8 @@ def rung_figure(title: str, axis: str, sets: Sequence[tuple[str, dict, dict | No
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for i, (name, curve, floor) in enumerate(sets):
-        x = np.log10([r["scale"] for r in curve["rungs"]])
+        # each set a little to the side, so that no interval hides another's
+        x = np.log10([r["scale"] for r in curve["rungs"]]) + 0.01 * (i - (len(sets) - 1) / 2)
         for ax, key in ((left, "kl"), (right, "recovered")):
             _line_with_ci(ax, x, [r[key] for r in curve["rungs"]], _color(i), name)
             test = curve.get("back_test", {}).get(key, {})
