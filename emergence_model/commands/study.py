@@ -78,10 +78,11 @@ def make_parser() -> argparse.ArgumentParser:
     return command_parser("emergence-model study", __doc__, FLAGS)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Run the command line; returns each ladder's study."""
+def main(argv: Sequence[str] | None = None, command: str | None = None) -> list[dict]:
+    """Run the command line; returns each ladder's study. `command`: what the report's stamp
+    names as the command that made it (default: this one, with `argv`)."""
     started = time.perf_counter()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = make_parser().parse_args(argv)
     run_options = config_from_args(RunOptions, args)
     job = config_from_args(StudyJob, args)
@@ -113,8 +114,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 title=ladder["title"],
             )
         )
-    command = " ".join(["python -m emergence_model.study", *map(shlex.quote, map(str, argv))])
-    stamp = run_stamp(command.strip(), time.perf_counter() - started, ignore=job.out)
+    if command is None:
+        command = " ".join(["python -m emergence_model.study", shlex.join(argv)]).strip()
+    stamp = run_stamp(command, time.perf_counter() - started, ignore=job.out)
     for path in write_study_report(job.out, results, stamp):
         print(f"wrote {path}")
     print(f"settings: {dataclasses.asdict(config)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emergence_model.files import atomic_file
+from emergence_model.files import atomic_file, write_json_atomic
 from emergence_model.report import save_figure
 from emergence_model.study import figures
 from emergence_model.study.analysis import EMERGENCE, draft_names
@@ -29,7 +29,7 @@ def write_study_report(
     out = Path(out)
     (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     studies = [ladder["study"] for ladder in ladders]
-    apply_holm(studies)
+    claims = apply_holm(studies)
     paths = [*draw_figures(out, ladders)]
     with atomic_file(out / "study.json") as f:
         text = json.dumps(_finite_json(studies), indent=1, default=_json_default, allow_nan=False)
@@ -39,6 +39,10 @@ def write_study_report(
     with atomic_file(out / "report.md") as f:
         f.write(format_report(studies, stamp).encode())
     paths.append(out / "report.md")
+    if stamp is not None:  # beside report.md: what made it, and every claim it makes
+        record = {"title": "The emergence study", "stamp": stamp, "claims": claims}
+        write_json_atomic(out / "report.json", _finite_json(record))
+        paths.append(out / "report.json")
     return paths
 
 
