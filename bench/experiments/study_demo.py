@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import AFTER_DASHES, start_run
 from emergence_model.cli import exit_on_user_error
 from emergence_model.commands.study import main as study
-from emergence_model.study.markdown import FIGURES_DIR
+from emergence_model.study.formatting import FIGURES_DIR
 
 COPIED = ("report.md", "report.json")
 

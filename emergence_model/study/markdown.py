@@ -7,45 +7,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from emergence_model.report import format_stat, markdown_table
+from emergence_model.report import markdown_table
 from emergence_model.results import stamp_lines
 from emergence_model.study.claims import ALPHA
+from emergence_model.study.formatting import FIGURES_DIR, figure_name, stat_text, verdict
+from emergence_model.study.markdown_practical import practical_section
 
-FIGURES_DIR = "figures"
 EMERGENCE_TITLES = {
     "kl": "KL to best predictor (nats)",
     "surprisal": "surprisal of target's top (nats)",
     "miss": "top-1 miss %",
     "jump": "jump over the trend (nats)",
 }
-PERCENT_KEYS = ("miss", "top1", "agreement", "saved", "ceiling", "exact")
-
-
-def stat_text(stat: dict | None, key: str = "", signed: bool = False) -> str:
-    """A statistic as the tables show it (percent for rates)."""
-    return format_stat(stat, percent=key in PERCENT_KEYS, signed=signed)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-")
-
-
-def figure_name(study: dict, what: str, set_name: str | None = None) -> str:
-    parts = [_slug(study["title"]), what, *([_slug(set_name)] if set_name else [])]
-    return f"{FIGURES_DIR}/{'-'.join(parts)}.png"
-
-
-def verdict(claims: Sequence[dict], set_name: str, claim: str) -> str:
-    """ "holds" / "withdrawn" for a claim after Holm, "" when it was not tested."""
-    for c in claims:
-        if c["set"] == set_name and c["claim"] == claim:
-            return "holds" if c["holds"] else "withdrawn"
-    return ""
 
 
 def format_report(studies: Sequence[dict], stamp: dict | None = None) -> str:
-    from emergence_model.study.markdown_practical import practical_section
-
     lines = ["# The emergence study", ""]
     if stamp is not None:
         lines += [*stamp_lines(stamp), ""]
@@ -62,12 +38,12 @@ def format_report(studies: Sequence[dict], stamp: dict | None = None) -> str:
         "",
     ]
     for study in studies:
-        lines += format_ladder(study, practical_section)
+        lines += format_ladder(study)
     lines += claims_section(studies)
     return "\n".join(lines) + "\n"
 
 
-def format_ladder(study: dict, practical_section) -> list[str]:
+def format_ladder(study: dict) -> list[str]:
     axis = study["scale_axis"]
     best = study["best_predictor"]
     lines = [

@@ -4,7 +4,7 @@ decoding at each cost, the real decoding run, and cascades at their net compute.
 from __future__ import annotations
 
 from emergence_model.report import markdown_table
-from emergence_model.study.markdown import figure_name, stat_text
+from emergence_model.study.formatting import figure_name, stat_text
 
 MODES = ("greedy", "sampled")
 

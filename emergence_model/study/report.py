@@ -15,7 +15,8 @@ from emergence_model.report import save_figure
 from emergence_model.study import figures
 from emergence_model.study.analysis import EMERGENCE, draft_names
 from emergence_model.study.claims import apply_holm
-from emergence_model.study.markdown import FIGURES_DIR, figure_name, format_report
+from emergence_model.study.formatting import FIGURES_DIR, figure_name
+from emergence_model.study.markdown import format_report
 
 PER_PREFIX_CONTROLS = ("entropy", "floor_kl", "replica_jump", "true_jump")
 """Per-prefix controls written beside the emergence scores (`controls.control_rows`)."""
