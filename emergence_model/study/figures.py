@@ -253,19 +253,33 @@ def rung_figure(title: str, axis: str, sets: Sequence[tuple[str, dict, dict | No
             left.plot(x[-1], floor["value"], "x", color=_color(i), markersize=9,
                       label=f"{name}: floor (replica)")  # fmt: skip
     scale = "parameters" if axis == "parameters" else "training tokens"
-    left.set_ylabel("KL(p_k || q_k), nats")
-    left.set_title("KL of each rung from its prediction")
-    right.set_ylabel("share of the step from rung k-1 recovered")
-    right.set_title("1 - KL(p_k || q_k) / KL(p_k || p_k-1)")
-    for ax in (left, right):
-        ax.set_xlabel(f"log10 {scale} of rung k")
+    return _finish_pair(
+        figure,
+        [
+            ("KL(p_k || q_k), nats", "KL of each rung from its prediction"),
+            ("share of the step from rung k-1 recovered", "1 - KL(p_k || q_k) / KL(p_k || p_k-1)"),
+        ],
+        f"log10 {scale} of rung k",
+        f"{title}: emergence over scale (dashed: the line through the rungs below the target; "
+        "open: its prediction at the target)",
+    )
+
+
+def _finish_pair(figure, texts, xlabel: str, suptitle: str):
+    """Two panels' labels ((ylabel, title) each), one shared legend under them (the left
+    panel's entries) and a title over both."""
+    axes = figure.axes
+    for ax, (ylabel, title) in zip(axes, texts, strict=True):
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
         ax.grid(color="#eeeeee")
-    handles, labels = left.get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
                   frameon=False)  # fmt: skip
-    figure.suptitle(f"{title}: emergence over scale (dashed: the line through the rungs below "
-                    "the target; open: its prediction at the target)", fontsize=10)  # fmt: skip
-    figure.tight_layout(rect=(0, 0.1, 1, 0.95))
+    figure.suptitle(suptitle, fontsize=10)
+    rows = -(-len(labels) // 4)  # legend rows under the panels
+    figure.tight_layout(rect=(0, 0.05 + 0.04 * rows, 1, 0.95))
     return figure
 
 
@@ -275,24 +289,20 @@ def answers_figure(title: str, axis: str, sets: Sequence[tuple[str, dict]]):
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     for i, (name, answers) in enumerate(sets):
-        x = np.log10([m["scale"] for m in answers["models"]])
+        x = np.log10([m["scale"] for m in answers["models"]]) + 0.01 * (i - (len(sets) - 1) / 2)
         _line_with_ci(left, x, [m["exact"] for m in answers["models"]], _color(i), name,
                       percent=True)  # fmt: skip
         _line_with_ci(right, x, [m["logprob"] for m in answers["models"]], _color(i), name)
     scale = "parameters" if axis == "parameters" else "training tokens"
-    left.set_ylabel("exact match of the whole answer (%)")
-    left.set_title("discontinuous: exact match")
-    right.set_ylabel("log-probability of the answer per token")
-    right.set_title("continuous: log-probability")
-    for ax in (left, right):
-        ax.set_xlabel(f"log10 {scale}")
-        ax.grid(color="#eeeeee")
-    handles, labels = left.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
-                  frameon=False)  # fmt: skip
-    figure.suptitle(f"{title}: task sets' answers along the ladder", fontsize=10)
-    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
-    return figure
+    return _finish_pair(
+        figure,
+        [
+            ("exact match of the whole answer (%)", "discontinuous: exact match"),
+            ("log-probability of the answer per token", "continuous: log-probability"),
+        ],
+        f"log10 {scale}",
+        f"{title}: task sets' answers along the ladder",
+    )
 
 
 def entropy_figure(title: str, sets: Sequence[tuple[str, dict]]):

@@ -148,7 +148,13 @@ def study_ladder(
     for cache in ladder.caches:
         if cache.path.name in ceiling_caches:
             check_ceiling(cache, ceiling_caches[cache.path.name])
-    subsets = train_subset_networks(ladder, out, config) if config.subset_networks else []
+    # cheaper drafts: a ladder along training time has none (every checkpoint costs the target)
+    drafts_apply = ladder.reference.scale_axis == "parameters"
+    subsets = (
+        train_subset_networks(ladder, out, config)
+        if config.subset_networks and drafts_apply
+        else []
+    )
     sets = score_sets(ladder, config, subsets)
     samplers = [_attach_sampler(i, result, config) for i, result in enumerate(sets)]
     reference = sets[0]
