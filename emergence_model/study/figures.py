@@ -334,7 +334,7 @@ def sets_figure(rows: Sequence[tuple[str, dict, dict | None]]):
         for _, summary, _ in rows[::-1]:
             board = summary["leaderboard"]
             strategy = board["best_baseline"] if key == "best_baseline" else "network"
-            stat = board["strategies"][strategy]["top1"]
+            stat = summary["agreement"][strategy]  # intervals by cluster
             values.append(100 * stat["value"])
             errors[0].append(100 * (stat["value"] - stat["ci"][0]))
             errors[1].append(100 * (stat["ci"][1] - stat["value"]))
