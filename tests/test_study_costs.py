@@ -17,8 +17,9 @@ from emergence_model.study.answers import (
 )
 from emergence_model.study.costs import (
     COST_BATCHES,
-    decode_step_seconds,
+    decode_step,
     headline_cost,
+    interleaved_medians,
     measure_costs,
     models_used,
     torch_threads,
@@ -55,8 +56,10 @@ def test_a_timed_step_is_one_token_after_the_same_context(tiny_suite):
     model = load_model(tiny_suite.model_ids[0])
     with torch_threads(1):
         assert torch.get_num_threads() == 1
-        one = decode_step_seconds(model, tiny_suite.vocab_size, batch=1, repeats=3)
-    assert 0 < one < 1
+        step = decode_step(model, tiny_suite.vocab_size, batch=2, new_tokens=3)
+        calls = []
+        seconds = interleaved_medians({"step": step, "count": lambda: calls.append(1)}, 2, 3)
+    assert 0 < seconds["step"] < 1 and len(calls) == 1 + 2 * 3  # warm-up, then 2 rounds of 3
 
 
 def test_the_headline_cost_is_given_then_measured_then_parameters():

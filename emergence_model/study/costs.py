@@ -4,8 +4,9 @@ draft's combination of them, timed on the CPU.
 A draft's cost c is one draft step over one target step. Parameters are a proxy for it that is
 poor at small sizes (the vocabulary projection, attention over the context and per-call overhead
 do not shrink with the parameters), so the study times it: for each model, one decode step (one
-new token, `past_key_values`, `use_cache=True`) after a context of CONTEXT_TOKENS tokens, at batch
-1 and at a batch of 16, the median of repeats, with a fixed number of CPU threads; for each draft,
+new token, its KV cache, `use_cache=True`) after a context of CONTEXT_TOKENS tokens, at batch 1
+and at a batch of 16, the median of repeats timed in rounds that visit every model and draft in
+turn (`interleaved_medians`), with a fixed number of CPU threads; for each draft,
 its combination of the small models' distributions (the network's forward pass on its real input,
 (batch, models, vocabulary)). A draft over several models costs the sum of their steps plus its
 combination. The target's cost of one more token in a pass (what a token the cascade answered
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 
@@ -46,46 +47,57 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The median wall time of `run()` over `repeats` calls, after one call to warm up."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(
+    runs: dict[Hashable, Callable[[], object]], rounds: int = 10, per_round: int = 3
+) -> dict[Hashable, float]:
+    """The median wall time of each of `runs`, timed in `rounds` that call every run in turn
+    (`per_round` calls each), after a call of each to warm up: on a machine whose load changes,
+    a change falls on every run alike, so that their ratios hold."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[Hashable, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 @torch.inference_mode()
-def decode_step_seconds(
-    model: torch.nn.Module, vocab_size: int, batch: int, new_tokens: int = 1, repeats: int = 20
-) -> float:
-    """Median seconds of one forward pass over `new_tokens` new tokens per sequence with a KV
-    cache of CONTEXT_TOKENS tokens, `batch` sequences (token ids drawn from a fixed seed)."""
+def decode_step(
+    model: torch.nn.Module, vocab_size: int, batch: int, new_tokens: int = 1
+) -> Callable[[], None]:
+    """One forward pass over `new_tokens` new tokens per sequence with a KV cache of
+    CONTEXT_TOKENS tokens, `batch` sequences (token ids drawn from a fixed seed), to be timed."""
     generator = torch.Generator().manual_seed(0)
     context = torch.randint(0, vocab_size, (batch, CONTEXT_TOKENS), generator=generator)
     new = torch.randint(0, vocab_size, (batch, new_tokens), generator=generator)
     _, past = cached_forward(model, context, None)
 
+    @torch.inference_mode()
     def step() -> None:
         cached_forward(model, new, past)
         crop_cache(past, CONTEXT_TOKENS)  # the next step sees the same context
 
-    return median_seconds(step, repeats)
+    return step
 
 
-@torch.inference_mode()
-def combine_seconds(
-    strategy: Strategy, num_models: int, vocab_size: int, scales, target_scale, batch: int,
-    repeats: int = 20,
-) -> float:  # fmt: skip
-    """Median seconds of a draft's combination of `num_models` distributions (its real input,
-    (batch, num_models, vocab_size) log-probabilities)."""
+def combine_step(
+    strategy: Strategy, num_models: int, vocab_size: int, scales, target_scale, batch: int
+) -> Callable[[], None]:
+    """A draft's combination of `num_models` distributions on its real input, (batch,
+    num_models, vocab_size) log-probabilities, to be timed."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(batch, num_models, vocab_size, generator=generator) * 3
     x = torch.log_softmax(logits, dim=-1)
-    return median_seconds(lambda: strategy.score_tensor(x, scales, target_scale), repeats)
+
+    @torch.inference_mode()
+    def step() -> None:
+        strategy.score_tensor(x, scales, target_scale)
+
+    return step
 
 
 def models_used(strategy: Strategy, num_small: int) -> list[int]:
@@ -108,38 +120,47 @@ def measure_costs(
     "drafts": {draft: {"combine": {batch: s}, "cost": {batch: c}, "models": [indices]}}}."""
     vocab = cache.vocab_size
     small_scales, target_scale = cache.scales[:-1], cache.scales[-1]
-    steps: dict[str, dict[str, float]] = {}
-    catch_up = None
+    names, target_name = cache.model_names, cache.model_names[-1]
     with torch_threads(threads):
-        for m, name in enumerate(cache.model_names):
+        models = {}
+        for name in names:
             model_id, revision = parse_model_spec(name)
-            model = load_model(model_id, revision=revision)
-            steps[name] = {str(b): decode_step_seconds(model, vocab, b) for b in COST_BATCHES}
-            if m == cache.num_models - 1:
-                more = decode_step_seconds(model, vocab, 1, new_tokens=CATCH_UP_TOKENS)
-                one = steps[name]["1"]
-                catch_up = max(0.0, (more - one) / (CATCH_UP_TOKENS - 1)) / one
-            log(f"timed {name}: {', '.join(f'{1e3 * s:.2f} ms' for s in steps[name].values())}")
-            del model
-        out_drafts = {}
-        target = steps[cache.model_names[-1]]
+            models[name] = load_model(model_id, revision=revision)
+        runs: dict = {}
+        for name, model in models.items():
+            for b in COST_BATCHES:
+                runs[("model", name, str(b))] = decode_step(model, vocab, b)
+        runs[("catch_up",)] = decode_step(models[target_name], vocab, 1, CATCH_UP_TOKENS)
+        used_by = {}
         for draft, strategy in drafts.items():
-            used = models_used(strategy, cache.num_models - 1)
+            used_by[draft] = models_used(strategy, cache.num_models - 1)
             # what the combination reads: a subset's inner strategy its own models, any other
             # strategy every small model
             combined, inputs = (strategy, range(cache.num_models - 1))
             if isinstance(strategy, ModelSubset):
-                combined, inputs = strategy.inner, used
+                combined, inputs = strategy.inner, used_by[draft]
             scales = [small_scales[i] for i in inputs]
-            combine = {
-                str(b): combine_seconds(combined, len(scales), vocab, scales, target_scale, b)
-                for b in COST_BATCHES
-            }
-            cost = {
-                b: (sum(steps[cache.model_names[i]][b] for i in used) + combine[b]) / target[b]
-                for b in combine
-            }
-            out_drafts[draft] = {"combine": combine, "cost": cost, "models": used}
+            for b in COST_BATCHES:
+                runs[("combine", draft, str(b))] = combine_step(
+                    combined, len(scales), vocab, scales, target_scale, b
+                )
+        seconds = interleaved_medians(runs)
+        del models
+    steps = {
+        name: {str(b): seconds[("model", name, str(b))] for b in COST_BATCHES} for name in names
+    }
+    for name, by_batch in steps.items():
+        log(f"timed {name}: {', '.join(f'{1e3 * s:.2f} ms' for s in by_batch.values())}")
+    target = steps[target_name]
+    more_tokens = seconds[("catch_up",)]
+    catch_up = max(0.0, (more_tokens - target["1"]) / (CATCH_UP_TOKENS - 1)) / target["1"]
+    out_drafts = {}
+    for draft, used in used_by.items():
+        combine = {str(b): seconds[("combine", draft, str(b))] for b in COST_BATCHES}
+        cost = {
+            b: (sum(steps[names[i]][b] for i in used) + combine[b]) / target[b] for b in combine
+        }
+        out_drafts[draft] = {"combine": combine, "cost": cost, "models": used}
     return {
         "threads": threads,
         "context_tokens": CONTEXT_TOKENS,
