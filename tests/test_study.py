@@ -84,6 +84,39 @@ def test_the_study_writes_its_report_and_every_prefix(ladder, tmp_path):
             best = entry[mode]
             # g = 0 means "do not speculate" (speed-up 1); otherwise it must be a real gain
             assert (best["draft_length"] == 0) == (best["speedup"]["value"] == 1.0)
+            # the headline is at the measured cost, reported beside the parameter ratio
+            assert entry["cost_kind"] == "measured, batch 1"
+            assert set(best["by_cost"]) == {"measured, batch 1", "measured, batch 16", "parameters"}
+    # a draft over several models costs their steps and its combination: more than one of them
+    costs = study["costs"]
+    assert (
+        costs["threads"] == 1
+        and drafts["network"]["costs"]["measured, batch 1"]
+        == (costs["drafts"]["network"]["cost"]["1"])
+    )
+    assert drafts["network"]["cost"] > drafts["model:tiny-neox-0"]["cost"]
+    # the real decoder: tokens per second of the target alone and of each draft, in one run,
+    # and the offline estimate on the positions decoded
+    generation = study["generation"]
+    assert generation["target"]["greedy"]["tokens_per_second"]["value"] > 0
+    for modes in generation["drafts"].values():
+        for m in modes.values():
+            assert 0 <= m["offline_acceptance"] <= 1 and m["speedup"]["value"] > 0
+    assert set(generation["cascade"]["levels"]) == {"0.95", "0.99"}
+    # the curve over scale: the tiny suite's third small model and its target, predicted from
+    # the rungs below them
+    curve = study["sets"][0]["rung_curve"]
+    assert [r["model"] for r in curve["rungs"]] == ["tiny-neox-2", "tiny-neox-3"]
+    assert all(r["below"] == [f"tiny-neox-{i}" for i in range(r["position"])]
+               for r in curve["rungs"])  # fmt: skip
+    # the cascade's net compute: its predictor's cost on every prefix and the target's share
+    point = study["sets"][0]["cascade"]["network"]["levels"]["0.95"]
+    cascade = study["sets"][0]["cascade"]["network"]
+    expected = cascade["cost"] + 1 - point["saved"]["value"] * (1 - cascade["catch_up"])
+    assert point["net_compute"]["value"] == pytest.approx(expected)
+    record = json.loads((out / "report.json").read_text())
+    assert record["stamp"]["command"].startswith("python -m emergence_model.study --checkpoint")
+    assert record["claims"] == [c for s in [study] for c in s["claims"]]
 
 
 def test_scores_on_a_transfer_set_are_those_of_the_chosen_predictor(ladder, tmp_path):
