@@ -2,7 +2,8 @@
 
 A claim is a difference the report would call clear of zero: a set against the reference set, KL
 at matched entropy, the jump net of its control, hard copies against hard non-copies, the target
-against the line its rungs draw, a task set's target above its small models' trend. Each has a
+against the line its rungs draw, a task set's target above its small models' trend (which is also
+the jump at the right token, for a one-token answer: counted once). Each has a
 p-value from its bootstrap standard error; Holm's step-down correction is applied over every claim
 of the report at once (one family), and a claim holds only if its corrected p is below ALPHA. The
 report lists them all, held or withdrawn.
@@ -31,8 +32,6 @@ def _claims_of_set(summary: dict) -> Iterator[tuple[str, dict]]:
     controls = summary.get("jump_controls", {})
     if "net_of_replica" in controls:
         yield "jump net of the replica's (its control)", controls["net_of_replica"]
-    if "at_true_token" in controls:
-        yield "jump at the right token", controls["at_true_token"]
     split = summary.get("copies", {}).get("split", {}).get("matched")
     if split:
         for metric, stat in split["difference"].items():

@@ -102,11 +102,18 @@ def combine_step(
 
 def models_used(strategy: Strategy, num_small: int) -> list[int]:
     """The small models (indices) a draft runs at every step."""
+    return draft_inputs(strategy, num_small)[0]
+
+
+def draft_inputs(strategy: Strategy, num_small: int) -> tuple[list[int], Strategy]:
+    """The small models (indices) a draft runs at every step, and the strategy that combines
+    their distributions alone: one model's own, a subset network's inner network, or any other
+    strategy over every small model."""
     if isinstance(strategy, OneModel):
-        return [strategy.index]
+        return [strategy.index], OneModel(0)
     if isinstance(strategy, ModelSubset):
-        return list(strategy.indices)
-    return list(range(num_small))
+        return list(strategy.indices), strategy.inner
+    return list(range(num_small)), strategy
 
 
 def measure_costs(
@@ -133,13 +140,8 @@ def measure_costs(
         runs[("catch_up",)] = decode_step(models[target_name], vocab, 1, CATCH_UP_TOKENS)
         used_by = {}
         for draft, strategy in drafts.items():
-            used_by[draft] = models_used(strategy, cache.num_models - 1)
-            # what the combination reads: a subset's inner strategy its own models, any other
-            # strategy every small model
-            combined, inputs = (strategy, range(cache.num_models - 1))
-            if isinstance(strategy, ModelSubset):
-                combined, inputs = strategy.inner, used_by[draft]
-            scales = [small_scales[i] for i in inputs]
+            used_by[draft], combined = draft_inputs(strategy, cache.num_models - 1)
+            scales = [small_scales[i] for i in used_by[draft]]
             for b in COST_BATCHES:
                 runs[("combine", draft, str(b))] = combine_step(
                     combined, len(scales), vocab, scales, target_scale, b

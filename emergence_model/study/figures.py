@@ -102,6 +102,12 @@ def _draft_kind(draft: str) -> str:
 KIND_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
+def concentric(i: int) -> tuple[float, float]:
+    """Marker size and z-order of the i-th series: each smaller than the one before and drawn
+    over it, so that series whose points coincide show as concentric markers."""
+    return max(3.0, 11.0 - 2.0 * i), 2.0 + i
+
+
 def _legend_below(ax, columns: int = 2) -> None:
     """The legend under the axes, where no point can hide an entry."""
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=columns,
@@ -121,6 +127,9 @@ def speedup_figure(name: str, speculative: dict):
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (kind, entries) in enumerate(kinds.items()):
         entries = sorted(entries, key=lambda e: e["cost"])
+        # earlier kinds drawn larger and below: points that coincide (drafts that do not pay, at
+        # speed-up 1) show as concentric markers, none hidden
+        size, order = concentric(i)
         for mode, style, fill in (("greedy", "-", None), ("sampled", "--", "none")):
             values = [e[mode]["speedup"] for e in entries]
             ax.errorbar(
@@ -134,7 +143,8 @@ def speedup_figure(name: str, speculative: dict):
                 color=colors[i % len(colors)],
                 markerfacecolor=fill,
                 capsize=2,
-                markersize=6,
+                markersize=size,
+                zorder=order,
                 label=f"{kind}, {mode}",
             )
     ax.axhline(1.0, color="#999999", linewidth=0.8)
@@ -163,6 +173,7 @@ def cascade_figure(sets: Sequence[tuple[str, dict]]):
         curve = entry["curve"]
         ax.plot(curve["net_compute"], curve["agreement"], styles[i % len(styles)],
                 color=_color(i), label=name)  # fmt: skip
+        size, order = concentric(i)
         for level, point in entry["levels"].items():
             if level not in levels:
                 levels.append(level)
@@ -171,8 +182,10 @@ def cascade_figure(sets: Sequence[tuple[str, dict]]):
                 point["agreement"]["value"],
                 KIND_MARKERS[levels.index(level) % len(KIND_MARKERS)],
                 color=_color(i),
-                markersize=7,
-                markerfacecolor="white",
+                markersize=size,
+                markeredgewidth=1.5,
+                markerfacecolor="none",
+                zorder=order + 10,
             )
     for j, level in enumerate(levels):  # one neutral legend entry per level, after the sets
         ax.plot([], [], KIND_MARKERS[j % len(KIND_MARKERS)], color="black", markerfacecolor="white",
@@ -220,12 +233,13 @@ def copy_figure(curves: Sequence[tuple[str, str, list[dict]]]):
     return figure
 
 
-def _line_with_ci(ax, x, stats, color, label, style="o-", percent=False):
+def _line_with_ci(ax, x, stats, color, label, style="o-", percent=False, face=None):
     scale = 100 if percent else 1
     y = np.array([s["value"] for s in stats]) * scale
     lo = np.array([s["ci"][0] for s in stats]) * scale
     hi = np.array([s["ci"][1] for s in stats]) * scale
-    ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=style, capsize=3, color=color, label=label)
+    ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=style, capsize=3, color=color, label=label,
+                markerfacecolor=face)  # fmt: skip
 
 
 def rung_figure(title: str, axis: str, sets: Sequence[tuple[str, dict, dict | None]]):
@@ -246,12 +260,16 @@ def rung_figure(title: str, axis: str, sets: Sequence[tuple[str, dict, dict | No
                 values = [r[key]["value"] for r in curve["rungs"][:-1]]
                 slope, intercept = np.polyfit(x[:-1], values, 1)
                 ax.plot(xs, slope * xs + intercept, "--", color=_color(i), linewidth=1)
-                _line_with_ci(ax, [x[-1] + 0.01], [test["predicted"]], _color(i), None,
-                              style="o")  # fmt: skip
-                ax.lines[-1].set_markerfacecolor("white")
+                _line_with_ci(ax, [x[-1] + 0.03], [test["predicted"]], _color(i), None,
+                              style="o", face="white")  # fmt: skip
         if floor is not None:
-            left.plot(x[-1], floor["value"], "x", color=_color(i), markersize=9,
-                      label=f"{name}: floor (replica)")  # fmt: skip
+            left.plot(x[-1], floor["value"], "x", color=_color(i), markersize=9)
+    for marker, face, label in (
+        ("x", None, "noise floor KL(p_T || p_T') (replica)"),
+        ("o", "white", "the rungs' line at the target"),
+    ):  # neutral legend entries, after the sets
+        left.plot([], [], marker, color="black", markerfacecolor=face, linestyle="none",
+                  label=label)  # fmt: skip
     scale = "parameters" if axis == "parameters" else "training tokens"
     return _finish_pair(
         figure,
@@ -265,6 +283,11 @@ def rung_figure(title: str, axis: str, sets: Sequence[tuple[str, dict, dict | No
     )
 
 
+def _is_proxy(handle) -> bool:
+    """Whether a legend handle is a marker drawn with no data (a legend entry only)."""
+    return hasattr(handle, "get_xdata") and len(handle.get_xdata()) == 0
+
+
 def _finish_pair(figure, texts, xlabel: str, suptitle: str):
     """Two panels' labels ((ylabel, title) each), one shared legend under them (the left
     panel's entries) and a title over both."""
@@ -275,6 +298,9 @@ def _finish_pair(figure, texts, xlabel: str, suptitle: str):
         ax.set_xlabel(xlabel)
         ax.grid(color="#eeeeee")
     handles, labels = axes[0].get_legend_handles_labels()
+    # the series first, then the neutral entries (markers drawn with no data) that explain them
+    order = sorted(range(len(handles)), key=lambda j: _is_proxy(handles[j]))
+    handles, labels = [handles[j] for j in order], [labels[j] for j in order]
     figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
                   frameon=False)  # fmt: skip
     figure.suptitle(suptitle, fontsize=10)

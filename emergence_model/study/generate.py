@@ -31,7 +31,7 @@ from emergence_model.speculative import (
 )
 from emergence_model.stats import ClusterBootstrap, estimate
 from emergence_model.strategies import Strategy
-from emergence_model.study.costs import torch_threads
+from emergence_model.study.costs import draft_inputs, torch_threads
 from emergence_model.suites import parse_model_spec
 
 MODES = ("greedy", "sampled")
@@ -99,11 +99,7 @@ def run_generation(
             if mode == "greedy":
                 greedy_text = [new for new, _, _ in runs]
         for name, (strategy, lengths) in drafts.items():
-
-            def combine(x: torch.Tensor, strategy=strategy) -> torch.Tensor:
-                return torch.from_numpy(strategy.scores(x, scales, target_scale))
-
-            draft = StrategyDraft(small, combine)
+            draft = strategy_draft(strategy, small, scales, target_scale)
             out["drafts"][name] = {}
             for mode in MODES:
                 length = max(1, lengths[mode])
@@ -116,6 +112,7 @@ def run_generation(
                 a = float(np.concatenate(accepted).mean())
                 entry.update(
                     draft_length=length,
+                    offline_draft_length=lengths[mode],
                     offline_acceptance=a,
                     offline_passes_per_token=1.0
                     / expected_tokens_per_pass(min(a, 1 - 1e-12), length),
@@ -124,10 +121,7 @@ def run_generation(
                 out["drafts"][name][mode] = entry
         if cascade is not None:
             name, thresholds = cascade
-            strategy = drafts[name][0]
-            draft = StrategyDraft(
-                small, lambda x: torch.from_numpy(strategy.scores(x, scales, target_scale))
-            )
+            draft = strategy_draft(drafts[name][0], small, scales, target_scale)
             out["cascade"] = _cascade_along(
                 target, draft, token_ids, greedy_text, thresholds, sampler
             )
@@ -138,6 +132,20 @@ def run_generation(
     ]:
         entry.pop("_sums")  # per-prompt sums, only for the speed-ups
     return out
+
+
+def strategy_draft(
+    strategy: Strategy, small: list[HFCausalLM], scales, target_scale
+) -> StrategyDraft:
+    """A draft that runs only the small models `strategy` reads (one model alone runs one) and
+    combines their distributions as it does."""
+    used, combined = draft_inputs(strategy, len(small))
+    used_scales = [scales[i] for i in used]
+
+    def combine(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(combined.scores(x, used_scales, target_scale))
+
+    return StrategyDraft([small[i] for i in used], combine)
 
 
 def _acceptance_along(target, draft, prompt: list[int], new: list[int], mode: str) -> np.ndarray:

@@ -200,11 +200,10 @@ def _jump_verdicts(study: dict) -> list[str]:
             )
         else:
             parts.append("no replica to control it: the jump is not read as emergence")
-        if "at_true_token" in controls:
-            held = verdict(claims, s["name"], "jump at the right token")
+        if "at_true_token" in controls:  # its claim is Schaeffer's log-probability test
             parts.append(
-                f"at the right token ({controls['true_token_prompts']} prompts) "
-                f"{stat_text(controls['at_true_token'], signed=True)} nats ({held})"
+                f"at the right token ({controls['true_token_prompts']} prompts, no selection) "
+                f"{stat_text(controls['at_true_token'], signed=True)} nats"
             )
         lines.append(f"- `{s['name']}`: jump {stat_text(s['emergence']['jump'], signed=True)}; "
                      + "; ".join(parts))  # fmt: skip

@@ -36,10 +36,15 @@ def _costs(costs: dict | None) -> list[str]:
             "",
         ]
     batches = costs["batches"]
-    head = ["model", *[f"decode step, batch {b} (ms)" for b in batches]]
+    head = ["model, or a draft's combination", *[f"batch {b} (ms)" for b in batches]]
     table = [
         [name.rstrip("/").split("/")[-1], *[f"{1e3 * steps[str(b)]:.3f}" for b in batches]]
         for name, steps in costs["models"].items()
+    ]
+    table += [
+        [f"{draft}: combination", *[f"{1e3 * d['combine'][str(b)]:.3f}" for b in batches]]
+        for draft, d in costs["drafts"].items()
+        if draft in ("network", "mean-prob")
     ]
     return [
         f"Measured costs: one decode step with a KV cache after {costs['context_tokens']} tokens "
@@ -60,20 +65,22 @@ def _speculative(study: dict, reference: dict) -> list[str]:
         f"Speculative decoding (Leviathan et al. 2023) on `{reference['name']}`: acceptance a "
         "per position (greedy: top-1 agreement; sampled: sum_x min(p, q)), a draft step's cost c "
         "over a target step, the best draft length g and the expected speed-up "
-        "(1 - a^(g+1)) / ((1 - a)(g c + 1)), at each cost: measured (batch 1, batch 16) and the "
-        "parameter ratio. The first column of speed-ups is the headline.",
+        "(1 - a^(g+1)) / ((1 - a)(g c + 1)) at the measured cost (the headline) and at the "
+        "parameter ratio; g 0 means speculating does not pay (speed-up 1).",
         "",
     ]
     kinds = list(next(iter(reference["speculative"].values()))["costs"])
+    # speed-ups at the headline cost and at the parameter ratio (the others are in study.json)
+    shown = list(dict.fromkeys([kinds[0], "parameters"]))
     head = ["draft", *[f"c ({k})" for k in kinds]]
     for mode in MODES:
-        head += [f"{mode} a %", *[f"{mode} g, speed-up ({k})" for k in kinds]]
+        head += [f"{mode} a %", *[f"{mode} g: speed-up ({k})" for k in shown]]
     table = []
     for name, e in reference["speculative"].items():
         row = [name, *[f"{e['costs'][k]:.3f}" for k in kinds]]
         for mode in MODES:
             row.append(stat_text(e[mode]["acceptance"], "top1"))
-            for k in kinds:
+            for k in shown:
                 point = e[mode]["by_cost"][k]
                 row.append(f"{point['draft_length']}: {stat_text(point['speedup'])}")
         table.append(row)
@@ -130,7 +137,7 @@ def _generation(generation: dict) -> list[str]:
                 [
                     name,
                     mode,
-                    str(m["draft_length"]),
+                    _draft_length(m),
                     stat_text(m.get("verified_acceptance"), "top1"),
                     f"{100 * m['offline_acceptance']:.1f}",
                     stat_text(m["passes_per_token"]),
@@ -161,6 +168,15 @@ def _generation(generation: dict) -> list[str]:
         ]
         lines += [*markdown_table(head, table), ""]
     return lines
+
+
+def _draft_length(m: dict) -> str:
+    """The draft length run, and the offline best where that differs (0: do not speculate, run
+    at 1 to show what speculating costs)."""
+    offline = m.get("offline_draft_length", m["draft_length"])
+    return str(m["draft_length"]) + (
+        f" (best offline: {offline})" if offline != m["draft_length"] else ""
+    )
 
 
 def _cascade(study: dict) -> list[str]:
