@@ -57,7 +57,9 @@ WIKIPEDIA_SHUFFLE_BUFFER = 10_000
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".tsv", ".json")
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Source metadata with one entry per prefix: cut with the prefixes (--num-prefixes, --shard).
-PER_PREFIX_FIELDS = ("expected", "labels", "rows", "steps")
+# "documents" names the document each prefix was cut from, where several share one (the study
+# resamples a document's prefixes together).
+PER_PREFIX_FIELDS = ("expected", "labels", "rows", "steps", "documents")
 
 Loader = Callable[["PrefixConfig", "Path | None"], tuple[list[str], dict]]
 PREFIX_SOURCES: Registry[Loader] = Registry("prefix source")

@@ -28,10 +28,18 @@ def wikipedia_prefixes(
     Articles shorter than their k are skipped. Whitespace (newlines included) becomes one space,
     since the prefix is a run of words, not a layout.
     """
+    return wikipedia_prefix_sources(articles, num_prefixes, seed)[0]
+
+
+def wikipedia_prefix_sources(
+    articles: Iterable[dict | str], num_prefixes: int, seed: int = 0
+) -> tuple[list[str], list[int]]:
+    """`wikipedia_prefixes`, and the index of the article each prefix was cut from (prefixes of
+    one document are not independent: the study resamples them together)."""
     rng = random.Random(seed)
     low, high = WIKIPEDIA_WORDS
-    prefixes = []
-    for article in articles:
+    prefixes, sources = [], []
+    for index, article in enumerate(articles):
         if len(prefixes) >= num_prefixes:
             break
         text = article["text"] if isinstance(article, dict) else article
@@ -39,7 +47,8 @@ def wikipedia_prefixes(
         words = text.split()
         if len(words) >= num_words:
             prefixes.append(" ".join(words[:num_words]))
-    return prefixes
+            sources.append(index)
+    return prefixes, sources
 
 
 def rte_prefixes(rows: Iterable[dict]) -> list[str]:
@@ -91,9 +100,21 @@ def induction_prefixes(
     shorter than `words[0]` words, and passages whose first words are ambiguous
     (`induction_prompt`), are skipped. Whitespace becomes one space. Draws come from `seed`.
     """
+    prefixes, expected, _ = induction_prompt_sources(texts, num_prefixes, seed, words, repeat)
+    return prefixes, expected
+
+
+def induction_prompt_sources(
+    texts: Iterable[dict | str],
+    num_prefixes: int | None = None,
+    seed: int = 0,
+    words: tuple[int, int] = INDUCTION_WORDS,
+    repeat: tuple[int, int] = INDUCTION_REPEAT,
+) -> tuple[list[str], list[str], list[int]]:
+    """`induction_prefixes`, and the index of the text each prompt was cut from."""
     rng = random.Random(seed)
-    prefixes, expected = [], []
-    for text in texts:
+    prefixes, expected, sources = [], [], []
+    for index, text in enumerate(texts):
         if num_prefixes is not None and len(prefixes) >= num_prefixes:
             break
         all_words = (text["text"] if isinstance(text, dict) else text).split()
@@ -105,7 +126,8 @@ def induction_prefixes(
         if prompt is not None:
             prefixes.append(prompt[0])
             expected.append(prompt[1])
-    return prefixes, expected
+            sources.append(index)
+    return prefixes, expected, sources
 
 
 def rte_fewshot_prefixes(

@@ -25,6 +25,7 @@ report = measure_speculative(target, draft, prompts, 64, 4, greedy=True, seed=0)
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -357,11 +358,15 @@ class HFCausalLM:
     """A transformers causal LM as a target or a draft: float32 log-probs over the first
     `vocab_size` logit rows (Pythia-12b has 50688 rows for 50277 tokens; the rest are padding).
 
-    Every call runs the whole context (no KV cache): the contexts here are short, and a pass that
-    recomputes them is still one target pass.
+    It keeps a KV cache of the last sequence it scored: a call whose tokens begin with those runs
+    only the positions after them (and at least the last k), as a decoder does; a call that
+    departs from them (a rejected draft) crops the cache back to where they agree.
+    `use_cache=False` runs the whole sequence every call.
     """
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, vocab_size: int | None = None, *, use_cache: bool = True
+    ) -> None:
         self.model = model.eval()
         rows = model.get_output_embeddings().weight.shape[0]
         self.vocab_size = rows if vocab_size is None else int(vocab_size)
@@ -372,20 +377,59 @@ class HFCausalLM:
             )
         self.device = next(model.parameters()).device
         self.param_count = count_parameters(model)
+        self.use_cache = use_cache
+        self._past = None  # the KV cache of self._cached
+        self._cached: list[int] = []
 
     @torch.inference_mode()
     def last_logprobs(self, tokens: Sequence[int], k: int) -> torch.Tensor:
         """(k, V) next-token log-probs at the last k positions of `tokens`, on the CPU."""
+        tokens = list(tokens)
         if not 1 <= k <= len(tokens):
             raise ValueError(f"can score the last 1 to {len(tokens)} positions, asked for {k}")
-        input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        start = 0
+        if self.use_cache and self._past is not None:
+            start = min(_common_prefix(self._cached, tokens), len(tokens) - k)
+        if start:
+            crop_cache(self._past, start)
+        past = self._past if start else None
+        input_ids = torch.tensor([tokens[start:]], dtype=torch.long, device=self.device)
         # logits_to_keep (transformers 5.x) projects only the last k hidden states to the vocab.
-        logits = self.model(input_ids=input_ids, logits_to_keep=k).logits  # (1, k, rows)
-        return torch.log_softmax(logits[0, :, : self.vocab_size].float(), dim=-1).cpu()
+        out, cache = cached_forward(self.model, input_ids, past, self.use_cache, logits_to_keep=k)
+        if self.use_cache:
+            self._past, self._cached = cache, tokens
+        return torch.log_softmax(out.logits[0, :, : self.vocab_size].float(), dim=-1).cpu()
 
     def next_token_logprobs(self, tokens: Sequence[int]) -> torch.Tensor:
         """(V,) next-token log-probs after `tokens`."""
         return self.last_logprobs(tokens, 1)[0]
+
+
+def cached_forward(model: torch.nn.Module, input_ids: torch.Tensor, cache, use_cache: bool = True,
+                   **kwargs):  # fmt: skip
+    """model(input_ids) after the KV cache `cache` (None: none yet) -> (its output, the cache
+    after it). transformers 5.x names the cache `cache` in and out, 4.x `past_key_values`."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=input_ids, use_cache=use_cache, **{name: cache}, **kwargs)
+    return out, getattr(out, name, None)
+
+
+def crop_cache(past, length: int) -> None:
+    """Cut a transformers KV cache back to its first `length` positions (a negative count to
+    remove: what transformers 4.x and 5.x both read the same way)."""
+    remove = past.get_seq_length() - length
+    if remove > 0:
+        past.crop(-remove)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class StrategyDraft:
@@ -413,13 +457,19 @@ class StrategyDraft:
 
     def next_token_logprobs(self, tokens: Sequence[int]) -> torch.Tensor:
         """(V,) combined next-token log-probs after `tokens`."""
-        x = torch.stack([m.next_token_logprobs(tokens) for m in self.small_models])[None]
-        scores = torch.as_tensor(self.combine(x)).float()  # (1, M, V) -> (1, V)
-        if scores.shape != (1, x.shape[-1]):
+        return self.last_logprobs(tokens, 1)[0]
+
+    def last_logprobs(self, tokens: Sequence[int], k: int) -> torch.Tensor:
+        """(k, V) combined next-token log-probs at the last k positions of `tokens` (as the
+        draft would have proposed them there: teacher-forced, for the offline estimate on the
+        positions a decoding went through)."""
+        x = torch.stack([m.last_logprobs(tokens, k) for m in self.small_models], dim=1)  # (k, M, V)
+        scores = torch.as_tensor(self.combine(x)).float()  # (k, M, V) -> (k, V)
+        if scores.shape != (k, x.shape[-1]):
             raise ValueError(
                 f"combine must map (1, M, V) log-probs to (1, V), gave {tuple(scores.shape)}"
             )
-        return torch.log_softmax(scores[0], dim=-1)
+        return torch.log_softmax(scores, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,3 +119,19 @@ def test_fewshot_rte_prompts_are_labelled_by_where_the_hypothesis_came_from(corp
 def test_a_fewshot_set_that_no_window_holds_is_refused_in_one_line(corpus_dir):
     with pytest.raises(ValueError, match="no demo-rte-fewshot prompt with 6 solved pair"):
         demo_prefix_set("rte-fewshot", corpus_dir, shots=6)
+
+
+def test_every_set_names_the_document_each_prefix_was_cut_from(corpus_dir):
+    corpus = Corpus.load(corpus_dir / CORPUS_FILE)
+    documents = [" ".join(d.split()) for d in corpus.train + corpus.valid]
+    for kind, shots in (("wiki", None), ("rte", None), ("rte-fewshot", 1), ("induction", None)):
+        prefixes, meta = demo_prefix_set(kind, corpus_dir, shots=shots)
+        assert len(meta["documents"]) == len(prefixes), kind
+        if kind != "induction":  # one passage a document; the others cut several from each
+            # prefixes that share a document: what the study's cluster bootstrap resamples
+            assert len(set(meta["documents"])) < len(prefixes), kind
+        for prefix, d in list(zip(prefixes, meta["documents"], strict=True))[:50]:
+            words = prefix.split("\n")[-3 if kind.startswith("rte") else 0].split()
+            if kind.startswith("rte"):  # the query's premise, its first words
+                words = words[:4]
+            assert " ".join(words[:4]) in documents[d], (kind, prefix)

@@ -231,6 +231,25 @@ def test_greedy_is_the_targets_greedy_gpt_neox(neox_models):
             assert 0 < accepted < drafted
 
 
+def test_the_kv_cache_gives_what_the_whole_sequence_gives(neox_models):
+    target, small, other = neox_models
+    whole = HFCausalLM(target.model, vocab_size=target.vocab_size, use_cache=False)
+    cached = HFCausalLM(target.model, vocab_size=target.vocab_size)
+    # extend, verify a draft, reject part of it (the cache is cropped back), start another text
+    calls = [([1, 2, 3, 4], 1), ([1, 2, 3, 4, 5, 6], 3), ([1, 2, 3, 9], 2), ([1, 2, 3, 9, 10], 1),
+             ([1, 2, 3, 9, 10], 5), ([7, 8], 2)]  # fmt: skip
+    for tokens, k in calls:
+        torch.testing.assert_close(
+            cached.last_logprobs(tokens, k), whole.last_logprobs(tokens, k), atol=1e-5, rtol=1e-5
+        )
+    # a draft teacher-forced along a text gives, at each position, what it drafts there
+    draft = StrategyDraft([small, other], lambda x: torch.from_numpy(MeanProbability().scores(x)))
+    rows = draft.last_logprobs([1, 2, 3, 4, 5], 3)
+    for i in range(3):
+        expected = draft.next_token_logprobs([1, 2, 3, 4, 5][: 3 + i])
+        torch.testing.assert_close(rows[i], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_strategy_draft_checks_what_combine_gives(neox_models):
     _, small, other = neox_models
     draft = StrategyDraft([small, other], lambda x: x[0])  # (M, V), not (1, V)

@@ -84,6 +84,39 @@ def test_the_study_writes_its_report_and_every_prefix(ladder, tmp_path):
             best = entry[mode]
             # g = 0 means "do not speculate" (speed-up 1); otherwise it must be a real gain
             assert (best["draft_length"] == 0) == (best["speedup"]["value"] == 1.0)
+            # the headline is at the measured cost, reported beside the parameter ratio
+            assert entry["cost_kind"] == "measured, batch 1"
+            assert set(best["by_cost"]) == {"measured, batch 1", "measured, batch 16", "parameters"}
+    # a draft over several models costs their steps and its combination: more than one of them
+    costs = study["costs"]
+    assert (
+        costs["threads"] == 1
+        and drafts["network"]["costs"]["measured, batch 1"]
+        == (costs["drafts"]["network"]["cost"]["1"])
+    )
+    assert drafts["network"]["cost"] > drafts["model:tiny-neox-0"]["cost"]
+    # the real decoder: tokens per second of the target alone and of each draft, in one run,
+    # and the offline estimate on the positions decoded
+    generation = study["generation"]
+    assert generation["target"]["greedy"]["tokens_per_second"]["value"] > 0
+    for modes in generation["drafts"].values():
+        for m in modes.values():
+            assert 0 <= m["offline_acceptance"] <= 1 and m["speedup"]["value"] > 0
+    assert set(generation["cascade"]["levels"]) == {"0.95", "0.99"}
+    # the curve over scale: the tiny suite's third small model and its target, predicted from
+    # the rungs below them
+    curve = study["sets"][0]["rung_curve"]
+    assert [r["model"] for r in curve["rungs"]] == ["tiny-neox-2", "tiny-neox-3"]
+    assert all(r["below"] == [f"tiny-neox-{i}" for i in range(r["position"])]
+               for r in curve["rungs"])  # fmt: skip
+    # the cascade's net compute: its predictor's cost on every prefix and the target's share
+    point = study["sets"][0]["cascade"]["network"]["levels"]["0.95"]
+    cascade = study["sets"][0]["cascade"]["network"]
+    expected = cascade["cost"] + 1 - point["saved"]["value"] * (1 - cascade["catch_up"])
+    assert point["net_compute"]["value"] == pytest.approx(expected)
+    record = json.loads((out / "report.json").read_text())
+    assert record["stamp"]["command"].startswith("python -m emergence_model.study --checkpoint")
+    assert record["claims"] == [c for s in [study] for c in s["claims"]]
 
 
 def test_scores_on_a_transfer_set_are_those_of_the_chosen_predictor(ladder, tmp_path):
@@ -141,7 +174,9 @@ def test_bad_input_is_refused_in_one_line(ladder, tmp_path):
         run_study(ladder, tmp_path / "y", "--ceiling-cache", "nothing")
 
 
-def test_caches_whose_tokenizer_is_gone_or_differs_are_refused_in_one_line(ladder, tmp_path):
+def test_caches_whose_tokenizer_is_gone_are_studied_by_token_id(ladder, tmp_path, capsys):
+    # a cache imported from a challenge pickle names its target, whose tokenizer may not load:
+    # the study runs, shows token ids and says so once; caches of two tokenizers are refused
     moved = {}
     for name in ("wiki", "rte"):
         moved[name] = tmp_path / name
@@ -149,14 +184,18 @@ def test_caches_whose_tokenizer_is_gone_or_differs_are_refused_in_one_line(ladde
         meta = json.loads((moved[name] / "meta.json").read_text())
         meta["tokenizer"] = str(tmp_path / "deleted-tokenizer")
         (moved[name] / "meta.json").write_text(json.dumps(meta))
-    for caches, message in [
-        ([moved["wiki"], moved["rte"]], "does not load"),
-        ([ladder["wiki"].path, moved["rte"]], "different tokenizers"),
-    ]:
-        args = ["--checkpoint", ladder["ckpt"], "--out", tmp_path / "out", "--bootstrap", "20"]
-        with pytest.raises(ValueError, match=message) as error:
-            main([str(a) for a in args + [x for c in caches for x in ("--cache", c)]])
-        assert "\n" not in str(error.value)
+    args = ["--checkpoint", ladder["ckpt"], "--out", tmp_path / "out", "--bootstrap", "20",
+            "--no-rung-curve", "--no-measure-costs"]  # fmt: skip
+    with pytest.raises(ValueError, match="different tokenizers") as error:
+        main([str(a) for a in [*args, "--cache", ladder["wiki"].path, "--cache", moved["rte"]]])
+    assert "\n" not in str(error.value)
+    (study,) = main([str(a) for a in [*args, "--cache", moved["wiki"], "--cache", moved["rte"]]])
+    assert "does not load" in study["tokenizer_note"]
+    assert capsys.readouterr().out.count("does not load") == 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.count("does not load") == 1
+    first = json.loads((tmp_path / "out" / "per_prefix.jsonl").open().readline())
+    assert first["target_text"] == f"<id {first['target_token']}>"
 
 
 def test_copying_is_split_by_whether_the_target_copies(ladder, tiny_suite, tmp_path):
@@ -226,3 +265,27 @@ def test_the_demo_study_trains_again_its_own_network_of_older_defaults(ladder, m
     assert demo.trained_on(ladder["ckpt"], path, defaults=True)
     as_trained[0]["num_candidates"] += 1  # a default changed since the study trained it
     assert not demo.trained_on(ladder["ckpt"], path, defaults=True)
+
+
+def test_a_challenge_pickle_is_studied_with_the_tokenizer_it_was_given(ladder, tiny_suite,
+                                                                       tmp_path):  # fmt: skip
+    from emergence_model.challenge import export_challenge_pickle
+    from emergence_model.commands.extract import main as extract
+
+    pkl = export_challenge_pickle(ladder["rte"], tmp_path / "rte.pkl")
+    imported = tmp_path / "imported"
+    counts = ",".join(map(str, ladder["rte"].param_counts))
+    extract(["--from-pickle", str(pkl), "--out", str(imported), "--param-counts", counts,
+             "--tokenizer", str(tiny_suite.tokenizer_dir)])  # fmt: skip
+    assert json.loads((imported / "meta.json").read_text())["tokenizer"] == str(
+        tiny_suite.tokenizer_dir
+    )
+    out = tmp_path / "study"
+    args = ["--checkpoint", ladder["ckpt"], "--cache", imported, "--out", out, "--bootstrap", "20",
+            "--folds", "2", "--no-rung-curve", "--no-measure-costs"]  # fmt: skip
+    (study,) = main([str(a) for a in args])
+    assert study["tokenizer_note"] is None
+    rows = [json.loads(line) for line in (out / "per_prefix.jsonl").open()]
+    assert not any(r["target_text"].startswith("<id ") for r in rows)
+    with pytest.raises(ValueError, match="--tokenizer goes with --from-pickle"):
+        extract(["--out", str(tmp_path / "x"), "--tokenizer", "t", "--dataset", "demo-wiki"])

@@ -16,7 +16,6 @@ goes to docs/results/induction_control.md and .json.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,11 @@ from emergence_model.demo.config import CACHES_DIR, suite_path
 from emergence_model.extract import next_token_logprobs
 from emergence_model.lm import load_model
 from emergence_model.prefixes import source_field
-from emergence_model.prompts import INDUCTION_REPEAT, expected_token_ids
+from emergence_model.prompts import expected_token_ids
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section
 from emergence_model.stats import mean_with_ci
+from emergence_model.study.answers import control_prompts
 from emergence_model.study.ladder import load_cache_tokenizer
 from emergence_model.suites import parse_model_spec
 
@@ -50,26 +50,6 @@ class InductionControlConfig:
     """Control prompts per forward pass."""
 
 
-def passage_and_head(prompt: str, expected: str) -> tuple[str, str]:
-    """Split an induction prompt into its passage and the repeated words: the k whose repeat
-    ends the prompt and whose first occurrence is followed by the expected word."""
-    words = prompt.split()
-    for k in range(INDUCTION_REPEAT[0], INDUCTION_REPEAT[1] + 1):
-        passage, head = words[:-k], words[-k:]
-        if passage[:k] == head and len(passage) > k and passage[k] == expected.strip():
-            return " ".join(passage), " ".join(head)
-    raise ValueError(f"not an induction prompt of {INDUCTION_REPEAT} repeated words: {prompt!r}")
-
-
-def control_prompts(prompts: list[str], expected: list[str], seed: int) -> list[str]:
-    """Each prompt's repeated words after another prompt's passage (a seeded derangement)."""
-    split = [passage_and_head(p, e) for p, e in zip(prompts, expected, strict=True)]
-    order = list(range(len(split)))
-    random.Random(seed).shuffle(order)
-    others = [order[i] if order[i] != i else (i + 1) % len(split) for i in range(len(split))]
-    return [f"{split[j][0]} {split[i][1]}" for i, j in enumerate(others)]
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     (config,), run = start_run(__file__, __doc__, argv, InductionControlConfig, reads_suite=True)
     caches = suite_path(run.options.suite_dir) / CACHES_DIR
@@ -84,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         controls = control_prompts(cache.prefixes, expected, config.seed)
         tokenizer = load_cache_tokenizer([cache])
         copy = np.array(expected_token_ids(tokenizer, cache.prefixes, expected))
-        control_copy = np.array(expected_token_ids(tokenizer, controls, expected))
+        # a prompt that is not an induction prompt has no control: never comparable
+        control_copy = np.array(
+            expected_token_ids(tokenizer, [c or "" for c in controls], expected)
+        )
+        control_copy[[c is None for c in controls]] = -2
         keep = np.flatnonzero((copy >= 0) & (copy == control_copy))
         kept_controls = [controls[i] for i in keep]
         models = range(len(names)) if path == paths[0] else range(len(names) - 1)

@@ -50,6 +50,10 @@ class ExtractJob:
     """Output cache directory (or pickle, for --export-pickle)."""
     from_pickle: Path | None = field(default=None, metadata={"metavar": "PKL"})
     """Instead of an extraction: import a challenge pickle into --out."""
+    tokenizer: str | None = field(default=None, metadata={"metavar": "NAME"})
+    """With --from-pickle: the tokenizer the imported cache names (a hub id, ORG/NAME@REV, or a
+    local directory), which the study decodes tokens with (default: the pickle's target's
+    name, which may not load)."""
     export_pickle: Path | None = field(default=None, metadata={"metavar": "CACHE"})
     """Instead of an extraction: write cache CACHE as a challenge pickle to --out."""
     combine: list[Path] = field(default_factory=list, metadata={"metavar": "IN"})
@@ -63,6 +67,8 @@ class ExtractJob:
             raise ValueError("pick one of --from-pickle, --export-pickle, --combine and --verify")
         if self.out is None and not self.verify:
             raise ValueError("--out is required: the cache directory (or pickle) to write")
+        if self.tokenizer is not None and self.from_pickle is None:
+            raise ValueError("--tokenizer goes with --from-pickle (an extraction names its own)")
 
 
 FLAGS = (
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace, run_options: RunOptions) -> list[str]:
             job.out,
             param_counts=suite_config.counts(),
             dtype=extract_config.cache_dtype,
+            tokenizer=job.tokenizer,
         )
         return [f"imported {describe(cache)}"]
     if job.export_pickle is not None:

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from emergence_model.cli import FlagGroup, RunOptions, command_parser, config_from_args
 from emergence_model.demo.study import DEMO_SETTINGS, demo_ladders
+from emergence_model.results import run_stamp
 from emergence_model.study.config import StudyConfig
 from emergence_model.study.ladder import study_ladder
 from emergence_model.study.report import write_study_report
@@ -74,8 +78,11 @@ def make_parser() -> argparse.ArgumentParser:
     return command_parser("emergence-model study", __doc__, FLAGS)
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Run the command line; returns each ladder's study."""
+def main(argv: Sequence[str] | None = None, command: str | None = None) -> list[dict]:
+    """Run the command line; returns each ladder's study. `command`: what the report's stamp
+    names as the command that made it (default: this one, with `argv`)."""
+    started = time.perf_counter()
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     args = make_parser().parse_args(argv)
     run_options = config_from_args(RunOptions, args)
     job = config_from_args(StudyJob, args)
@@ -107,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 title=ladder["title"],
             )
         )
-    for path in write_study_report(job.out, results):
+    if command is None:
+        command = " ".join(["python -m emergence_model.study", shlex.join(argv)]).strip()
+    stamp = run_stamp(command, time.perf_counter() - started, ignore=job.out)
+    for path in write_study_report(job.out, results, stamp):
         print(f"wrote {path}")
     print(f"settings: {dataclasses.asdict(config)}")
     return [r["study"] for r in results]

@@ -19,10 +19,10 @@ from emergence_model.demo.config import resolve_config, suite_path
 from emergence_model.demo.corpus import prepare_corpus
 from emergence_model.demo.tokenizer import prepare_tokenizer
 from emergence_model.prompts import (
-    induction_prefixes,
+    induction_prompt_sources,
     rte_fewshot_prefixes,
     rte_prefixes,
-    wikipedia_prefixes,
+    wikipedia_prefix_sources,
 )
 
 PREFIX_KINDS = ("wiki", "rte", "rte-fewshot", "induction")
@@ -46,8 +46,14 @@ def opening_candidates(documents: Sequence[str]) -> tuple[list[str], dict[str, i
     Each candidate runs to the end of its document less its last word, so a prefix drawn from it
     always has a real next word.
     """
+    candidates, _, counts = _openings(documents)
+    return candidates, counts
+
+
+def _openings(documents: Sequence[str]) -> tuple[list[str], list[int], dict[str, int]]:
+    """`opening_candidates`, with the index of the document each candidate opens in."""
     docs, paragraphs, sentences = [], [], []
-    for doc in documents:
+    for d, doc in enumerate(documents):
         body_end = _word_starts(doc)[-1] if doc.strip() else 0
         offset = 0
         for p_index, paragraph in enumerate(doc.split("\n")):
@@ -55,7 +61,7 @@ def opening_candidates(documents: Sequence[str]) -> tuple[list[str], dict[str, i
             starts += [offset + m.end() for m in _SENTENCE_END.finditer(paragraph)]
             for s_index, start in enumerate(starts):
                 if start < body_end:
-                    text = doc[start:body_end].strip()
+                    text = (doc[start:body_end].strip(), d)
                     if s_index:
                         sentences.append(text)
                     elif p_index:
@@ -64,7 +70,8 @@ def opening_candidates(documents: Sequence[str]) -> tuple[list[str], dict[str, i
                         docs.append(text)
             offset += len(paragraph) + 1
     counts = {"documents": len(docs), "paragraphs": len(paragraphs), "sentences": len(sentences)}
-    return docs + paragraphs + sentences, counts
+    both = docs + paragraphs + sentences
+    return [text for text, _ in both], [d for _, d in both], counts
 
 
 def wiki_style_prefixes(documents: Sequence[str], seed: int = 0) -> tuple[list[str], dict]:
@@ -72,11 +79,17 @@ def wiki_style_prefixes(documents: Sequence[str], seed: int = 0) -> tuple[list[s
 
     The same draw as the real `wikipedia` source (`prefixes.wikipedia_prefixes`); documents alone
     are too few for several thousand prefixes, so paragraph and sentence openings follow the
-    document openings. Duplicates are dropped.
+    document openings. Duplicates are dropped (the first kept). The metadata's `documents` names
+    each prefix's document.
     """
-    candidates, counts = opening_candidates(documents)
-    prefixes = list(dict.fromkeys(wikipedia_prefixes(candidates, len(candidates), seed)))
-    return prefixes, {"candidates": counts, "num_prefixes": len(prefixes)}
+    candidates, owners, counts = _openings(documents)
+    drawn, sources = wikipedia_prefix_sources(candidates, len(candidates), seed)
+    first = {}
+    for prefix, source in zip(drawn, sources, strict=True):
+        first.setdefault(prefix, owners[source])
+    prefixes = list(first)
+    meta = {"candidates": counts, "num_prefixes": len(prefixes)}
+    return prefixes, {**meta, "documents": list(first.values())}
 
 
 def split_sentences(document: str) -> list[str]:
@@ -95,12 +108,14 @@ def rte_style_pairs(
     documents: Sequence[str], seed: int = 0, max_premise_words: int = 45
 ) -> tuple[list[dict], dict]:
     """RTE pairs from documents' sentences, as GLUE RTE's rows ({"sentence1", "sentence2",
-    "label"}): a premise of one or two sentences of a document, and a hypothesis that is one of
-    its sentences (label 0, entailment: the premise says it), another sentence of the same
-    document or a sentence of another document (label 1), so that both true and false pairs occur.
+    "label"}, and "document": the premise's document's index): a premise of one or two sentences
+    of a document, and a hypothesis that is one of its sentences (label 0, entailment: the
+    premise says it), another sentence of the same document or a sentence of another document
+    (label 1), so that both true and false pairs occur.
     """
     rng = random.Random(seed)
-    per_doc = [s for s in (split_sentences(d) for d in documents) if s]
+    split = [(d, s) for d, s in enumerate(split_sentences(d) for d in documents) if s]
+    per_doc = [sents for _, sents in split]
     pool = [(d, i) for d, sents in enumerate(per_doc) for i in range(len(sents))]
     if len(per_doc) < 2:
         return [], {"num_prefixes": 0, "hypotheses": {}}
@@ -123,7 +138,14 @@ def rte_style_pairs(
                 kind, hypothesis = "other_document", per_doc[other_d][j]
             kinds[kind] += 1
             label = 0 if kind == "in_premise" else 1
-            rows.append({"sentence1": " ".join(premise), "sentence2": hypothesis, "label": label})
+            rows.append(
+                {
+                    "sentence1": " ".join(premise),
+                    "sentence2": hypothesis,
+                    "label": label,
+                    "document": split[d][0],
+                }
+            )
     return rows, {"num_prefixes": len(rows), "hypotheses": kinds}
 
 
@@ -152,7 +174,8 @@ def demo_prefix_set(
 ) -> tuple[list[str], dict]:
     """The suite's prefixes of one kind, from every document of its corpus, training and
     held-out, and their metadata: `task` ("induction", "rte") and per prefix `expected`, the
-    continuation that is right, and `labels` for the RTE kinds:
+    continuation that is right, `labels` for the RTE kinds, and `documents`, the index of the
+    document each prefix was cut from (its premise's, for the RTE kinds):
 
     - "wiki": the first 10-20 words of document, paragraph and sentence openings;
     - "rte": a premise, a hypothesis and `True or False?\\nAnswer:`;
@@ -177,15 +200,21 @@ def demo_prefix_set(
     corpus = prepare_corpus(suite_dir, config)
     documents = corpus.train + corpus.valid
     if kind == "wiki":
-        return wiki_style_prefixes(documents, seed)[0], {}
+        prefixes, meta = wiki_style_prefixes(documents, seed)
+        return prefixes, {"documents": meta["documents"]}
     tokenizer = prepare_tokenizer(suite_dir, config, corpus)
     if kind == "induction":
-        prefixes, expected = induction_prefixes(documents, seed=seed)
-        prefixes, fields = _within(tokenizer, config.seq_len, prefixes, {"expected": expected})
+        prefixes, expected, sources = induction_prompt_sources(documents, seed=seed)
+        fields = {"expected": expected, "documents": sources}
+        prefixes, fields = _within(tokenizer, config.seq_len, prefixes, fields)
         return prefixes, {"task": "induction", **fields}
     rows, _ = rte_style_pairs(documents, seed)
     prefixes, expected = rte_fewshot_prefixes(rows, shots or 0, seed)
-    fields = {"labels": [r["label"] for r in rows], "expected": expected}
+    fields = {
+        "labels": [r["label"] for r in rows],
+        "expected": expected,
+        "documents": [r["document"] for r in rows],
+    }
     prefixes, fields = _within(tokenizer, config.seq_len, prefixes, fields)
     if rows and not prefixes:
         raise ValueError(

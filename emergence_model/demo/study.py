@@ -25,8 +25,8 @@ from emergence_model.pipeline import DEMO_CHECKPOINT, train_and_evaluate
 from emergence_model.training import TrainConfig
 
 # The demo's models are on disk and small: its study also trains the cheaper drafts and decodes
-# for real. Everything else is StudyConfig's defaults.
-DEMO_SETTINGS = {"subset_networks": True, "generate_prompts": 24}
+# 100 held-out prompts for real. Everything else is StudyConfig's defaults.
+DEMO_SETTINGS = {"subset_networks": True, "generate_prompts": 100}
 
 
 def default_settings() -> tuple[dict, dict]:

@@ -1,6 +1,7 @@
 """The study's measures per prefix set, from the scored rows: emergence, the scaling view,
-speculative decoding, cascades, in-context copying, the noise ceiling and each set's difference to
-the reference set, every mean with its 95% interval."""
+speculative decoding at measured costs, cascades at their net compute, in-context copying, the
+noise ceiling and each set's difference to the reference set, every mean with its 95% interval
+from resampling the set's clusters (`stats.ClusterBootstrap`: a document's prefixes together)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,12 @@ import numpy as np
 from emergence_model.cache import FeatureCache
 from emergence_model.evaluate import summarize
 from emergence_model.speculative import best_draft_length, expected_speedup
-from emergence_model.stats import difference_with_ci, mean_with_ci
-from emergence_model.strategies import (
-    ModelSubset,
-    OneModel,
-    Strategy,
-    baseline_names,
-    model_basename,
-)
+from emergence_model.stats import ClusterBootstrap, difference
+from emergence_model.strategies import Strategy, baseline_names, model_basename
 from emergence_model.study import measures
 from emergence_model.study.config import CASCADE_LEVELS, StudyConfig
+from emergence_model.study.controls import matched_copy_split
+from emergence_model.study.costs import COST_KINDS, headline_cost, parameter_cost
 
 EMERGENCE = ("kl", "surprisal", "miss", "jump")
 """The per-prefix emergence scores (definitions in `measures` and the README)."""
@@ -65,13 +62,19 @@ def emergence_rows(result: dict, best: dict, is_reference: bool) -> dict:
     }
 
 
-def summarize_set(result: dict, rows: dict, reference: dict, config: StudyConfig) -> dict:
-    """Everything reported for one set, each mean with its 95% interval."""
+def summarize_set(
+    result: dict,
+    rows: dict,
+    reference: dict,
+    config: StudyConfig,
+    costs: dict[str, dict],
+    catch_up: float,
+) -> dict:
+    """Everything reported for one set, each mean with its 95% interval (`result["sampler"]`:
+    the set's clusters). `costs`: each draft's costs by kind (`draft_costs`); `catch_up`: what
+    one more token in a target pass costs, over a target step (`cascade_summary`)."""
     cache, per_row, named = result["cache"], result["per_row"], result["strategies"]
-
-    def stat(values: np.ndarray) -> dict:
-        return mean_with_ci(values, config.bootstrap, config.seed)
-
+    stat = result["sampler"].mean
     target = per_row["target"]
     small = range(cache.num_models - 1)
     summary = {
@@ -79,7 +82,9 @@ def summarize_set(result: dict, rows: dict, reference: dict, config: StudyConfig
         "name": cache.path.name,
         "num_prefixes": cache.num_prefixes,
         "cross_fitted": result["cross_fitted"],
+        "clusters": result["clusters"],
         "leaderboard": summarize(per_row, named, num_bootstrap=config.bootstrap, seed=config.seed),
+        "agreement": {n: stat(m["top1"]) for n, m in per_row["strategies"].items()},
         "emergence": {k: stat(rows[k]) for k in EMERGENCE},
         "scaling": {
             "axis": cache.scale_axis,
@@ -93,11 +98,11 @@ def summarize_set(result: dict, rows: dict, reference: dict, config: StudyConfig
         },
         # Checkpoints of one model cost what the target costs: no draft is cheaper.
         "speculative": (
-            speculative_summary(per_row, named, cache, config)
+            speculative_summary(per_row, named, costs, result["sampler"], config)
             if cache.scale_axis == "parameters"
             else None
         ),
-        "cascade": cascade_summary(result, reference, config),
+        "cascade": cascade_summary(result, reference, costs, catch_up, config),
     }
     return summary
 
@@ -111,58 +116,74 @@ def draft_names(named: dict[str, Strategy]) -> list[str]:
     ]
 
 
-def draft_cost(strategy: Strategy, cache: FeatureCache, config: StudyConfig) -> float:
-    """A draft step's cost over a target pass: --cost-ratio, else the parameters it runs over the
-    target's (above 1 where the draft's models outweigh the target: then speculating never pays,
-    which the report shows rather than hides)."""
-    if config.cost_ratio is not None:
-        return config.cost_ratio
-    counts = cache.param_counts[:-1]
-    if isinstance(strategy, OneModel):
-        used = [counts[strategy.index]]
-    elif isinstance(strategy, ModelSubset):
-        used = [counts[i] for i in strategy.indices]
-    else:
-        used = counts
-    return float(sum(used)) / cache.param_counts[-1]
+def draft_costs(
+    named: dict[str, Strategy], cache: FeatureCache, measured: dict | None, given: dict
+) -> dict[str, dict[str, float]]:
+    """Per draft, its step's cost over a target step by kind (`costs.COST_KINDS`): the parameter
+    ratio always, measured at batch 1 and 16 where the models were timed, given by --cost-ratio
+    where named."""
+    out = {}
+    for name in draft_names(named):
+        costs = {"parameters": parameter_cost(named[name], cache)}
+        if measured is not None:
+            for batch, c in measured["drafts"][name]["cost"].items():
+                costs[f"measured, batch {batch}"] = c
+        if name in given:
+            costs["given"] = given[name]
+        out[name] = {k: costs[k] for k in COST_KINDS if k in costs}
+    return out
 
 
 def speculative_summary(
-    per_row: dict, named: dict[str, Strategy], cache: FeatureCache, config: StudyConfig
+    per_row: dict, named: dict[str, Strategy], costs: dict, sampler: ClusterBootstrap, config
 ) -> dict:
-    """Per draft: greedy and sampled acceptance with intervals, its cost, the best draft length
-    and the expected speed-up there (the interval is the acceptance's, through the formula).
-    A draft that costs a target pass or more gets draft length 0 and speed-up 1: do not
-    speculate."""
+    """Per draft: greedy and sampled acceptance with intervals, and at each of its costs the
+    best draft length and the expected speed-up there (the interval is the acceptance's, through
+    the formula); "cost", "draft_length" and "speedup" at the headline cost (given, else measured
+    at batch 1, else parameters). A draft that costs a target step or more gets draft length 0
+    and speed-up 1: do not speculate."""
     out = {}
     for name in draft_names(named):
-        cost = draft_cost(named[name], cache, config)
+        kind, cost = headline_cost(costs[name])
         scored = per_row["strategies"][name]
-        entry: dict = {"cost": cost}
+        entry: dict = {"cost": cost, "cost_kind": kind, "costs": costs[name]}
         for mode, metric in (("greedy", "top1"), ("sampled", "accept")):
-            a = mean_with_ci(scored[metric], config.bootstrap, config.seed)
+            a = sampler.mean(scored[metric])
             capped = [min(x, 1 - 1e-12) for x in (a["value"], *a["ci"])]
-            g, speedup = best_draft_length(capped[0], cost, config.max_draft)
-            ci = [expected_speedup(x, g, cost) if g else 1.0 for x in capped[1:]]
-            entry[mode] = {
-                "acceptance": a,
-                "draft_length": g,
-                "speedup": {"value": speedup, "ci": ci},
-            }
+            by_cost = {}
+            for cost_kind, c in costs[name].items():
+                g, speedup = best_draft_length(capped[0], c, config.max_draft)
+                ci = [expected_speedup(x, g, c) if g else 1.0 for x in capped[1:]]
+                by_cost[cost_kind] = {"draft_length": g, "speedup": {"value": speedup, "ci": ci}}
+            entry[mode] = {"acceptance": a, **by_cost[kind], "by_cost": by_cost}
         out[name] = entry
     return out
 
 
-def cascade_summary(result: dict, reference: dict, config: StudyConfig) -> dict:
-    """The cascade with the network (and mean-prob) as predictor: its curve, and at each level
-    the threshold chosen on other folds of the reference set, with the share of target calls
-    saved and the agreement it gives on this set."""
+def cascade_summary(
+    result: dict, reference: dict, costs: dict, catch_up: float, config: StudyConfig
+) -> dict:
+    """The cascade with the network (and mean-prob) as predictor: its curve against net compute,
+    and at each level the threshold chosen on other folds of the reference set, with the share of
+    target calls saved, the agreement, and the net compute per token: the predictor's step on
+    every prefix (its draft cost) plus a target step where it defers, plus what a token it
+    answered costs when the target catches up on it in its next pass (`catch_up`: measured, else
+    a whole step: the target must still read every token into its KV cache)."""
     out = {}
+    sampler = result["sampler"]
     for name in ("network", "mean-prob"):
         scored = result["per_row"]["strategies"][name]
         ref_scored = reference["per_row"]["strategies"][name]
-        curve = measures.cascade_curve(scored["confidence"], scored["top1"])
-        entry: dict = {"curve": {k: v.tolist() for k, v in _thin(curve).items()}, "levels": {}}
+        kind, cost = headline_cost(costs[name]) if name in costs else ("parameters", 1.0)
+        curve = _thin(measures.cascade_curve(scored["confidence"], scored["top1"]))
+        curve["net_compute"] = cost + (1.0 - curve["saved"]) + curve["saved"] * catch_up
+        entry: dict = {
+            "curve": {k: v.tolist() for k, v in curve.items()},
+            "cost": cost,
+            "cost_kind": kind,
+            "catch_up": catch_up,
+            "levels": {},
+        }
         for level in CASCADE_LEVELS:
             if result is reference:
                 chosen = measures.thresholds_by_folds(
@@ -177,10 +198,18 @@ def cascade_summary(result: dict, reference: dict, config: StudyConfig) -> dict:
             outcome = measures.cascade_outcome(
                 scored["confidence"], scored["top1"], per_row_threshold
             )
+            saved = sampler.mean(outcome["saved"])
+            agreement = sampler.mean(outcome["agree"])
+            net = cost + 1.0 - outcome["saved"] * (1.0 - catch_up)
+            a = agreement["value"]
             entry["levels"][str(level)] = {
                 "thresholds": [float(t) for t in chosen],
-                "saved": mean_with_ci(outcome["saved"], config.bootstrap, config.seed),
-                "agreement": mean_with_ci(outcome["agree"], config.bootstrap, config.seed),
+                "saved": saved,
+                "agreement": agreement,
+                "net_compute": sampler.mean(net),
+                "net_saving": sampler.mean(1.0 - net),
+                # if each token of a continuation agreed independently with this probability
+                "continuation_agreement_if_independent": a**config.generate_tokens,
             }
         out[name] = entry
     return out
@@ -193,16 +222,18 @@ def _thin(curve: dict, points: int = 200) -> dict:
     return {k: np.asarray(v)[keep] for k, v in curve.items()}
 
 
-def copy_rates(cache: FeatureCache, expected: np.ndarray, per_row: dict, config) -> dict:
+def copy_rates(cache: FeatureCache, expected: np.ndarray, result: dict) -> dict:
     """How often each model's top token (and each strategy's guess) is the in-context copy;
-    `expected` (n,) the copy token of each prefix (-1: none)."""
+    `expected` (n,) the copy token of each prefix (-1: none). Raw rates: what copying in context
+    adds over naming the copy from the repeated words alone is the control's (`answers`)."""
+    per_row, sampler = result["per_row"], result["sampler"]
     known = expected >= 0
     rates = {}
     for m, name in enumerate(cache.model_names):
         hit = cache.argmax[per_row["rows"], m] == expected
-        rates[model_basename(name)] = mean_with_ci(hit[known], config.bootstrap, config.seed)
+        rates[model_basename(name)] = sampler.mean(hit.astype(np.float64), mask=known)
     strategies = {
-        name: mean_with_ci((scored["guess"] == expected)[known], config.bootstrap, config.seed)
+        name: sampler.mean((scored["guess"] == expected).astype(np.float64), mask=known)
         for name, scored in per_row["strategies"].items()
     }
     return {
@@ -214,32 +245,41 @@ def copy_rates(cache: FeatureCache, expected: np.ndarray, per_row: dict, config)
     }
 
 
-def copy_split(expected: np.ndarray, per_row: dict, rows: dict, config) -> dict:
+def copy_split(expected: np.ndarray, result: dict, rows: dict) -> dict:
     """Is the target harder to predict where it copies? The prompts with a known copy, split by
     whether the target's top token is the copy: each group's KL and top-1 miss (of the best
-    predictor) and their difference with an interval from resampling both groups. "new" are the
-    target's copies that the largest small model does not make (what appears at the target)."""
+    predictor) and their difference. "new" are the target's copies that the largest small model
+    does not make; they are hard by selection, so their matched control is "hard_other" (the
+    target does not copy, and differs from the largest small model too): `matched`."""
+    per_row, sampler = result["per_row"], result["sampler"]
     known = expected >= 0
     copies = known & (per_row["target"]["token"] == expected)
     groups = {"copies": copies, "new": copies & ~per_row["easy"], "other": known & ~copies}
     out: dict = {name: {"prefixes": int(mask.sum())} for name, mask in groups.items()}
     for name, mask in groups.items():
         for metric in ("kl", "miss"):
-            out[name][metric] = mean_with_ci(rows[metric][mask], config.bootstrap, config.seed)
+            out[name][metric] = sampler.mean(rows[metric], mask=mask)
     for name in ("copies", "new"):
         out[name]["minus_other"] = {
-            metric: difference_with_ci(
-                rows[metric][groups[name]], rows[metric][groups["other"]], config.bootstrap,
-                config.seed,
-            )
+            metric: sampler.group_difference(rows[metric], groups[name], groups["other"])
             for metric in ("kl", "miss")
-        }  # fmt: skip
+        }
+    out["matched"] = matched_copy_split(copies, known, per_row["easy"], rows, sampler)
     return out
 
 
-def ceiling_agreement(cache: FeatureCache, ceiling: FeatureCache, config) -> dict:
+def ceiling_agreement(cache: FeatureCache, ceiling: FeatureCache, result: dict) -> dict:
     """The target's agreement with itself trained again from another seed: the first model of
-    `ceiling` (the retrained target) against its target, on the same prefixes as `cache`."""
+    `ceiling` (the retrained target) against its target, on the prefixes scored."""
+    check_ceiling(cache, ceiling)
+    rows = result["per_row"]["rows"]
+    agree = (ceiling.argmax[rows, 0] == cache.target_argmax[rows]).astype(np.float64)
+    return {"model": ceiling.model_names[0], **result["sampler"].mean(agree)}
+
+
+def check_ceiling(cache: FeatureCache, ceiling: FeatureCache) -> None:
+    """Refuse a ceiling cache that is not [the retrained target, the target] on `cache`'s
+    prefixes."""
     if ceiling.prefixes != cache.prefixes:
         raise ValueError(
             f"ceiling cache {ceiling.path} holds other prefixes than {cache.path}; cache the "
@@ -250,26 +290,27 @@ def ceiling_agreement(cache: FeatureCache, ceiling: FeatureCache, config) -> dic
             f"ceiling cache {ceiling.path} must hold two models, the retrained target and "
             f"{cache.target_name} last"
         )
-    agree = (ceiling.argmax[:, 0] == cache.target_argmax).astype(np.float64)
-    return {"model": ceiling.model_names[0], **mean_with_ci(agree, config.bootstrap, config.seed)}
 
 
-def compare_to_reference(summaries: list[dict], rows: list[dict], sets: list[dict], config) -> None:
-    """Each set's difference to the reference set (first), with an interval from resampling both
-    sets' prefixes independently."""
+def compare_to_reference(summaries: list[dict], rows: list[dict], sets: list[dict]) -> None:
+    """Each set's difference to the reference set (first), the two sets resampled independently
+    (each by its own clusters and seed)."""
 
-    def diff(a: np.ndarray, b: np.ndarray) -> dict:
-        return difference_with_ci(a, b, config.bootstrap, config.seed)
+    def diff(a: np.ndarray, b: np.ndarray, sampler, ref_sampler) -> dict:
+        return difference(sampler.mean_draws(a), ref_sampler.mean_draws(b))
 
     ref_rows, ref = rows[0], sets[0]
     for summary, set_rows, result in zip(summaries[1:], rows[1:], sets[1:], strict=True):
         scored, ref_scored = result["per_row"]["strategies"], ref["per_row"]["strategies"]
+        pair = (result["sampler"], ref["sampler"])
         summary["vs_reference"] = {
             "reference": summaries[0]["name"],
-            "emergence": {k: diff(set_rows[k], ref_rows[k]) for k in EMERGENCE},
-            "top1": {name: diff(scored[name]["top1"], ref_scored[name]["top1"]) for name in scored},
+            "emergence": {k: diff(set_rows[k], ref_rows[k], *pair) for k in EMERGENCE},
+            "top1": {
+                name: diff(scored[name]["top1"], ref_scored[name]["top1"], *pair) for name in scored
+            },
             "sampled_acceptance": {
-                name: diff(scored[name]["accept"], ref_scored[name]["accept"])
+                name: diff(scored[name]["accept"], ref_scored[name]["accept"], *pair)
                 for name in draft_names(result["strategies"])
             },
         }
@@ -290,6 +331,7 @@ def most_emergent(result: dict, rows: dict, count: int, decode) -> list[dict]:
             "target": decode(int(per_row["target"]["token"][i])),
             "trend": decode(int(trend_guess[i])),
             "predictor": decode(int(rows["best_guess"][i])),
+            "floor_kl": float(rows["floor_kl"][i]) if "floor_kl" in rows else None,
         }
         for i in order
     ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from emergence_model.evaluate import EvalConfig
 from emergence_model.stats import DEFAULT_BOOTSTRAP
@@ -15,9 +16,25 @@ CASCADE_LEVELS = (0.95, 0.99)
 class StudyConfig:
     """What the study measures and how (python -m emergence_model.study's flags)."""
 
-    cost_ratio: float | None = None
-    """Cost of one draft step relative to one target forward pass, for every draft, e.g. from
-    measured times (default: the parameters the draft runs over the target's)."""
+    cost_ratio: list[str] = field(default_factory=list, metadata={"metavar": "[NAME=]C"})
+    """A draft's step's cost over a target step, in (0, 1], e.g. timed on the hardware the
+    decoding runs on: NAME=C for the draft NAME (network, mean-prob, model:NAME, ...), a bare C for
+    every draft not named. Reported beside the measured costs and the parameter ratio, and
+    leading them."""
+    measure_costs: bool = True
+    """Time one decode step (KV cache, batch 1 and 16) of every model and each draft's
+    combination, where the suite's models are local directories."""
+    cost_threads: int = 1
+    """CPU threads for the timed decode steps and the real decoding run."""
+    rung_curve: bool = True
+    """Emergence over scale: train the checkpoint's recipe on the rungs below each rung from the
+    third small model up, to predict it (under --out; finished folds are reused)."""
+    entropy_bins: int = 5
+    """Quantile bins of the target's entropy that KL is reported in."""
+    answer_metrics: bool = True
+    """Score every model on the whole expected answer of task sets (exact match and
+    log-probability per token), where the suite's models are local directories; else the
+    answer's first token, from the cache."""
     folds: int = 5
     """Folds of the reference set on which choices are made, when it is not the checkpoint's
     training cache (whose own folds are used)."""
@@ -43,19 +60,50 @@ class StudyConfig:
     """Prefixes read from a cache and scored at a time."""
 
     def __post_init__(self) -> None:
-        if self.cost_ratio is not None and not 0 < self.cost_ratio <= 1:
-            raise ValueError(
-                f"--cost-ratio must be in (0, 1] (a draft step's cost over a target pass), "
-                f"got {self.cost_ratio}"
-            )
+        self.given_costs([])  # refuse a malformed --cost-ratio before anything runs
         for name in ("folds", "subset_folds"):
             if getattr(self, name) < 2:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be at least 2 (choices are "
                     "made on other folds than the rows they score)"
                 )
-        for name in ("bootstrap", "chunk_rows", "max_draft", "top_emergent", "generate_tokens"):
+        if self.entropy_bins < 2:
+            raise ValueError(f"--entropy-bins must be at least 2, got {self.entropy_bins}")
+        for name in (
+            "bootstrap", "chunk_rows", "max_draft", "top_emergent", "generate_tokens",
+            "cost_threads",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.generate_prompts < 0:
             raise ValueError(f"--generate-prompts must be 0 or more, got {self.generate_prompts}")
+
+    def given_costs(self, drafts: Sequence[str]) -> dict[str, float]:
+        """--cost-ratio as {draft: cost} for the study's `drafts` (a bare C: every draft not
+        named); ValueError for a malformed item or a name that is no draft (when `drafts`)."""
+        named, every = {}, None
+        for item in self.cost_ratio:
+            name, _, value = item.rpartition("=")
+            try:
+                cost = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"--cost-ratio takes [NAME=]C, a draft's name and its step's cost over a "
+                    f"target step, got {item!r}"
+                ) from None
+            if not 0 < cost <= 1:
+                raise ValueError(
+                    f"--cost-ratio must be in (0, 1] (a draft step's cost over a target step), "
+                    f"got {value}"
+                )
+            if name:
+                named[name] = cost
+            else:
+                every = cost
+        unknown = [name for name in named if drafts and name not in drafts]
+        if unknown:
+            raise ValueError(
+                f"--cost-ratio names {unknown[0]!r}, which is not a draft of this study; pick from "
+                f"{', '.join(drafts)}"
+            )
+        return {d: named.get(d, every) for d in drafts if d in named or every is not None}

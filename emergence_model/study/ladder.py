@@ -17,24 +17,36 @@ from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.lm import load_tokenizer
 from emergence_model.prefixes import source_field, source_task
 from emergence_model.prompts import expected_token_ids
+from emergence_model.stats import ClusterBootstrap
+from emergence_model.strategies import model_basename
 from emergence_model.study.analysis import (
     ceiling_agreement,
+    check_ceiling,
     choose_best,
     compare_to_reference,
     copy_rates,
     copy_split,
+    draft_costs,
+    draft_names,
     emergence_rows,
     most_emergent,
     summarize_set,
 )
+from emergence_model.study.answers import answer_summary, copy_control_summary, model_scores
 from emergence_model.study.config import StudyConfig
-from emergence_model.study.generate import (
-    GENERATION_DRAFTS,
-    held_out_prompts,
-    models_on_disk,
-    run_generation,
+from emergence_model.study.controls import (
+    control_rows,
+    entropy_edges,
+    jump_controls,
+    kl_by_entropy,
+    matched_difference,
+    normalised_kl,
 )
+from emergence_model.study.costs import measure_costs
+from emergence_model.study.generate import held_out_prompts, models_on_disk, run_generation
+from emergence_model.study.rungs import rung_curve, train_rung_networks
 from emergence_model.study.scoring import (
+    choice_folds,
     open_ladder,
     score_sets,
     train_subset_networks,
@@ -43,14 +55,8 @@ from emergence_model.suites import parse_model_spec
 
 
 def load_cache_tokenizer(caches: Sequence[FeatureCache]):
-    """The tokenizer every cache names (the study decodes tokens with it), loaded once."""
-    names = {cache.meta["tokenizer"] for cache in caches}
-    if len(names) > 1:
-        raise ValueError(
-            f"the caches name different tokenizers ({', '.join(sorted(names))}); study caches "
-            "of one suite together"
-        )
-    name = names.pop()
+    """The tokenizer every cache names, loaded once; ValueError when it does not load."""
+    name = _tokenizer_name(caches)
     model_id, revision = parse_model_spec(name)
     try:
         return load_tokenizer(model_id, revision)
@@ -62,20 +68,61 @@ def load_cache_tokenizer(caches: Sequence[FeatureCache]):
         ) from None
 
 
+def cache_tokenizer(caches: Sequence[FeatureCache]) -> tuple[object | None, str | None]:
+    """The tokenizer every cache names, or None and why (the study then shows token ids and
+    skips what needs text: copies, answers, real decoding). Caches naming different tokenizers
+    are refused."""
+    name = _tokenizer_name(caches)
+    try:
+        return load_cache_tokenizer(caches), None
+    except ValueError:
+        note = (
+            f"the caches' tokenizer {name!r} does not load: tokens are shown as ids, and what "
+            "needs the text (in-context copies, task answers, real decoding) is skipped; import "
+            "a challenge pickle with --tokenizer to study it with text"
+        )
+        print(f"note: {note}")
+        return None, note
+
+
+def _tokenizer_name(caches: Sequence[FeatureCache]) -> str:
+    names = {cache.meta["tokenizer"] for cache in caches}
+    if len(names) > 1:
+        raise ValueError(
+            f"the caches name different tokenizers ({', '.join(sorted(names))}); study caches "
+            "of one suite together"
+        )
+    return names.pop()
+
+
 def token_decoder(tokenizer):
+    """token id -> its text (or "<id N>" without a tokenizer)."""
+
     def decode(token: int) -> str:
+        if tokenizer is None:
+            return f"<id {int(token)}>"
         return tokenizer.decode([int(token)])
 
     return decode
 
 
-def expected_copy_tokens(cache: FeatureCache, tokenizer) -> np.ndarray | None:
-    """(n,) the in-context copy token of each prefix of an induction set (-1 where the text
-    gives none), from the continuations its source recorded (`prompts.expected_token_ids`);
-    None for other sets (an RTE answer is expected, not copied)."""
+def set_clusters(cache: FeatureCache) -> tuple[np.ndarray | None, str]:
+    """Per prefix, what it shares with other prefixes of the set (the document it was cut from,
+    the question of a chain of thought), from the cache's source; None where the source records
+    none (then prefixes are resampled one by one), and how they were found."""
     source = cache.meta.get("source") or {}
-    expected = source_field(source, "expected")
-    if source_task(source) != "induction" or not expected:
+    for field, what in (("documents", "source document"), ("rows", "source question")):
+        values = source_field(source, field)
+        if values is not None and len(values) == len(cache):
+            return np.asarray(values), what
+    return None, "none recorded (prefixes resampled one by one)"
+
+
+def expected_tokens(cache: FeatureCache, tokenizer) -> np.ndarray | None:
+    """(n,) the token that starts each prefix's expected continuation (-1 where none), for a
+    set whose source records them; None for other sets or without a tokenizer."""
+    expected = source_field(cache.meta.get("source") or {}, "expected")
+    if not expected or tokenizer is None:
         return None
     return np.array(expected_token_ids(tokenizer, cache.prefixes, expected), dtype=np.int64)
 
@@ -92,32 +139,76 @@ def study_ladder(
     """Score every set, choose on the reference set's folds, measure; see the module docstring.
 
     `ceilings`: set name -> cache of [the target retrained with another seed, the target] on the
-    same prefixes (its first model's agreement with the target is the noise ceiling)."""
+    same prefixes (its first model's agreement with the target is the noise ceiling, its KL from
+    the target the floor of KL, and it is the jump's control)."""
     out = Path(out)
     ladder = open_ladder(checkpoint, caches)
-    tokenizer = load_cache_tokenizer(ladder.caches)
+    tokenizer, tokenizer_note = cache_tokenizer(ladder.caches)
     ceiling_caches = {name: open_cache(path) for name, path in (ceilings or {}).items()}
-    subsets = train_subset_networks(ladder, out, config) if config.subset_networks else []
+    for cache in ladder.caches:
+        if cache.path.name in ceiling_caches:
+            check_ceiling(cache, ceiling_caches[cache.path.name])
+    # cheaper drafts: a ladder along training time has none (every checkpoint costs the target)
+    drafts_apply = ladder.reference.scale_axis == "parameters"
+    subsets = (
+        train_subset_networks(ladder, out, config)
+        if config.subset_networks and drafts_apply
+        else []
+    )
     sets = score_sets(ladder, config, subsets)
+    samplers = [_attach_sampler(i, result, config) for i, result in enumerate(sets)]
     reference = sets[0]
     best = choose_best(reference)
     rows = [emergence_rows(result, best, i == 0) for i, result in enumerate(sets)]
+    on_disk = models_on_disk(reference["cache"])
+    named = reference["strategies"]
+    measured = None
+    if config.measure_costs and on_disk and reference["cache"].scale_axis == "parameters":
+        drafts = {name: named[name] for name in draft_names(named)}
+        measured = measure_costs(reference["cache"], drafts, config.cost_threads)
+    given = config.given_costs(draft_names(named))
+    costs = draft_costs(named, reference["cache"], measured, given)
+    catch_up = measured["catch_up_token"] if measured else 1.0
     summaries = [
-        summarize_set(result, r, reference, config) for result, r in zip(sets, rows, strict=True)
+        summarize_set(result, r, reference, config, costs, catch_up)
+        for result, r in zip(sets, rows, strict=True)
     ]
-    compare_to_reference(summaries, rows, sets, config)
+    compare_to_reference(summaries, rows, sets)
     decode = token_decoder(tokenizer)
-    for result, r, summary in zip(sets, rows, summaries, strict=True):
-        cache = result["cache"]
-        expected = expected_copy_tokens(cache, tokenizer)
-        r["expected"] = expected
-        if expected is not None:
-            in_rows = expected[result["per_row"]["rows"]]
-            summary["copies"] = copy_rates(cache, in_rows, result["per_row"], config)
-            summary["copies"]["split"] = copy_split(in_rows, result["per_row"], r, config)
-        if summary["name"] in ceiling_caches:
-            summary["ceiling"] = ceiling_agreement(cache, ceiling_caches[summary["name"]], config)
+    edges = None
+    for i, (result, r, summary) in enumerate(zip(sets, rows, summaries, strict=True)):
+        ceiling = ceiling_caches.get(summary["name"])
+        cache, per_row = result["cache"], result["per_row"]
+        true_tokens = expected_tokens(cache, tokenizer)
+        in_rows = None if true_tokens is None else true_tokens[per_row["rows"]]
+        controls = control_rows(cache, per_row["rows"], ceiling, in_rows, config.chunk_rows)
+        r.update(controls)  # per prefix: entropy, floor KL, the jump's controls
+        if edges is None:  # the reference set's entropy quantiles bin every set alike
+            edges = entropy_edges(controls["entropy"], config.entropy_bins)
+        bins = kl_by_entropy(r["kl"], controls["entropy"], edges, result["sampler"])
+        result["entropy_bins"] = bins
+        summary["kl_entropy"] = {"edges": edges.tolist(), "bins": bins["bins"]}
+        if i:
+            matched = matched_difference(bins, sets[0]["entropy_bins"])
+            summary["kl_entropy"]["matched_vs_reference"] = matched
+        if ceiling is not None:
+            summary["floor"] = result["sampler"].mean(controls["floor_kl"])
+            summary["kl_normalised"] = normalised_kl(
+                r["kl"], controls["floor_kl"], result["sampler"]
+            )
+            summary["ceiling"] = ceiling_agreement(cache, ceiling, result)
+        summary["jump_controls"] = jump_controls(r["jump"], controls, result["sampler"])
+        _task_measures(result, r, summary, tokenizer, on_disk, config, samplers[i])
         summary["most_emergent"] = most_emergent(result, r, config.top_emergent, decode)
+    rungs_skipped = None
+    if config.rung_curve:
+        own = choice_folds(ladder, config)[1]
+        networks, rungs_skipped = train_rung_networks(ladder, out, config.folds, own)
+        for result, summary, sampler in zip(sets, summaries, samplers, strict=True):
+            if networks:
+                summary["rung_curve"] = rung_curve(
+                    result["cache"], networks, sampler, config.chunk_rows
+                )
     study = {
         "title": title or ladder.checkpoint_path.stem,
         "checkpoint": str(ladder.checkpoint_path),
@@ -126,6 +217,9 @@ def study_ladder(
         "small_models": ladder.small_names,
         "best_predictor": best,
         "subset_networks": [s["k"] for s in subsets],
+        "tokenizer_note": tokenizer_note,
+        "costs": measured,
+        "rung_curve_skipped": rungs_skipped,
         "sets": summaries,
     }
     if config.generate_prompts and ladder.reference.scale_axis == "parameters":
@@ -133,11 +227,69 @@ def study_ladder(
     return {"study": study, "sets": sets, "rows": rows, "decode": decode}
 
 
+def _attach_sampler(i: int, result: dict, config: StudyConfig):
+    """Give a scored set its clusters and its `ClusterBootstrap` (seed + i: the sets are
+    resampled independently of each other); returns `rows -> ClusterBootstrap` for subsets of its
+    rows."""
+    ids, how = set_clusters(result["cache"])
+    rows = result["per_row"]["rows"]
+
+    def sampler_for(subset: np.ndarray) -> ClusterBootstrap:
+        return ClusterBootstrap(
+            None if ids is None else ids[subset], len(subset), config.bootstrap, config.seed + i
+        )
+
+    result["sampler"] = sampler_for(rows)
+    result["clusters"] = {
+        "by": how,
+        "clusters": result["sampler"].num_clusters,
+        "prefixes": int(len(rows)),
+    }
+    return sampler_for
+
+
+def _task_measures(result, r, summary, tokenizer, on_disk, config, sampler_for) -> None:
+    """A task set's copy rates and copy split (in-context copying), and every model's score on
+    its expected answers, discontinuous and continuous (`answers`)."""
+    cache, per_row = result["cache"], result["per_row"]
+    source = cache.meta.get("source") or {}
+    expected = source_field(source, "expected")
+    if tokenizer is None or not expected:
+        return
+    induction = source_task(source) == "induction"
+    rows = per_row["rows"]
+    if induction:
+        copy_tokens = np.array(
+            expected_token_ids(tokenizer, cache.prefixes, expected), dtype=np.int64
+        )[rows]
+        r["expected"] = copy_tokens
+        summary["copies"] = copy_rates(cache, copy_tokens, result)
+        summary["copies"]["split"] = copy_split(copy_tokens, result, r)
+    scores = model_scores(
+        cache,
+        rows,
+        [expected[i] for i in rows],
+        tokenizer,
+        on_disk=on_disk and config.answer_metrics,
+        copy_control=induction,
+        seed=config.seed,
+    )
+    if not len(scores["kept"]):
+        return
+    sampler = sampler_for(scores["kept"])
+    summary["answers"] = answer_summary(cache, scores, sampler)
+    control = copy_control_summary(cache, scores, sampler)
+    if induction and control is not None:
+        summary["copies"]["control"] = control
+
+
 def generation(ladder, sets: list[dict], summaries: list[dict], tokenizer, config) -> dict:
     """The real speculative decoding run on held-out prefixes of the reference set's first fold
     (the network head that never saw them drafts), or why it was skipped."""
     reference = sets[0]
     cache = reference["cache"]
+    if tokenizer is None:
+        return {"skipped": "the caches' tokenizer does not load"}
     if not models_on_disk(cache):
         return {"skipped": "the suite's models are not local directories"}
     fold_rows = np.flatnonzero(reference["folds"] == 0)
@@ -151,26 +303,26 @@ def generation(ladder, sets: list[dict], summaries: list[dict], tokenizer, confi
         ladder.checkpoint["target_name"],
     )
     speculative = summaries[0]["speculative"]
+    largest = int(np.argmax(cache.scales[:-1]))
+    names = [f"model:{model_basename(cache.model_names[largest])}", "mean-prob", "network"]
     drafts = {}
-    for name in GENERATION_DRAFTS:
+    for name in names:
         strategy = network if name == "network" else named[name]
-        scored = reference["per_row"]["strategies"][name]
-        offline = {
-            "greedy": float(scored["top1"][rows].mean()),
-            "sampled": float(scored["accept"][rows].mean()),
-        }
-        key = name if name in speculative else "mean-prob"
-        length = max(1, speculative.get(key, {}).get("greedy", {}).get("draft_length", 4))
-        drafts[name] = (strategy, length, offline)
+        lengths = {mode: speculative[name][mode]["draft_length"] for mode in ("greedy", "sampled")}
+        drafts[name] = (strategy, lengths)
+    levels = summaries[0]["cascade"]["network"]["levels"]
+    thresholds = {level: point["thresholds"][0] for level, point in levels.items()}
     return {
         "prompts": len(rows),
         "max_new_tokens": config.generate_tokens,
-        "drafts": run_generation(
+        **run_generation(
             cache,
             [cache.prefixes[i] for i in rows],
             drafts,
             tokenizer,
             max_new_tokens=config.generate_tokens,
             seed=config.seed,
+            threads=config.cost_threads,
+            cascade=("network", thresholds),
         ),
     }

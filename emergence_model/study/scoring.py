@@ -29,6 +29,7 @@ from emergence_model.strategies import (
 )
 from emergence_model.study.config import StudyConfig
 from emergence_model.study.measures import fold_ids
+from emergence_model.training import TrainConfig, fit_cross_fitted
 from emergence_model.vocab import TokenizerId
 
 
@@ -75,8 +76,13 @@ def open_ladder(checkpoint_path: str | Path, cache_paths: Sequence[str | Path]) 
 def network_folds(cache: FeatureCache, checkpoint: dict) -> np.ndarray:
     """Per prefix of `cache`: the fold whose network never saw it, NOT_TRAINED (the checkpoint
     never trained on it: the whole ensemble scores it) or SEEN_BY_ALL (left out)."""
-    folds = training_folds(cache.prefixes, checkpoint)
-    return np.full(len(cache), NOT_TRAINED, dtype=np.int64) if folds is None else folds
+    return prefix_folds(cache.prefixes, checkpoint)
+
+
+def prefix_folds(prefixes: Sequence[str], checkpoint: dict) -> np.ndarray:
+    """`network_folds` of a list of prefixes."""
+    folds = training_folds(prefixes, checkpoint)
+    return np.full(len(prefixes), NOT_TRAINED, dtype=np.int64) if folds is None else folds
 
 
 def choice_folds(ladder: Ladder, config: StudyConfig) -> tuple[np.ndarray, bool]:
@@ -114,16 +120,9 @@ def strategies(
     return out
 
 
-def train_subset_networks(ladder: Ladder, out: Path, config: StudyConfig) -> list[dict]:
-    """Per k = 1..M, a network cross-fitted on the reference set's k smallest models (their
-    cache copied under out/subsets, their runs under out/subsets/runs): {k: ensemble, heads}.
-
-    Returns, per k, {"k", "ensemble" (a head per fold), "folds" (its `folds.Folds`: which head
-    never saw each prefix)}."""
-    from emergence_model.training import TrainConfig, fit_cross_fitted
-
-    cache = ladder.reference
-    order = np.argsort(cache.scales[:-1], kind="stable")
+def checkpoint_recipe(ladder: Ladder, folds: int) -> tuple[PredictorConfig, TrainConfig]:
+    """The network's shape and training as the checkpoint recorded them (what the cache fills in
+    left out), with `folds` cross-fitting folds: the recipe the study's other networks share."""
     fields = {f.name for f in dataclasses.fields(PredictorConfig)}
     data_fields = {"num_models", "vocab_size", "scales", "target_scale", "num_heads"}
     base = PredictorConfig(
@@ -134,10 +133,22 @@ def train_subset_networks(ladder: Ladder, out: Path, config: StudyConfig) -> lis
     train = TrainConfig(
         **{
             **{k: v for k, v in recorded.items() if k in train_fields},
-            "folds": config.subset_folds,
+            "folds": folds,
             "progress": False,
         }
     )
+    return base, train
+
+
+def train_subset_networks(ladder: Ladder, out: Path, config: StudyConfig) -> list[dict]:
+    """Per k = 1..M, a network cross-fitted on the reference set's k smallest models (their
+    cache copied under out/subsets, their runs under out/subsets/runs): {k: ensemble, heads}.
+
+    Returns, per k, {"k", "ensemble" (a head per fold), "folds" (its `folds.Folds`: which head
+    never saw each prefix)}."""
+    cache = ladder.reference
+    order = np.argsort(cache.scales[:-1], kind="stable")
+    base, train = checkpoint_recipe(ladder, config.subset_folds)
     results = []
     for k in range(1, cache.num_models):
         chosen = sorted(order[:k].tolist())
@@ -165,9 +176,10 @@ def score_sets(ladder: Ladder, config: StudyConfig, subsets: list[dict]) -> list
         parts = []
         for key in sorted(set(keys)):
             rows = kept[[j for j, row_key in enumerate(keys) if row_key == key]]
-            network = _head(ladder.predictor, key[0])
+            network = head_for(ladder.predictor, key[0])
             heads = {
-                s["k"]: _head(s["ensemble"], code) for s, code in zip(subsets, key[1:], strict=True)
+                s["k"]: head_for(s["ensemble"], code)
+                for s, code in zip(subsets, key[1:], strict=True)
             }
             parts.append((rows, strategies(ladder, network, heads)))
         per_row = score_parts(cache, parts, config.chunk_rows)
@@ -185,7 +197,7 @@ def score_sets(ladder: Ladder, config: StudyConfig, subsets: list[dict]) -> list
     return results
 
 
-def _head(predictor: PerTokenPredictor, code: int) -> PerTokenPredictor:
+def head_for(predictor: PerTokenPredictor, code: int) -> PerTokenPredictor:
     """The network that never saw a prefix of fold `code`; the whole ensemble for NOT_TRAINED."""
     return predictor if code == NOT_TRAINED else predictor.member(int(code))
 
