@@ -40,7 +40,8 @@ from emergence_model.logprobs import (
     as_tensor,
     rows_per_chunk,
 )
-from emergence_model.suites import resolve_param_counts
+from emergence_model.suites import parse_model_spec, resolve_param_counts
+from emergence_model.vocab import FINGERPRINT_KEY, tokenizer_fingerprint
 
 # A pickle is a program for a small stack machine, so every object it names is replaced by a
 # stand-in that checks its arguments and builds nothing until they are known to be safe: numpy
@@ -453,6 +454,7 @@ def challenge_cache(
             "imported": True,
             "log_probability_floor": LOG_PROB_FLOOR,
             "probs_sha256": _digest(probs),
+            **named_tokenizer_fingerprint(tokenizer),
         },
     ) as writer:
         step = rows_per_chunk(1, vocab_size)
@@ -465,6 +467,23 @@ def challenge_cache(
                 argmax = block.argmax(dim=-1).numpy()
                 writer.write(m, np.arange(start, stop), logprobs, argmax=argmax)
         return writer.finalize(verify=True)
+
+
+def named_tokenizer_fingerprint(tokenizer: str | None) -> dict:
+    """{FINGERPRINT_KEY: its fingerprint} of the tokenizer --tokenizer names where it loads (so
+    that a network trained on the suite's own caches is matched to it by vocabulary, not by a
+    name the pickle does not carry); {} where none is named or it does not load (offline, no
+    copy on disk: the imported cache is then compared by name and size)."""
+    if tokenizer is None:
+        return {}
+    from emergence_model.lm import load_tokenizer
+
+    try:
+        return {
+            FINGERPRINT_KEY: tokenizer_fingerprint(load_tokenizer(*parse_model_spec(tokenizer)))
+        }
+    except (OSError, ValueError):  # ModelLoadError is a ValueError
+        return {}
 
 
 def _digest(array: np.ndarray) -> str:

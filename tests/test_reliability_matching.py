@@ -27,7 +27,7 @@ from emergence_model.cli import exit_on_user_error
 from emergence_model.commands.evaluate import main as evaluate
 from emergence_model.commands.train import main as train
 from emergence_model.extract import ExtractConfig, extract_suite
-from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.model import PREDICTOR_DESIGN, PerTokenPredictor, PredictorConfig
 from emergence_model.strategies import baseline_names, make_strategy
 from emergence_model.study.scoring import open_ladder
 from emergence_model.vocab import (
@@ -279,7 +279,8 @@ def test_a_network_of_an_older_design_loads_as_a_file_but_is_never_used(saved, t
     checkpoint["design"] -= 1  # weights fitted by an older network design
     torch.save(checkpoint, path)
     assert load_checkpoint(path)["design"] == checkpoint["design"]  # train.py retrains it
-    with pytest.raises(CheckpointError, match="of design 2, which this version does not compute"):
+    older = f"of design {PREDICTOR_DESIGN - 1}, which this version does not compute"
+    with pytest.raises(CheckpointError, match=older):
         load_strategy(path)
     with pytest.raises(CheckpointError, match="retrain it with train.py") as error:
         build_predictor(checkpoint)
