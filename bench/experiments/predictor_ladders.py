@@ -89,7 +89,11 @@ class LaddersConfig:
     build_only: bool = False
     """Only build the ladders and their caches: no training, no tables."""
     ablations: bool = False
-    """Also one row per change of ABLATIONS, trained on every ladder."""
+    """Also one row per change of ABLATIONS, trained on each of --ablation-ladders."""
+    ablation_ladders: list[str] = field(
+        default_factory=lambda: list(LADDER_NAMES), metadata={"choices": LADDER_NAMES}
+    )
+    """The ladders --ablations trains on (those among --ladders; default: all)."""
     settings: list[str] = field(default_factory=list, metadata={"choices": list(ABLATIONS)})
     """With --ablations: only these rows of ABLATIONS; none given, every row."""
     retrain: bool = False
@@ -325,19 +329,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         sections.append(results_section(small, f"{default}, {n} training prefixes"))
     if config.ablations:
-        ablations = {(default, name): trained for name, trained in runs.items()}
+        ladders = [name for name in config.ladders if name in config.ablation_ladders]
+        ablations = {(default, name): runs[name] for name in ladders}
         for setting, flags in ABLATIONS.items():
             if config.settings and setting not in config.settings:
                 continue
-            for name in config.ladders:
+            for name in ladders:
                 ablations[setting, name] = train_ladder(
                     where, name, setting, flags, config.retrain, threads
                 )
-        for name, trained in runs.items():
-            member = one_member_on_transfer(trained)
+        for name in ladders:
+            member = one_member_on_transfer(runs[name])
             if member:
-                ablations[ONE_MEMBER, name] = Trained(member, [], trained.checkpoint)
-        sections.append(ablation_section(config.ladders, ablations))
+                ablations[ONE_MEMBER, name] = Trained(member, [], runs[name].checkpoint)
+        sections.append(ablation_section(ladders, ablations))
     run.write("The predictor on every ladder", sections)
 
 
