@@ -270,17 +270,21 @@ def rung_figure(title: str, axis: str, sets: Sequence[tuple[str, dict, dict | No
     ):  # neutral legend entries, after the sets
         left.plot([], [], marker, color="black", markerfacecolor=face, linestyle="none",
                   label=label)  # fmt: skip
-    scale = "parameters" if axis == "parameters" else "training tokens"
     return _finish_pair(
         figure,
         [
             ("KL(p_k || q_k), nats", "KL of each rung from its prediction"),
             ("share of the step from rung k-1 recovered", "1 - KL(p_k || q_k) / KL(p_k || p_k-1)"),
         ],
-        f"log10 {scale} of rung k",
+        f"{_scale_label(axis)} of rung k",
         f"{title}: emergence over scale (dashed: the line through the rungs below the target; "
         "open: its prediction at the target)",
     )
+
+
+def _scale_label(axis: str) -> str:
+    """The x-axis label of a ladder's log scale: parameters, or tokens seen along training."""
+    return "log10 parameters" if axis == "parameters" else "log10 training tokens"
 
 
 def _is_proxy(handle) -> bool:
@@ -319,14 +323,13 @@ def answers_figure(title: str, axis: str, sets: Sequence[tuple[str, dict]]):
         _line_with_ci(left, x, [m["exact"] for m in answers["models"]], _color(i), name,
                       percent=True)  # fmt: skip
         _line_with_ci(right, x, [m["logprob"] for m in answers["models"]], _color(i), name)
-    scale = "parameters" if axis == "parameters" else "training tokens"
     return _finish_pair(
         figure,
         [
             ("exact match of the whole answer (%)", "discontinuous: exact match"),
             ("log-probability of the answer per token", "continuous: log-probability"),
         ],
-        f"log10 {scale}",
+        _scale_label(axis),
         f"{title}: task sets' answers along the ladder",
     )
 
