@@ -18,7 +18,7 @@ from bench.benchmarks import bench_gpu, bench_predictor, bench_strategy_memory
 from bench.common import REPO, module_name, start_run
 from bench.experiments import gpu_estimates, predictor_ladders
 from bench.experiments.ladders import LadderRoot
-from emergence_model.cache import open_cache
+from emergence_model.cache import IncompleteCacheError, create_cache, open_cache
 from emergence_model.data import predictor_config_for
 from emergence_model.model import PerTokenPredictor, PredictorConfig
 from emergence_model.results import read_stamp
@@ -222,3 +222,23 @@ def test_gpu_estimates_say_they_are_estimates_and_count_the_cache_s_bytes(offlin
     assert 0 < low < high and numbers["batch_64"]["seconds"][0] < low  # fewer batches, less host
     for section in (extraction, predictor):
         assert section["notes"].startswith("Estimate, not measured")
+
+
+def test_a_ladder_whose_cache_was_interrupted_is_not_built_and_its_build_resumes(tmp_path):
+    where = LadderRoot(tmp_path)
+    writer = create_cache(
+        where.cache("seed0"),
+        model_names=["a", "b"],
+        param_counts=[1, 2],
+        prefixes=["x", "y"],
+        vocab_size=4,
+        tokenizer="t",
+        source={"name": "synthetic"},
+        seed=0,
+        dtype="float32",
+    )
+    writer.write(0, np.arange(2), np.full((2, 4), np.log(0.25), dtype=np.float32))
+    del writer  # interrupted: model b has no rows
+    assert where.built("seed0") is None  # predictor_ladders runs the build, which resumes it
+    with pytest.raises(IncompleteCacheError, match="rerun the same cache_features.py command"):
+        open_cache(where.cache("seed0"))

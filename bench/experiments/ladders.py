@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bench.builders.build_real_suite import build_real_suite
 from bench.common import REPO
+from emergence_model.cache import IncompleteCacheError, open_cache
 from emergence_model.demo.build import build_suite
 from emergence_model.demo.caches import prepare_demo_caches
 from emergence_model.demo.config import DemoConfig, Rung, read_suite_record
@@ -144,9 +145,16 @@ class LadderRoot:
         return self.runs if self.runs is not None else self.root / "runs"
 
     def built(self, ladder: str) -> tuple[Path, list[Path]] | None:
-        """A ladder's training cache and transfer caches where its training cache is finished
-        (nothing is built or written), else None."""
+        """A ladder's training cache and transfer caches where its training cache is there and
+        none of them is unfinished (nothing is built or written), else None: its build then
+        resumes what an interrupted one left."""
         if not (self.cache(ladder) / "meta.json").is_file():
             return None
         transfers = [self.cache(ladder, t) for t in TRANSFER_SETS]
-        return self.cache(ladder), [t for t in transfers if (t / "meta.json").is_file()]
+        transfers = [t for t in transfers if (t / "meta.json").is_file()]
+        try:
+            for path in (self.cache(ladder), *transfers):
+                open_cache(path)
+        except IncompleteCacheError:
+            return None
+        return self.cache(ladder), transfers

@@ -41,6 +41,7 @@ _EXPORTS = {
     "REQUIRED_META": "format",
     "SCALE_AXES": "format",
     "CacheError": "format",
+    "IncompleteCacheError": "format",
     "read_cache_header": "format",
     "FeatureCache": "reader",
     "open_cache": "reader",

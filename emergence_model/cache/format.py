@@ -73,6 +73,10 @@ class CacheError(ValueError):
     """A missing, broken, incomplete or incompatible cache; the message says how to fix it."""
 
 
+class IncompleteCacheError(CacheError):
+    """A sound cache whose extraction has not finished: rerunning its command resumes it."""
+
+
 def read_json(path: Path, advice: str):
     """JSON from `path`; CacheError in one line naming the file (and the line of a syntax error,
     or of a byte that is not UTF-8); `advice` says what to do about broken contents."""
@@ -260,7 +264,7 @@ def check_complete(path: Path, done: np.ndarray, model_names: Sequence[str]) -> 
         return
     counts = done.sum(axis=1)
     m = int(np.argmin(counts == done.shape[1]))
-    raise CacheError(
+    raise IncompleteCacheError(
         f"{path} is incomplete: model {model_names[m]!r} has {int(counts[m])}/{done.shape[1]} "
         "prefixes done; rerun the same cache_features.py command to resume"
     )
