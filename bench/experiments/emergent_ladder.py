@@ -371,7 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     suite_dir = config.root / LADDER
     started = time.perf_counter()
     LADDERS[LADDER].build(suite_dir)
-    caches = prepare_random_copy_caches(suite_dir, seed=config.seed, progress=run.options.progress)
+    caches = prepare_random_copy_caches(
+        suite_dir, seed=config.seed, progress=run.options.progress, steps_wiki=config.steps_study
+    )
     print(f"ladder and caches ready in {time.perf_counter() - started:.0f} s", flush=True)
     tokenizer = load_cache_tokenizer([open_cache(caches.size[TASK])])
     size, steps = (

@@ -188,11 +188,13 @@ def prepare_random_copy_caches(
     seed: int = 0,
     batch_size: int = DEMO_BATCH_SIZE,
     progress: bool = True,
+    steps_wiki: bool = True,
 ) -> DemoStudyCaches:
     """Build (or reuse) the suite and cache it for the random-copy study: the size ladder on
     demo-wiki and demo-rte (`prepare_demo_caches`) and on `RANDOM_COPY_DATASETS`, demo-steps on
-    demo-wiki and `RANDOM_COPY_DATASETS`. The target's second training is not made (no ceiling:
-    it would train the target's longest run again)."""
+    `RANDOM_COPY_DATASETS` and, with `steps_wiki` (what a study of demo-steps trains its network
+    on), demo-wiki. The target's second training is not made (no ceiling: it would train the
+    target's longest run again)."""
     suite_dir = suite_path(suite_dir)
     cache_root = Path(cache_root) if cache_root is not None else suite_dir / CACHES_DIR
     wiki, rte = prepare_demo_caches(
@@ -208,5 +210,6 @@ def prepare_random_copy_caches(
     size = get_suite("demo", suite_dir=suite_dir)
     caches.size.update(cache_all(size, RANDOM_COPY_DATASETS, cache_root))
     steps = get_suite("demo-steps", suite_dir=suite_dir)
-    caches.steps = cache_all(steps, ("demo-wiki", *RANDOM_COPY_DATASETS), cache_root / STEPS_DIR)
+    steps_sets = ("demo-wiki",) * steps_wiki + RANDOM_COPY_DATASETS
+    caches.steps = cache_all(steps, steps_sets, cache_root / STEPS_DIR)
     return caches
