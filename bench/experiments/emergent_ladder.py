@@ -12,7 +12,8 @@ span's first occurrence replaced: nothing to copy). Scores every model on both s
 of the 4 answer tokens (greedy) and log-probability per answer token, the task minus its control
 paired by prompt (95% bootstrap intervals, resampled by held-out document). Then studies the
 ladder (`emergence_model.study.ladder.study_ladder`, as `emergence-model study` does) with the
-network trained on ordinary text (the ladder's demo-wiki cache, the defaults of train.py): its
+network trained on ordinary text (the ladder's demo-wiki cache, train.py's defaults but a
+smaller step budget, --train-steps): its
 top-1 miss and KL on the copying prompts against their controls, the rung-by-rung curve, and the
 network calibrated on a few copying prompts (`calibrate.calibrated_panel`). The tables go to
 docs/results/emergent_ladder.md and .json, the figures to docs/results/emergent_ladder/, the
@@ -37,8 +38,10 @@ from emergence_model.checkpoint import load_checkpoint, load_strategy
 from emergence_model.cli import exit_on_user_error
 from emergence_model.demo.caches import RANDOM_COPY_DATASETS, prepare_random_copy_caches
 from emergence_model.demo.config import read_suite_record
-from emergence_model.demo.study import ensure_checkpoint
-from emergence_model.evaluate import make_baselines, score_rows
+from emergence_model.demo.study import trained_on
+from emergence_model.evaluate import EvalConfig, make_baselines, score_rows
+from emergence_model.model import PredictorConfig
+from emergence_model.pipeline import train_and_evaluate
 from emergence_model.prefixes import source_field
 from emergence_model.report import format_number, format_stat
 from emergence_model.results import Section, run_stamp
@@ -50,6 +53,7 @@ from emergence_model.study.config import StudyConfig
 from emergence_model.study.formatting import FIGURES_DIR
 from emergence_model.study.ladder import load_cache_tokenizer, set_clusters, study_ladder
 from emergence_model.study.report import write_study_report
+from emergence_model.training import TrainConfig
 
 LADDER = "emergent"
 TASK, CONTROL = RANDOM_COPY_DATASETS
@@ -66,6 +70,9 @@ class EmergentLadderConfig:
     """The study's work (networks, rung networks) and full report."""
     steps_study: bool = True
     """Also study the target's checkpoints (a network trained on their demo-wiki cache)."""
+    train_steps: int = 1000
+    """Optimizer steps of each fold of the network (train.py's --steps; its default, 3000, takes
+    about three times as long: the rung curve trains four more networks of five folds)."""
     calibration: list[int] = field(default_factory=lambda: [16, 64])
     """Copying prompts labelled by the target that calibrate the network (each size N)."""
     draws: int = 3
@@ -78,6 +85,23 @@ class EmergentLadderConfig:
     def __post_init__(self) -> None:
         if any(n < 2 for n in self.calibration) or self.draws < 1 or self.bootstrap < 1:
             raise ValueError("--calibration sizes must be at least 2, --draws and --bootstrap 1")
+        if self.train_steps < 1:
+            raise ValueError(f"--train-steps must be at least 1, got {self.train_steps}")
+
+
+def trained_network(path: Path, train_cache: Path, transfers: list[Path], steps: int) -> Path:
+    """The network at `path` if it was trained on `train_cache` with `steps` steps a fold by this
+    version's recipe, else one trained now (train.py's defaults but --steps) and saved there."""
+    if path.is_file() and trained_on(path, train_cache):
+        if load_checkpoint(path)["train_config"]["steps"] == steps:
+            print(f"reusing {path}, trained on {train_cache}", flush=True)
+            return path
+    print(f"training the network on {train_cache} into {path}", flush=True)
+    train_config = TrainConfig(progress=False, steps=steps)
+    train_and_evaluate(
+        train_cache, transfers, path, PredictorConfig(), train_config, None, EvalConfig()
+    )
+    return path
 
 
 def paired_sets(task: FeatureCache, control: FeatureCache) -> tuple[list[str], np.ndarray]:
@@ -386,9 +410,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ladders.append(("emergent-steps", caches.steps))
     results, checkpoints = [], {}
     for title, sets in ladders:
-        path = own / f"{title}.ckpt"
+        path = own / f"{title}-steps{config.train_steps}.ckpt"
         transfers = [sets["demo-rte"]] if "demo-rte" in sets else []
-        checkpoints[title] = ensure_checkpoint([path], sets[WIKI], transfers, path)
+        checkpoints[title] = trained_network(path, sets[WIKI], transfers, config.train_steps)
         results.append(study(checkpoints[title], sets, config.out, title, config))
     stamp = run_stamp(run.command, time.perf_counter() - run.started, ignore=config.out)
     write_study_report(config.out, results, stamp)
@@ -429,8 +453,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "KL - demo-wiki, matched entropy",
         ]
         notes = (
-            f"The study's best predictor ({numbers['best_predictor']}) of the network trained on "
-            f"this ladder's {WIKI} cache (ordinary text), against the target's next token. The "
+            f"The study's best predictor ({numbers['best_predictor']}) with the network trained on "
+            f"this ladder's {WIKI} cache (ordinary text; {config.train_steps} steps a fold), "
+            "against the target's next token. The "
             "last row: copying prompts minus their controls, paired by prompt."
         )
         sections.append(Section(f"The predictor on {title}", head, rows, notes, numbers))
