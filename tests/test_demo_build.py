@@ -241,3 +241,52 @@ def test_the_replica_is_the_target_trained_from_another_seed(demo_suite_dir, tmp
     assert build_replica(suite_dir, progress=False) == replica
     with pytest.raises(ValueError, match="not built; build it before its replica"):
         build_replica(tmp_path / "empty")
+
+
+# The emergent preset shrunk to seconds: its ladder and shares, a few steps, a small BPE that still
+# has the alphabet's 32 single-token words.
+TINY_EMERGENT = dict(
+    steps=4, target_steps=8, warmup_steps=1, vocab_size=600, valid_tokens=256, checkpoint_every=3
+)
+
+
+def test_the_emergent_preset_builds_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from emergence_model.demo.config import PRESETS, preset_config
+
+    config = preset_config("emergent", **TINY_EMERGENT)
+    assert config.ladder == PRESETS["emergent"].ladder and config.copy_share > 0
+    reference = build_suite(tmp_path / "whole", config, progress=False)
+    models = reference["models"]
+    assert [m["steps"] for m in models] == [4] * 6 + [8]
+    assert [c["step"] for c in models[-1]["checkpoints"]] == config.target_checkpoint_steps()
+    assert config.target_checkpoint_steps() == [1, 2, 4]
+    # the small models read the same batches; the target reads them and more
+    assert len({m["data_sha256"] for m in models[:-1]}) == 1
+    assert suite_record(tmp_path / "whole")["config"]["copy_share"] == config.copy_share
+
+    def crash_in_the_target(step, peak_lr, config):
+        if config.steps == 8 and step == 5:
+            raise RuntimeError("power cut")
+        return learning_rate(step, peak_lr, config)
+
+    suite_dir = tmp_path / "resumed"
+    monkeypatch.setattr("emergence_model.demo.pretrain.learning_rate", crash_in_the_target)
+    with pytest.raises(RuntimeError, match="power cut"):
+        build_suite(suite_dir, config, progress=False)
+    state = torch.load(partial_dirs(suite_dir)[0] / STATE_FILE, weights_only=True)
+    assert state["step"] == 3
+    monkeypatch.setattr("emergence_model.demo.pretrain.learning_rate", learning_rate)
+    resumed = build_suite(suite_dir, progress=False)  # the recorded configuration
+    for ours, theirs in zip(resumed["models"], models, strict=True):
+        assert ours["data_sha256"] == theirs["data_sha256"]
+    for ours, theirs in zip(model_dirs(suite_dir), model_dirs(tmp_path / "whole"), strict=True):
+        a, b = weights(ours), weights(theirs)
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_the_target_trains_longer_with_its_warm_up_in_proportion():
+    config = DemoConfig(steps=100, warmup_steps=10, target_steps=400)
+    target = config.target_config()
+    assert (target.steps, target.warmup_steps, target.target_steps) == (400, 40, None)
+    assert config.target_checkpoint_steps() == [6, 12, 25, 50, 100, 200]
+    assert DemoConfig().target_config() == DemoConfig()

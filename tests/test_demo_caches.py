@@ -196,3 +196,29 @@ def test_the_study_with_no_arguments_studies_both_demo_ladders_and_reuses_them(
     monkeypatch.setattr("emergence_model.demo.study.train_and_evaluate", fail)
     again = study(args)
     assert again[0]["sets"][0]["emergence"] == first[0]["sets"][0]["emergence"]
+
+
+def test_the_random_copy_sets_are_cached_along_size_and_training_and_scored_paired(tmp_path):
+    from bench.experiments.emergent_ladder import EmergentLadderConfig, answer_scores
+    from emergence_model.demo.caches import RANDOM_COPY_DATASETS, prepare_random_copy_caches
+    from emergence_model.demo.config import preset_config
+    from emergence_model.study.ladder import load_cache_tokenizer
+
+    config = preset_config(
+        "emergent", steps=2, target_steps=4, warmup_steps=1, vocab_size=600, valid_tokens=256
+    )
+    suite_dir = tmp_path / "suite"
+    build_suite(suite_dir, config, progress=False)
+    caches = prepare_random_copy_caches(suite_dir, progress=False, steps_wiki=False)
+    assert list(caches.size) == ["demo-wiki", "demo-rte", *RANDOM_COPY_DATASETS]
+    assert list(caches.steps) == list(RANDOM_COPY_DATASETS)
+    task, control = (open_cache(caches.steps[d]) for d in RANDOM_COPY_DATASETS)
+    assert task.scale_axis == "tokens" and len(task.model_names) == 3  # steps 1, 2; the target
+    tokenizer = load_cache_tokenizer([task])
+    scores = answer_scores(task, control, EmergentLadderConfig(bootstrap=20), tokenizer)
+    assert [s["scale"] for s in scores] == task.scales
+    for s in scores:
+        assert s["prompts"] == len(task) and -30 < s["logprob"]["value"] < 0
+        assert 0 <= s["exact"]["value"] <= 1
+        difference = s["logprob"]["value"] - s["logprob_control"]["value"]
+        assert s["logprob_difference"]["value"] == pytest.approx(difference)

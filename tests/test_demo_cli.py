@@ -44,3 +44,20 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
         main(["build", "--suite-dir", str(tmp_path / "s"), "--corpus", str(missing)])
     assert exit_info.value.code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_preset_is_the_start_that_the_other_flags_change():
+    from emergence_model.demo.config import PRESETS, preset_config
+
+    args = make_parser().parse_args(["build", "--preset", "emergent", "--steps", "600"])
+    config = demo_config(args)
+    assert config == preset_config("emergent", steps=600) and config.steps == 600
+    assert config.ladder == PRESETS["emergent"].ladder and config.target_steps == 4000
+    assert (
+        demo_config(make_parser().parse_args(["build", "--preset", "emergent"]))
+        == PRESETS["emergent"]
+    )
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["build", "--preset", "nope"])
+    with pytest.raises(ValueError, match="unknown --preset 'nope'; pick one of emergent"):
+        preset_config("nope")

@@ -135,3 +135,45 @@ def test_every_set_names_the_document_each_prefix_was_cut_from(corpus_dir):
             if kind.startswith("rte"):  # the query's premise, its first words
                 words = words[:4]
             assert " ".join(words[:4]) in documents[d], (kind, prefix)
+
+
+def test_random_copy_prompts_copy_a_span_and_their_controls_have_nothing_to_copy(corpus_dir):
+    from emergence_model.demo.prefix_sets import RANDOM_COPY_ANSWER, RANDOM_COPY_CUE
+    from emergence_model.demo.synthetic import copy_alphabet
+    from emergence_model.demo.tokenizer import prepare_tokenizer
+    from emergence_model.study.answers import answer_token_ids
+
+    prompts, meta = demo_prefix_set("random-copy", corpus_dir, seed=3)
+    controls, control_meta = demo_prefix_set("random-copy-control", corpus_dir, seed=3)
+    assert len(prompts) == len(controls) > 100
+    assert meta["expected"] == control_meta["expected"]
+    assert meta["documents"] == control_meta["documents"]
+    assert (meta["task"], control_meta["task"]) == ("random-copy", "random-copy-control")
+    corpus = Corpus.load(corpus_dir / CORPUS_FILE)
+    assert min(meta["documents"]) >= len(corpus.train)  # held-out documents only
+    config = DemoConfig()
+    tokenizer = prepare_tokenizer(corpus_dir, config, corpus)
+    alphabet = set(copy_alphabet(tokenizer, config.copy_alphabet).tolist())
+    for prompt, control, expected in zip(prompts, controls, meta["expected"], strict=True):
+        words, other = prompt.split(), control.split()
+        changed = [i for i, (a, b) in enumerate(zip(words, other, strict=True)) if a != b]
+        # the span's first occurrence alone differs, every one of its words
+        assert changed == list(range(changed[0], changed[0] + len(changed)))
+        assert 6 <= len(changed) <= 10
+        span = words[changed[0] : changed[-1] + 1]
+        assert words[-RANDOM_COPY_CUE:] == span[:RANDOM_COPY_CUE]
+        assert expected == " " + " ".join(span[RANDOM_COPY_CUE : RANDOM_COPY_CUE + 4])
+        # the answer tokenizes as its words' own tokens after the prompt and after the control
+        _, answers = answer_token_ids(tokenizer, [prompt, control], [expected, expected])
+        assert answers[0] == answers[1] and len(answers[0]) == RANDOM_COPY_ANSWER
+        assert set(answers[0]) <= alphabet
+        assert len(tokenizer(prompt + expected)["input_ids"]) <= config.seq_len
+    assert demo_prefix_set("random-copy", corpus_dir, seed=3)[0] == prompts
+    assert demo_prefix_set("random-copy", corpus_dir, seed=4)[0] != prompts
+
+
+def test_random_copy_prompts_need_enough_alphabet_words():
+    from emergence_model.demo.prefix_sets import random_copy_prompts
+
+    with pytest.raises(ValueError, match="--copy-alphabet"):
+        random_copy_prompts(["a b c"], None, list(range(10)))

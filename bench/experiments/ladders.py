@@ -22,6 +22,10 @@
   3.6 times real-2x's text in all), five times the steps (2,800: about two passes). Make
   ../data/brown.txt with `python -m bench.builders.brown_text --archive brown.zip --out
   ../data/brown.txt` from `packages/corpora/brown.zip` of github.com/nltk/nltk_data.
+- emergent: the demo's text plus a named synthetic share of copying and alternation windows,
+  six one-layer small models and a two-layer target trained seven times longer
+  (`python -m emergence_model.demo build --preset emergent`): copying random words back from the
+  context forms in the target and in none of the small models (docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from bench.common import REPO
 from emergence_model.cache import IncompleteCacheError, open_cache
 from emergence_model.demo.build import build_suite
 from emergence_model.demo.caches import prepare_demo_caches
-from emergence_model.demo.config import DemoConfig, Rung, read_suite_record
+from emergence_model.demo.config import PRESETS, DemoConfig, Rung, read_suite_record
 
 # Six one-layer small models and a two-layer target, the demo's widths and learning rates: with one
 # layer a small model cannot copy from its context, the target can start to, and the largest small
@@ -100,6 +104,10 @@ LADDERS = {
     },
     "onelayer": Ladder(
         demo_ladder(DemoConfig(ladder=ONE_LAYER_LADDER)), "one-layer small models, 2-layer target"
+    ),
+    "emergent": Ladder(
+        demo_ladder(PRESETS["emergent"]),
+        "the demo's text plus a synthetic copying share; one-layer small models, 2-layer target",
     ),
     "real": Ladder(real_ladder(DemoConfig.ladder), f"WikiText-2, {REAL_BPE_VOCAB}-token BPE"),
     "real-onelayer": Ladder(

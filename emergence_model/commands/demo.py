@@ -1,10 +1,12 @@
 """Build the offline demo suite, and its caches, from the command line.
 
     python -m emergence_model.demo build                    # a few minutes on 2 cores, then reused
+    python -m emergence_model.demo build --preset emergent --suite-dir suites/emergent
     python -m emergence_model.demo build --corpus wiki.txt --tokenizer tokenizer.json --suite-dir D
     python -m emergence_model.demo caches                   # + caches for train.py, the study
 
-`emergence-model demo ...` is the same command. The configuration flags are DemoConfig's fields.
+`emergence-model demo ...` is the same command. The configuration flags are DemoConfig's fields;
+--preset starts them from a named configuration (config.PRESETS) instead of the defaults.
 An existing suite keeps its recorded configuration: a flag that asks it for another one is refused.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emergence_model.cli import (
@@ -25,7 +27,7 @@ from emergence_model.cli import (
 )
 from emergence_model.demo.build import build_suite, summary_table
 from emergence_model.demo.caches import prepare_demo_study_caches
-from emergence_model.demo.config import DemoConfig, suite_path
+from emergence_model.demo.config import PRESETS, DemoConfig, preset_config, suite_path
 from emergence_model.demo.summary import summary_lines
 
 # Paths that are recorded in suite.json: absolute, so that the record means the same anywhere.
@@ -40,7 +42,17 @@ class DemoCachesJob:
     """Directory of the caches (default: SUITE_DIR/caches)."""
 
 
+@dataclass
+class DemoPreset:
+    """Which configuration the suite flags change."""
+
+    preset: str | None = field(default=None, metadata={"choices": list(PRESETS)})
+    """A named configuration (emergent: a ladder on which copying in context emerges,
+    docs/tasks.md) that the other suite flags change; default: DemoConfig's defaults."""
+
+
 SUITE_FLAGS = (
+    FlagGroup(DemoPreset, "preset (DemoPreset)"),
     FlagGroup(DemoConfig, "suite (DemoConfig)", only_given=True),
     FlagGroup(RunOptions, "run (RunOptions)"),
 )
@@ -71,12 +83,13 @@ def make_parser() -> argparse.ArgumentParser:
 def demo_config(args: argparse.Namespace) -> DemoConfig | None:
     """The configuration the flags ask for; None when none is given (an existing suite's own)."""
     given = given_fields(DemoConfig, args)
-    if not given:
+    preset = config_from_args(DemoPreset, args).preset
+    if not given and preset is None:
         return None
     for name in PATH_FIELDS:
         if given.get(name) is not None:
             given[name] = str(Path(given[name]).resolve())
-    return DemoConfig(**given)
+    return DemoConfig(**given) if preset is None else preset_config(preset, **given)
 
 
 def run(args: argparse.Namespace) -> None:

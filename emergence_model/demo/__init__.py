@@ -8,7 +8,9 @@ user's with their own tokenizer. `python -m emergence_model.demo build` trains i
 2 cores, reused afterwards); `python -m emergence_model.demo caches` also trains the target a second
 time from another seed (the noise ceiling) and caches the suite on its prefix sets (demo-wiki,
 demo-rte, demo-induction, demo-rte-fewshot), the target's checkpoints along its training (the
-demo-steps suite) and the ceiling's pair (the demo-ceiling suite).
+demo-steps suite) and the ceiling's pair (the demo-ceiling suite). `build --preset emergent`
+builds a ladder on which copying random words back from the context emerges in the target alone
+(config.PRESETS, synthetic.py).
 
 Each model is saved with `save_pretrained` (tokenizer included) in its own directory under the
 suite directory and is loaded back only through `from_pretrained`, exactly like a hub model, so the
@@ -30,7 +32,9 @@ One job per module, each importing only those above it:
     config.py       the configuration, the suite directory's layout, reading suite.json
     corpus.py       the documents: standard-library docstrings or a text file
     tokenizer.py    the byte-level BPE trained on them, or a tokenizer file of the user's
-    prefix_sets.py  the prefix sets (wiki, rte, rte-fewshot, induction), from the documents
+    synthetic.py    the emergent ladder's named synthetic share: copying and alternation windows
+    prefix_sets.py  the prefix sets (wiki, rte, rte-fewshot, induction, random-copy and its
+                    control), from the documents
     pretrain.py     the pretraining loop every model of the ladder goes through
     build.py        the ladder: plan, train, save and score each model; suite.json
     registry.py     the plugin: the demo's suites and prefix sources, registered with the core's

@@ -41,12 +41,14 @@ from emergence_model.demo.config import (
 )
 from emergence_model.demo.corpus import Corpus, prepare_corpus
 from emergence_model.demo.pretrain import (
+    StepBatches,
     token_stream,
     train_model,
     window_losses,
     windows,
     with_repeats,
 )
+from emergence_model.demo.synthetic import copy_alphabet
 from emergence_model.demo.tokenizer import prepare_tokenizer
 from emergence_model.files import write_json_atomic
 from emergence_model.lm import count_parameters, gpt_neox_config, logit_rows
@@ -119,7 +121,7 @@ def build_rung(
     plan: RungPlan,
     config: DemoConfig,
     tokenizer,
-    train: np.ndarray,
+    train: np.ndarray | StepBatches,
     valid: np.ndarray,
     progress: bool = True,
     checkpoint_steps: Sequence[int] = (),
@@ -290,12 +292,16 @@ def build_suite(
     log(
         f"{len(plans)} models in {suite_dir}: {len(train)} training windows of "
         f"{config.seq_len} tokens, {config.steps} steps of {config.batch_size} per model"
+        + synthetic_note(config)
     )
+    batches = training_batches(tok, train, config)
     records = []
     for plan in plans:
-        # The target alone is kept along its training: the demo-steps suite.
-        steps = config.target_checkpoint_steps() if plan is plans[-1] else ()
-        records.append(build_rung(plan, config, tok, train, valid, progress, steps))
+        if plan is plans[-1]:  # the target alone is kept along its training: demo-steps
+            steps, rung_config = config.target_checkpoint_steps(), config.target_config()
+        else:
+            steps, rung_config = (), config
+        records.append(build_rung(plan, rung_config, tok, batches, valid, progress, steps))
         suite["models"] = records
         suite["build_seconds"] = round(spent + time.perf_counter() - started, 2)
         write_json_atomic(suite_dir / SUITE_FILE, suite)
@@ -324,6 +330,27 @@ def training_windows(
     return train, valid[: max(1, config.valid_tokens // config.seq_len)]
 
 
+def training_batches(tokenizer, train: np.ndarray, config: DemoConfig) -> StepBatches:
+    """Each step's batch: real windows of `train`, plus the synthetic share if there is one."""
+    shares = any(config.synthetic_windows_per_step())
+    alphabet = copy_alphabet(tokenizer, config.copy_alphabet) if shares else None
+    return StepBatches(train, config, alphabet)
+
+
+def synthetic_note(config: DemoConfig) -> str:
+    """What the synthetic share and the target's longer training add to the build's log line."""
+    copying, alternation = config.synthetic_windows_per_step()
+    note = ""
+    if copying or alternation:
+        note += (
+            f" ({copying} copying and {alternation} alternation windows of "
+            f"{config.copy_alphabet} words in each)"
+        )
+    if config.resolved_target_steps() != config.steps:
+        note += f"; the target {config.resolved_target_steps()} steps"
+    return note
+
+
 def build_replica(suite_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Train the finished suite's target a second time, from `config.resolved_replica_seed()`
     (another initialisation and batch order, the same data and recipe), as
@@ -348,8 +375,9 @@ def build_replica(suite_dir: str | os.PathLike | None = None, progress: bool = T
     plan = dataclasses.replace(target, name=name, directory=target.directory.with_name(name))
     log(f"training the target again from seed {seed}, for the noise ceiling")
     started = time.perf_counter()
-    replica_config = dataclasses.replace(config, seed=seed, replica_seed=None)
-    replica = {**build_rung(plan, replica_config, tok, train, valid, progress), "seed": seed}
+    replica_config = dataclasses.replace(config.target_config(), seed=seed, replica_seed=None)
+    batches = training_batches(tok, train, config)
+    replica = {**build_rung(plan, replica_config, tok, batches, valid, progress), "seed": seed}
     suite["replica"] = replica
     suite["target_vs_replica"] = paired_loss_gap(suite_dir, [replica, suite["models"][-1]])
     suite["build_seconds"] = round(suite["build_seconds"] + time.perf_counter() - started, 2)

@@ -32,6 +32,8 @@ DEMO_DATASETS = ("demo-wiki", "demo-rte")
 SIZE_DATASETS = ("demo-wiki", "demo-rte", "demo-induction", "demo-rte-fewshot")
 STEPS_DATASETS = ("demo-wiki", "demo-induction")
 CEILING_DATASETS = SIZE_DATASETS
+# The emergent ladder's task set and its control (demo/prefix_sets.py), along size and training.
+RANDOM_COPY_DATASETS = ("demo-random-copy", "demo-random-copy-control")
 STEPS_DIR, CEILING_DIR = "steps", "ceiling"
 # The demo's models are tiny: larger batches than ExtractConfig's default are faster on a CPU.
 DEMO_BATCH_SIZE = 32
@@ -176,4 +178,38 @@ def prepare_demo_study_caches(
         log(f"no demo-steps caches: {e}")
     else:
         caches.steps = cache_all(steps, STEPS_DATASETS, cache_root / STEPS_DIR)
+    return caches
+
+
+def prepare_random_copy_caches(
+    suite_dir: str | os.PathLike | None = None,
+    cache_root: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    batch_size: int = DEMO_BATCH_SIZE,
+    progress: bool = True,
+    steps_wiki: bool = True,
+) -> DemoStudyCaches:
+    """Build (or reuse) the suite and cache it for the random-copy study: the size ladder on
+    demo-wiki and demo-rte (`prepare_demo_caches`) and on `RANDOM_COPY_DATASETS`, demo-steps on
+    `RANDOM_COPY_DATASETS` and, with `steps_wiki` (what a study of demo-steps trains its network
+    on), demo-wiki. The target's second training is not made (no ceiling: it would train the
+    target's longest run again)."""
+    suite_dir = suite_path(suite_dir)
+    cache_root = Path(cache_root) if cache_root is not None else suite_dir / CACHES_DIR
+    wiki, rte = prepare_demo_caches(
+        suite_dir, cache_root, seed=seed, batch_size=batch_size, progress=progress
+    )
+    config = ExtractConfig(device="cpu", batch_size=batch_size, progress=progress)
+    sets = functools.cache(lambda dataset: load_demo_prefixes(dataset, suite_dir, seed))
+
+    def cache_all(suite: Suite, datasets: Sequence[str], root: Path) -> dict[str, Path]:
+        return {d: cache_prefix_set(suite, *sets(d), root / d, config, seed) for d in datasets}
+
+    caches = DemoStudyCaches(size={"demo-wiki": wiki, "demo-rte": rte})
+    size = get_suite("demo", suite_dir=suite_dir)
+    caches.size.update(cache_all(size, RANDOM_COPY_DATASETS, cache_root))
+    steps = get_suite("demo-steps", suite_dir=suite_dir)
+    steps_sets = ("demo-wiki",) * steps_wiki + RANDOM_COPY_DATASETS
+    caches.steps = cache_all(steps, steps_sets, cache_root / STEPS_DIR)
     return caches

@@ -87,7 +87,7 @@ class DemoConfig:
     checkpoint_every: int = 50
     """Steps between training checkpoints of the model being trained."""
     target_checkpoints: int = 6
-    """Checkpoints of the target kept along its training, at 1/2, 1/4, ... of --steps: with the
+    """Checkpoints of the target kept along its training, at 1/2, 1/4, ... of its steps: with the
     final target they are the demo-steps suite, a ladder over training time (0: none)."""
     replica_seed: int | None = None
     """Seed of the target's second training (another initialisation and batch order, the same
@@ -95,6 +95,25 @@ class DemoConfig:
     repeat_share: float = 0.0
     """Share of the training windows read a second time with one of their spans repeated through
     the window (in-context copying to learn; give more --steps to read them): 0, none."""
+    target_steps: int | None = None
+    """Optimizer steps of the target (and of its replica) when it trains longer than the small
+    models' --steps; its warm-up grows in proportion and its checkpoints are kept at halvings of
+    these steps (default: --steps)."""
+    copy_share: float = 0.0
+    """Share of each batch that is synthetic copying windows: a span of distinct --copy-alphabet
+    words written again and again through real text, each copy after a random gap, so that only
+    in-context copying (induction) predicts it (synthetic.py; 0: none)."""
+    alternation_share: float = 0.0
+    """Share of each batch that is runs "x y x y ..." of alphabet word pairs, which seed the
+    previous-token head that induction is built on (synthetic.py; 0: none)."""
+    copy_alphabet: int = 32
+    """Single-token words that the copying and alternation windows are made of."""
+    copy_span_min: int = 6
+    """Fewest words of a copied span."""
+    copy_span_max: int = 16
+    """Most words of a copied span."""
+    copy_gap_max: int = 16
+    """Most real-text tokens before each copy of a span (the gap is uniform from 0)."""
     corpus: str | None = None
     """Plain-text corpus file (documents separated by blank lines); default: stdlib docstrings."""
     tokenizer: str | None = None
@@ -119,11 +138,67 @@ class DemoConfig:
             raise ValueError(f"--repeat-share must be between 0 and 1, got {self.repeat_share}")
         if self.replica_seed is not None and self.replica_seed == self.seed:
             raise ValueError("--replica-seed must differ from --seed, or the replica is the target")
+        if self.target_steps is not None and self.target_steps < self.steps:
+            raise ValueError(
+                f"--target-steps must be at least --steps ({self.steps}), got {self.target_steps}"
+            )
+        self._check_synthetic_share()
+
+    def _check_synthetic_share(self) -> None:
+        for name in ("copy_share", "alternation_share"):
+            share = getattr(self, name)
+            flag = f"--{name.replace('_', '-')}"
+            if not 0.0 <= share < 1.0:
+                raise ValueError(f"{flag} must be at least 0 and below 1, got {share}")
+            if share and not round(share * self.batch_size):
+                raise ValueError(
+                    f"{flag} {share} of --batch-size {self.batch_size} is no window a step; "
+                    f"give at least {1 / self.batch_size:.3g}"
+                )
+        if self.real_windows_per_step() < 1:
+            raise ValueError(
+                "--copy-share plus --alternation-share leave no real-text window in a batch; "
+                "lower them"
+            )
+        if not 1 <= self.copy_span_min <= self.copy_span_max:
+            raise ValueError(
+                "--copy-span-min must be at least 1 and at most --copy-span-max, got "
+                f"{self.copy_span_min} and {self.copy_span_max}"
+            )
+        if self.copy_span_max > self.copy_alphabet:
+            raise ValueError(
+                f"--copy-span-max {self.copy_span_max} needs as many distinct words; give "
+                f"--copy-alphabet at least {self.copy_span_max}"
+            )
+        if self.copy_alphabet < 2 or self.copy_gap_max < 0:
+            raise ValueError("--copy-alphabet must be at least 2 and --copy-gap-max at least 0")
+
+    def synthetic_windows_per_step(self) -> tuple[int, int]:
+        """(copying windows, alternation windows) in each step's batch."""
+        return round(self.copy_share * self.batch_size), round(
+            self.alternation_share * self.batch_size
+        )
+
+    def real_windows_per_step(self) -> int:
+        """Real-text windows in each step's batch: the rest of it."""
+        return self.batch_size - sum(self.synthetic_windows_per_step())
+
+    def resolved_target_steps(self) -> int:
+        """The target's optimizer steps."""
+        return self.steps if self.target_steps is None else self.target_steps
+
+    def target_config(self) -> DemoConfig:
+        """The configuration the target (and its replica) trains with: --target-steps steps and
+        the warm-up grown in proportion (the same recipe when they equal --steps)."""
+        steps = self.resolved_target_steps()
+        warmup = self.warmup_steps * steps // self.steps
+        return dataclasses.replace(self, steps=steps, warmup_steps=warmup, target_steps=None)
 
     def target_checkpoint_steps(self) -> list[int]:
-        """The steps at which the target's training is kept: steps // 2, steps // 4, ... (the
+        """The steps at which the target's training is kept: its steps // 2, steps // 4, ... (the
         `target_checkpoints` largest, distinct and positive), in increasing order."""
-        halvings = {self.steps >> k for k in range(1, self.target_checkpoints + 1)}
+        steps = self.resolved_target_steps()
+        halvings = {steps >> k for k in range(1, self.target_checkpoints + 1)}
         return sorted(step for step in halvings if step > 0)
 
     def resolved_replica_seed(self) -> int:
@@ -140,6 +215,37 @@ class DemoConfig:
         # Suites recorded before checkpoints of the target were kept have none.
         data.setdefault("target_checkpoints", 0)
         return cls(**data)
+
+
+# Six one-layer small models and a two-layer, one-head target of about the largest one's size,
+# which trains seven times longer: with a named synthetic share of copying and alternation
+# windows (synthetic.py), in-context copying of random words forms in the target after a plateau
+# and in none of the one-layer models (docs/tasks.md, "A ladder on which an ability emerges").
+EMERGENT_LADDER = (
+    Rung(32, 1, 2, 8.0e-3),
+    Rung(40, 1, 1, 7.3e-3),
+    Rung(48, 1, 2, 6.7e-3),
+    Rung(56, 1, 1, 6.1e-3),
+    Rung(64, 1, 2, 5.6e-3),
+    Rung(72, 1, 1, 5.1e-3),
+    Rung(64, 2, 1, 2.0e-3),
+)
+PRESETS = {
+    "emergent": DemoConfig(
+        ladder=EMERGENT_LADDER,
+        target_steps=4000,
+        copy_share=0.25,
+        alternation_share=0.25,
+    ),
+}
+"""Named configurations (`python -m emergence_model.demo build --preset NAME`)."""
+
+
+def preset_config(name: str, **changes) -> DemoConfig:
+    """The preset `name` with `changes` to its fields; ValueError naming the presets if unknown."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown --preset {name!r}; pick one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **changes)
 
 
 def default_suite_dir() -> Path:

@@ -6,6 +6,10 @@ sentences in GLUE RTE's True-or-False template, the transfer set; `demo-rte-fews
 after solved pairs, labelled by whether the hypothesis came from the premise. `demo-induction`: a
 passage of a document, then its first words again. All are cut by `prompts.py`, the same code as
 the hub sources'. There is no demo chain of thought: the demo's models cannot reason.
+`demo-random-copy`: a span of random words inserted in a held-out passage, the passage going on,
+then the span's first words again, the next words to copy (the ability the emergent ladder's
+target learns); `demo-random-copy-control`: the same prompts with the span's first occurrence
+replaced by other random words, so that there is nothing to copy.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 
 from emergence_model.demo.config import resolve_config, suite_path
 from emergence_model.demo.corpus import prepare_corpus
+from emergence_model.demo.synthetic import copy_alphabet
 from emergence_model.demo.tokenizer import prepare_tokenizer
 from emergence_model.prompts import (
     induction_prompt_sources,
@@ -25,7 +30,7 @@ from emergence_model.prompts import (
     wikipedia_prefix_sources,
 )
 
-PREFIX_KINDS = ("wiki", "rte", "rte-fewshot", "induction")
+PREFIX_KINDS = ("wiki", "rte", "rte-fewshot", "induction", "random-copy", "random-copy-control")
 DEMO_SHOTS = 1
 """Solved pairs before each demo-rte-fewshot query unless told otherwise: the demo's models train
 on 128-token windows, which hold one solved pair and the query for a third of the pairs, and two
@@ -157,6 +162,87 @@ def rte_style_prefixes(
     return rte_prefixes(rows), meta
 
 
+# The random-copy task: a span of 6-10 random alphabet words, its first 2 words repeated as the
+# cue, the next 4 the answer; in a passage of 30-70 words of a held-out document; 1000 prompts.
+RANDOM_COPY_SPAN = (6, 10)
+RANDOM_COPY_CUE = 2
+RANDOM_COPY_ANSWER = 4
+RANDOM_COPY_PASSAGE = (30, 70)
+RANDOM_COPY_PROMPTS = 1000
+
+
+def random_copy_prompts(
+    documents: Sequence[str],
+    tokenizer,
+    alphabet: Sequence[int],
+    *,
+    num_prompts: int = RANDOM_COPY_PROMPTS,
+    seed: int = 0,
+    seq_len: int = 128,
+) -> dict[str, list]:
+    """Copying prompts of random words and their controls, drawn with `seed`.
+
+    Each prompt is a passage of a document (30-70 words) into which a span of L distinct words of
+    `alphabet` (token ids of single-token words; L in RANDOM_COPY_SPAN) is inserted after a
+    random word; the passage goes on for a random number of its words, then the span's first
+    RANDOM_COPY_CUE words come again. `expected` is " " + the span's next RANDOM_COPY_ANSWER
+    words: only a model that finds the cue earlier in its context and copies what followed can
+    give them. The control is the same prompt with the span's first occurrence replaced by L other
+    alphabet words: the words before the answer are the same, the thing to copy is gone.
+
+    Kept only where both prompt + answer tokenize as the words they were built from (the answer
+    as its words' own tokens) and fit `seq_len` tokens. Returns {"prompts", "controls",
+    "expected", "documents" (each prompt's document's index)}; fewer than `num_prompts` when the
+    documents run out of tries.
+    """
+    low, high = RANDOM_COPY_SPAN
+    if len(alphabet) < 2 * high:
+        raise ValueError(
+            f"random-copy prompts need {2 * high} alphabet words (a span and its control's), "
+            f"got {len(alphabet)}; give the suite a larger --copy-alphabet"
+        )
+    rng = random.Random(seed)
+    words = [tokenizer.decode([int(i)]).strip() for i in alphabet]
+    split = [(d, doc.split()) for d, doc in enumerate(documents)]
+    split = [(d, doc) for d, doc in split if len(doc) >= RANDOM_COPY_PASSAGE[0]]
+    out: dict[str, list] = {"prompts": [], "controls": [], "expected": [], "documents": []}
+    cue, answer = RANDOM_COPY_CUE, RANDOM_COPY_ANSWER
+    for _ in range(10 * num_prompts if split else 0):
+        if len(out["prompts"]) >= num_prompts:
+            break
+        d, doc = split[rng.randrange(len(split))]
+        length = rng.randint(RANDOM_COPY_PASSAGE[0], min(RANDOM_COPY_PASSAGE[1], len(doc)))
+        start = rng.randint(0, len(doc) - length)
+        passage = doc[start : start + length]
+        size = rng.randint(low, high)
+        picked = rng.sample(range(len(words)), 2 * size)
+        span = [words[i] for i in picked[:size]]
+        other = [words[i] for i in picked[size:]]
+        first = rng.randint(0, length - 1)  # the span's first occurrence follows this word
+        gap = rng.randint(0, length - first)
+        before, between = passage[:first], passage[first : first + gap]
+        prompt = " ".join(before + span + between + span[:cue])
+        control = " ".join(before + other + between + span[:cue])
+        expected = " " + " ".join(span[cue : cue + answer])
+        answer_ids = [int(alphabet[i]) for i in picked[cue : cue + answer]]
+        fits = all(
+            _tokenizes_apart(tokenizer, text, expected, answer_ids, seq_len)
+            for text in (prompt, control)
+        )
+        if fits:
+            for key, value in zip(out, (prompt, control, expected, d), strict=True):
+                out[key].append(value)
+    return out
+
+
+def _tokenizes_apart(tokenizer, prefix: str, answer: str, answer_ids: list[int], seq_len: int):
+    """Whether prefix + answer tokenizes as the prefix's own tokens then `answer_ids`, within
+    `seq_len` tokens."""
+    own = tokenizer(prefix, add_special_tokens=True)["input_ids"]
+    whole = tokenizer(prefix + answer, add_special_tokens=True)["input_ids"]
+    return whole == own + answer_ids and len(whole) <= seq_len
+
+
 def _within(tokenizer, seq_len: int, prefixes: list[str], fields: dict) -> tuple[list[str], dict]:
     """The prefixes of at most `seq_len` tokens, with their per-prefix `fields`: the models never
     saw a longer sequence in training."""
@@ -180,7 +266,11 @@ def demo_prefix_set(
     - "wiki": the first 10-20 words of document, paragraph and sentence openings;
     - "rte": a premise, a hypothesis and `True or False?\\nAnswer:`;
     - "rte-fewshot": the same after `shots` solved pairs drawn from the other pairs;
-    - "induction": a passage of 12-40 words of a document, then its first 2-6 words again.
+    - "induction": a passage of 12-40 words of a document, then its first 2-6 words again;
+    - "random-copy": a held-out passage with a span of random words in it, then the span's first
+      words again (`random_copy_prompts`), from the held-out documents only, the words the
+      suite's synthetic share is made of (`--copy-alphabet`);
+    - "random-copy-control": the same prompts with the span's first occurrence replaced.
 
     Pythia's were trained on text of the same kind: its Wikipedia prefixes open articles that the
     Pile holds, and RTE's sentences come from news and Wikipedia. Held-out documents alone give
@@ -203,6 +293,15 @@ def demo_prefix_set(
         prefixes, meta = wiki_style_prefixes(documents, seed)
         return prefixes, {"documents": meta["documents"]}
     tokenizer = prepare_tokenizer(suite_dir, config, corpus)
+    if kind.startswith("random-copy"):
+        alphabet = copy_alphabet(tokenizer, config.copy_alphabet)
+        drawn = random_copy_prompts(
+            corpus.valid, tokenizer, alphabet, seed=seed, seq_len=config.seq_len
+        )
+        # held-out documents are numbered after the training ones, as in the other sets
+        sources = [len(corpus.train) + d for d in drawn["documents"]]
+        prefixes = drawn["controls" if kind.endswith("control") else "prompts"]
+        return prefixes, {"task": kind, "expected": drawn["expected"], "documents": sources}
     if kind == "induction":
         prefixes, expected, sources = induction_prompt_sources(documents, seed=seed)
         fields = {"expected": expected, "documents": sources}

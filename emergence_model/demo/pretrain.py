@@ -13,6 +13,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from emergence_model.demo.config import DemoConfig, log
+from emergence_model.demo.synthetic import alternation_batch, copying_batch
 from emergence_model.files import atomic_file
 
 
@@ -98,6 +100,41 @@ def batch_windows(step: int, num_windows: int, batch_size: int, seed: int) -> np
     )
 
 
+@dataclass(frozen=True)
+class StepBatches:
+    """What each training step reads: `config.real_windows_per_step()` windows of `real` [W, T+1]
+    in the demo's batch order, then the synthetic share (`synthetic.py`) made of `alphabet`'s
+    words. A function of (step, seed) alone."""
+
+    real: np.ndarray
+    config: DemoConfig
+    alphabet: np.ndarray | None = None
+    """The synthetic windows' words; needed only with a synthetic share."""
+
+    def __post_init__(self) -> None:
+        if any(self.config.synthetic_windows_per_step()) and self.alphabet is None:
+            raise ValueError("a synthetic share needs the alphabet of its words")
+
+    def __call__(self, step: int, seed: int) -> np.ndarray:
+        """The batch [B, T+1] of step `step` for the batch-order seed `seed`."""
+        config = self.config
+        rows = batch_windows(step, len(self.real), config.real_windows_per_step(), seed)
+        parts = [self.real[rows]]
+        copying, alternation = config.synthetic_windows_per_step()
+        span = (config.copy_span_min, config.copy_span_max)
+        if copying:
+            parts.append(
+                copying_batch(
+                    seed, step, copying, self.real, self.alphabet, span, config.copy_gap_max
+                )
+            )
+        if alternation:
+            parts.append(
+                alternation_batch(seed, step, alternation, self.real.shape[1], self.alphabet)
+            )
+        return np.ascontiguousarray(np.concatenate(parts))
+
+
 def learning_rate(step: int, peak_lr: float, config: DemoConfig) -> float:
     """Linear warm-up to `peak_lr`, then cosine decay to `min_lr_ratio * peak_lr`."""
     if step < config.warmup_steps:
@@ -137,7 +174,7 @@ def _chain_digest(digest: str, batch: np.ndarray) -> str:
 
 def train_model(
     model: torch.nn.Module,
-    train: np.ndarray,
+    train: np.ndarray | StepBatches,
     peak_lr: float,
     config: DemoConfig,
     state_path: Path,
@@ -145,7 +182,8 @@ def train_model(
     progress: bool = True,
     after_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> dict:
-    """Train `model` on `config.steps` batches of the windows `train` [W, T+1], resuming from
+    """Train `model` on `config.steps` batches of the windows `train` [W, T+1] (or of the
+    `StepBatches` `train`, which may add a synthetic share), resuming from
     `state_path` if an earlier run left one, and checkpointing there every `checkpoint_every` steps.
     `after_step(step, model)` runs after each step (the number of steps done), before that step's
     checkpoint, so a resumed run never skips it for a step it had not finished.
@@ -155,6 +193,7 @@ def train_model(
     """
     from tqdm.auto import tqdm
 
+    batches = train if isinstance(train, StepBatches) else StepBatches(train, config)
     optimizer = make_optimizer(model, peak_lr, config)
     step, digest, seconds, recent = 0, "", 0.0, []
     if state_path.exists():
@@ -169,8 +208,7 @@ def train_model(
         total=config.steps, initial=step, desc=desc, unit="step", disable=not progress, leave=True
     ) as bar:
         while step < config.steps:
-            rows = batch_windows(step, len(train), config.batch_size, config.seed)
-            batch = np.ascontiguousarray(train[rows])  # (B, T+1)
+            batch = batches(step, config.seed)  # (B, T+1)
             digest = _chain_digest(digest, batch)
             lr = learning_rate(step, peak_lr, config)
             for group in optimizer.param_groups:

@@ -7,8 +7,9 @@ No torch at import, so that listing the suites and sources (every --help) stays 
 - suites: `demo` (the ladder of sizes), `demo-steps` (the target along its training) and
   `demo-ceiling` (the target trained again from another seed, then the target), read from a
   built suite's record;
-- prefix sources: `demo-wiki`, `demo-rte`, `demo-rte-fewshot` and `demo-induction`, drawn from
-  the suite's own corpus (`prefix_sets.py`).
+- prefix sources: `demo-wiki`, `demo-rte`, `demo-rte-fewshot`, `demo-induction`,
+  `demo-random-copy` and `demo-random-copy-control`, drawn from the suite's own corpus
+  (`prefix_sets.py`).
 """
 
 from __future__ import annotations
@@ -133,5 +134,17 @@ register_source("demo-rte-fewshot", fewshot=True)(
 register_source("demo-induction")(
     _demo_source(
         "induction", "In-context copying prompts from the demo suite's own corpus (offline)."
+    )
+)
+register_source("demo-random-copy")(
+    _demo_source(
+        "random-copy",
+        "Copying random words back from held-out passages: the emergent ladder's task (offline).",
+    )
+)
+register_source("demo-random-copy-control")(
+    _demo_source(
+        "random-copy-control",
+        "demo-random-copy with the words to copy replaced: nothing to copy (offline).",
     )
 )
