@@ -174,7 +174,9 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
     flags = set()
     for action in parser._actions:
         flags.update(action.option_strings)
-        for sub in (getattr(action, "choices", None) or {}).values():
+        if not isinstance(action, argparse._SubParsersAction):
+            continue  # choices of a flag, not subcommands
+        for sub in action.choices.values():
             if isinstance(sub, argparse.ArgumentParser):
                 flags |= option_strings(sub)
     return flags
