@@ -237,3 +237,13 @@ def test_the_cache_package_imports_none_of_its_modules_and_the_network_needs_no_
 )
 def test_folds_the_floor_and_the_whole_cache_package_do_not_import_torch(module):
     test_light_modules_do_not_import_torch(module)
+
+
+def test_no_module_of_the_package_or_the_bench_grows_past_600_lines():
+    bench = PACKAGE_DIR.parent / "bench"
+    long = {
+        str(path.relative_to(PACKAGE_DIR.parent)): n
+        for path in [*PACKAGE_DIR.rglob("*.py"), *bench.rglob("*.py")]
+        if (n := len(path.read_text().splitlines())) > 600
+    }
+    assert not long, f"split these by job: {long}"
