@@ -409,18 +409,11 @@ class CalibratedStrategy(NetworkStrategy):
         self._guess = torch.tensor(pool.guess)
         self._distribution = torch.tensor(pool.distribution)
         choice = pool.guide_choice
-        self.guesser: NetworkStrategy | None = None  # None: the guess pool
-        if choice is not None and choice.guide == NETWORK_GUIDE:
-            self.guesser = network
-        elif choice is not None and choice.guide != CALIBRATED_GUIDE:
-            plain = NetworkStrategy(
-                network.predictor,
-                network.model_names,
-                network.target_name,
-                network.chunk_rows,
-                tokenizer=network.tokenizer,
-            )
-            self.guesser = guided(plain, choice)
+        # None: the guess pool guesses; else the chosen guide (`guided`: the network as it is
+        # where the choice is its own guess)
+        self.guesser: NetworkStrategy | None = None
+        if choice is not None and choice.guide != CALIBRATED_GUIDE:
+            self.guesser = guided(network, choice)
 
     def guides(self, logprobs: torch.Tensor) -> torch.Tensor:
         """Small models' log-probs (B, M, V) -> every guide of the pools (B, G, V)."""

@@ -25,6 +25,7 @@ report = measure_speculative(target, draft, prompts, 64, 4, greedy=True, seed=0)
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -409,9 +410,17 @@ def cached_forward(model: torch.nn.Module, input_ids: torch.Tensor, cache, use_c
                    **kwargs):  # fmt: skip
     """model(input_ids) after the KV cache `cache` (None: none yet) -> (its output, the cache
     after it). transformers 5.x names the cache `cache` in and out, 4.x `past_key_values`."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = _cache_argument(type(model))
     out = model(input_ids=input_ids, use_cache=use_cache, **{name: cache}, **kwargs)
     return out, getattr(out, name, None)
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The keyword a model class's forward takes its KV cache by: looked up once per class, not
+    in every (timed) decode step."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def crop_cache(past, length: int) -> None:

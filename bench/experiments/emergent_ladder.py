@@ -34,7 +34,7 @@ from bench.common import start_run
 from bench.experiments.ladders import LADDERS, ROOT
 from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.calibrate import CALIBRATED, calibrated_panel
-from emergence_model.checkpoint import load_checkpoint, load_strategy
+from emergence_model.checkpoint import load_checkpoint, network_strategy
 from emergence_model.cli import exit_on_user_error
 from emergence_model.demo.caches import RANDOM_COPY_DATASETS, prepare_random_copy_caches
 from emergence_model.demo.config import read_suite_record
@@ -43,7 +43,7 @@ from emergence_model.evaluate import EvalConfig, make_baselines, score_rows
 from emergence_model.model import PredictorConfig
 from emergence_model.pipeline import train_and_evaluate
 from emergence_model.prefixes import source_field
-from emergence_model.report import format_number, format_stat
+from emergence_model.report import format_number, format_stat, pyplot
 from emergence_model.results import Section, run_stamp
 from emergence_model.selection import GUIDE_BASELINES
 from emergence_model.stats import DEFAULT_BOOTSTRAP, ClusterBootstrap
@@ -254,8 +254,9 @@ def rung_rows(result: dict) -> tuple[list[list[str]], list[dict]]:
 def calibration_rows(checkpoint: Path, caches: dict[str, Path], config) -> tuple[list, list]:
     """The network calibrated on N target-labelled prompts of a set, against the network alone,
     on the set's other prompts: top-1 agreement with the target and KL, paired."""
-    network = load_strategy(checkpoint)
-    baselines = make_baselines(params=load_checkpoint(checkpoint)["baselines"])
+    loaded = load_checkpoint(checkpoint)
+    network = network_strategy(loaded, str(checkpoint))
+    baselines = make_baselines(params=loaded["baselines"])
     strategies = {"network": network, **{n: baselines[n] for n in GUIDE_BASELINES}}
     rows, numbers = [], []
     for name in (TASK, CONTROL):
@@ -307,11 +308,7 @@ def calibration_rows(checkpoint: Path, caches: dict[str, Path], config) -> tuple
 def draw_answer_figure(path: Path, size: list[dict], steps: list[dict]) -> None:
     """Exact match and log-probability per answer token of the task and its control, along size
     and along the target's training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex="col")
     for col, (scores, xlabel) in enumerate(
         ((size, "parameters"), (steps, "tokens seen by the target"))
@@ -341,11 +338,7 @@ def draw_answer_figure(path: Path, size: list[dict], steps: list[dict]) -> None:
 
 def draw_rung_figure(path: Path, rung_numbers: list[dict], title: str) -> None:
     """The predictor's top-1 miss and KL per rung (each from the rungs below), per set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name in dict.fromkeys(r["set"] for r in rung_numbers):
         rungs = [r for r in rung_numbers if r["set"] == name]

@@ -57,7 +57,7 @@ class RowFile:
         row_bytes = self.row_items * self.dtype.itemsize
         for n, row in zip(prefix_indices.tolist(), values, strict=True):
             place = self.offset + (n * self.models + model_index) * row_bytes
-            data = memoryview(row.tobytes())
+            data = memoryview(row).cast("B")  # the row's bytes, not a copy
             while data:  # a regular file writes all at once; a short write goes on
                 written = os.pwrite(self.fd, data, place)
                 data, place = data[written:], place + written

@@ -84,14 +84,11 @@ def score_answers(
     return logprob, exact
 
 
-def first_token_scores(
-    cache: FeatureCache, rows: np.ndarray, first: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """From the cache: every model's log-probability of each prompt's answer's first token and
-    whether it is the model's argmax, (n, models) each."""
+def first_token_logprobs(cache: FeatureCache, rows: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """From the cache: every model's log-probability of each prompt's answer's first token,
+    (n, models)."""
     logprob = np.stack([cache.logprobs[r, :, t] for r, t in zip(rows, first, strict=True)])
-    exact = cache.argmax[rows] == np.asarray(first)[:, None]
-    return logprob.astype(np.float64), exact
+    return logprob.astype(np.float64)
 
 
 def passage_and_head(prompt: str, expected: str) -> tuple[str, str] | None:
@@ -151,8 +148,8 @@ def model_scores(
     first_hit = cache.argmax[rows[keep]] == first[:, None]  # (n, models)
     out = {"kept": rows[keep], "tokens": tokens, "first_hit": first_hit}
     if not on_disk:
-        logprob, exact = first_token_scores(cache, rows[keep], first)
-        return {**out, "source": "cache (first token only)", "logprob": logprob, "exact": exact}
+        logprob = first_token_logprobs(cache, rows[keep], first)
+        return {**out, "source": "cache (first token only)", "logprob": logprob, "exact": first_hit}
     models = len(cache.model_names)
     logprob = np.zeros((len(keep), models))
     exact = np.zeros((len(keep), models), dtype=bool)
