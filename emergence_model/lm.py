@@ -114,6 +114,15 @@ def load_model(
         return model.to(device).eval()
 
 
+def load_model_spec(spec: str, **kwargs) -> torch.nn.Module:
+    """`load_model` of a suite's model as a cache names it: "ORG/NAME@REVISION", a hub id or a
+    local directory (`suites.parse_model_spec`)."""
+    from emergence_model.suites import parse_model_spec
+
+    model_id, revision = parse_model_spec(spec)
+    return load_model(model_id, revision=revision, **kwargs)
+
+
 def input_device(model: torch.nn.Module, device: str) -> str:
     """Where a model's inputs go: the first device of its accelerate device map (where its
     embeddings are), or `device` for a model on one device."""

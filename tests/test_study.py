@@ -159,6 +159,21 @@ def test_scores_on_a_transfer_set_are_those_of_the_chosen_predictor(ladder, tmp_
     assert np.isfinite(rte["vs_reference"]["emergence"]["kl"]["value"])
 
 
+def test_the_network_guesses_with_the_guide_its_checkpoint_chose(ladder, tmp_path):
+    checkpoint = load_checkpoint(ladder["ckpt"])
+    for choice in [checkpoint["selection"]["ensemble"], *checkpoint["selection"]["folds"]]:
+        choice.update(guide="largest", params={})  # as if the training folds showed it ahead
+    chose_largest = tmp_path / "largest.ckpt"
+    torch.save(checkpoint, chose_largest)
+    (study,) = run_study({**ladder, "ckpt": chose_largest}, tmp_path / "s")
+    rows = [json.loads(line) for line in (tmp_path / "s" / "per_prefix.jsonl").open()]
+    for name, cache in (("wiki", ladder["wiki"]), ("rte", ladder["rte"])):
+        x = cache.rows(range(len(cache)))
+        largest = x[:, int(np.argmax(cache.scales[:-1]))].argmax(axis=1)
+        scored = {r["row"]: r["guesses"] for r in rows if r["set"] == name}
+        assert scored and all(g["network"] == largest[i] for i, g in scored.items())
+
+
 def test_bad_input_is_refused_in_one_line(ladder, tmp_path):
     synthetic = write_synthetic_cache(tmp_path / "syn", num_prefixes=20, vocab_size=16)
     with pytest.raises(ValueError, match="small models"):

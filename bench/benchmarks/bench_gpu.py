@@ -26,7 +26,6 @@ docs/results/bench_gpu.md and .json, naming the card.
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -231,7 +230,8 @@ def measure_predictor(config: GpuBenchConfig) -> dict:
     started = time.perf_counter()
     predictor, data, _ = fit_predictor(cache, PredictorConfig(), train, config.dir / "fit")
     training = time.perf_counter() - started
-    steps = config.train_epochs * math.ceil(len(data.train_idx) / train.batch_size)
+    epochs = train.epochs_for(len(data.train_idx))  # the step budget may stop it sooner
+    steps = epochs * train.steps_per_epoch(len(data.train_idx))
     strategy = NetworkStrategy(predictor.to(config.device), cache.model_names[:-1],
                                cache.target_name)  # fmt: skip
     synchronize(config.device)
@@ -241,7 +241,7 @@ def measure_predictor(config: GpuBenchConfig) -> dict:
     scoring = time.perf_counter() - started
     top1 = float(np.mean(scored["strategies"]["network"]["top1"]))  # a check it scored
     shutil.rmtree(path)
-    trained = len(data.train_idx) * config.train_epochs
+    trained = len(data.train_idx) * epochs
     return {
         "cache": [num, len(cache.model_names), vocab],
         "train_rows": len(data.train_idx),

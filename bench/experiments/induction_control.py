@@ -27,7 +27,7 @@ from emergence_model.cache import open_cache
 from emergence_model.cli import exit_on_user_error
 from emergence_model.demo.config import CACHES_DIR, suite_path
 from emergence_model.extract import next_token_logprobs
-from emergence_model.lm import load_model
+from emergence_model.lm import load_model_spec
 from emergence_model.prefixes import source_field
 from emergence_model.prompts import expected_token_ids
 from emergence_model.report import format_number, format_stat
@@ -35,7 +35,6 @@ from emergence_model.results import Section
 from emergence_model.stats import mean_with_ci
 from emergence_model.study.answers import control_prompts
 from emergence_model.study.ladder import load_cache_tokenizer
-from emergence_model.suites import parse_model_spec
 
 
 @dataclass
@@ -74,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         models = range(len(names)) if path == paths[0] else range(len(names) - 1)
         for m in models:
             hit = cache.argmax[keep, m] == copy[keep]
-            model_id, revision = parse_model_spec(names[m])
-            model = load_model(model_id, revision=revision)
+            model = load_model_spec(names[m])
             scores = next_token_logprobs(
                 model, tokenizer, kept_controls, batch_size=config.batch_size
             )

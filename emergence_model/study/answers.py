@@ -23,11 +23,10 @@ import torch
 
 from emergence_model.cache import FeatureCache
 from emergence_model.extract import next_token_logprobs
-from emergence_model.lm import load_model
+from emergence_model.lm import load_model_spec
 from emergence_model.prompts import INDUCTION_REPEAT, expected_token_ids
 from emergence_model.stats import ClusterBootstrap, estimate
 from emergence_model.strategies import model_basename
-from emergence_model.suites import parse_model_spec
 
 # Logit entries held at once when the models score answers (float32: 256 MiB).
 LOGIT_BUDGET = 2**26
@@ -167,8 +166,7 @@ def model_scores(
         )
         control_hit = np.full((len(keep), models), np.nan)
     for m, name in enumerate(cache.model_names):
-        model_id, revision = parse_model_spec(name)
-        model = load_model(model_id, revision=revision)
+        model = load_model_spec(name)
         total, exact[:, m] = score_answers(model, kept_prompts, kept_answers, cache.vocab_size)
         logprob[:, m] = total / tokens
         if control_hit is not None:

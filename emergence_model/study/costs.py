@@ -23,10 +23,9 @@ from collections.abc import Callable, Hashable, Iterator
 import torch
 
 from emergence_model.cache import FeatureCache
-from emergence_model.lm import load_model
+from emergence_model.lm import load_model_spec
 from emergence_model.speculative import cached_forward, crop_cache
 from emergence_model.strategies import ModelSubset, OneModel, Strategy
-from emergence_model.suites import parse_model_spec
 
 COST_BATCHES = (1, 16)
 """Batch sizes a decode step is timed at: one sequence, and a small serving batch."""
@@ -131,8 +130,7 @@ def measure_costs(
     with torch_threads(threads):
         models = {}
         for name in names:
-            model_id, revision = parse_model_spec(name)
-            models[name] = load_model(model_id, revision=revision)
+            models[name] = load_model_spec(name)
         runs: dict = {}
         for name, model in models.items():
             for b in COST_BATCHES:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from emergence_model.cache import FeatureCache
-from emergence_model.lm import load_model
+from emergence_model.lm import load_model_spec
 from emergence_model.speculative import (
     HFCausalLM,
     StrategyDraft,
@@ -71,8 +71,7 @@ def run_generation(
     with torch_threads(threads):
         models = []
         for name in cache.model_names:
-            model_id, revision = parse_model_spec(name)
-            models.append(HFCausalLM(load_model(model_id, revision=revision), vocab_size=vocab))
+            models.append(HFCausalLM(load_model_spec(name), vocab_size=vocab))
         small, target = models[:-1], models[-1]
         token_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
         eos = tokenizer.eos_token_id

@@ -17,8 +17,9 @@ from emergence_model.cache import FeatureCache, open_cache
 from emergence_model.lm import load_tokenizer
 from emergence_model.prefixes import source_field, source_task
 from emergence_model.prompts import expected_token_ids
+from emergence_model.selection import guided
 from emergence_model.stats import ClusterBootstrap
-from emergence_model.strategies import model_basename
+from emergence_model.strategies import NetworkStrategy, model_basename
 from emergence_model.study.analysis import (
     ceiling_agreement,
     check_ceiling,
@@ -295,13 +296,14 @@ def generation(ladder, sets: list[dict], summaries: list[dict], tokenizer, confi
     fold_rows = np.flatnonzero(reference["folds"] == 0)
     rows = held_out_prompts(fold_rows, cache.prefixes, config.generate_prompts, config.seed)
     named = reference["strategies"]  # strategies of some part; the network replaced below
-    from emergence_model.strategies import NetworkStrategy
-
+    fold = 0 if reference["cross_fitted"] else None
     network = NetworkStrategy(
-        ladder.predictor.member(0) if reference["cross_fitted"] else ladder.predictor,
+        ladder.predictor if fold is None else ladder.predictor.member(fold),
         ladder.small_names,
         ladder.checkpoint["target_name"],
     )
+    if ladder.selection is not None:  # with the guide the checkpoint chose for that network
+        network = guided(network, ladder.selection.choice(fold))
     speculative = summaries[0]["speculative"]
     largest = int(np.argmax(cache.scales[:-1]))
     names = [f"model:{model_basename(cache.model_names[largest])}", "mean-prob", "network"]

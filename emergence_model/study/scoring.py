@@ -16,10 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from emergence_model.cache import FeatureCache, open_cache, select_models
-from emergence_model.checkpoint import build_predictor, check_compatible, load_checkpoint
+from emergence_model.checkpoint import (
+    build_predictor,
+    check_compatible,
+    checkpoint_selection,
+    load_checkpoint,
+)
 from emergence_model.evaluate import make_baselines, score_parts
 from emergence_model.folds import NOT_TRAINED, SEEN_BY_ALL, fold_splits, training_folds
 from emergence_model.model import PerTokenPredictor, PredictorConfig
+from emergence_model.selection import Selection, guided
 from emergence_model.strategies import (
     ModelSubset,
     NetworkStrategy,
@@ -41,6 +47,8 @@ class Ladder:
     checkpoint_path: Path
     predictor: PerTokenPredictor
     caches: list[FeatureCache]
+    selection: Selection | None = None
+    """The guides the checkpoint's networks guess with (None: each its own guess)."""
 
     @property
     def reference(self) -> FeatureCache:
@@ -70,7 +78,9 @@ def open_ladder(checkpoint_path: str | Path, cache_paths: Sequence[str | Path]) 
     names = [str(c.path.resolve()) for c in caches]
     if len(set(names)) != len(names):
         raise ValueError("a cache is given twice; give each prefix set once")
-    return Ladder(checkpoint, Path(checkpoint_path), build_predictor(checkpoint), caches)
+    predictor = build_predictor(checkpoint)
+    selection = checkpoint_selection(checkpoint, str(checkpoint_path))
+    return Ladder(checkpoint, Path(checkpoint_path), predictor, caches, selection)
 
 
 def network_folds(cache: FeatureCache, checkpoint: dict) -> np.ndarray:
@@ -103,13 +113,17 @@ def choice_folds(ladder: Ladder, config: StudyConfig) -> tuple[np.ndarray, bool]
 
 
 def strategies(
-    ladder: Ladder, network: PerTokenPredictor, subsets: dict[int, PerTokenPredictor]
+    ladder: Ladder, network: PerTokenPredictor, subsets: dict[int, PerTokenPredictor], code: int
 ) -> dict[str, Strategy]:
     """Every strategy the study scores: the baselines (tuned as the checkpoint recorded), the
-    network, each small model alone and the networks on the k smallest models."""
+    network (fold `code`'s, or NOT_TRAINED: the ensemble) guessing with the guide the checkpoint
+    chose for it, each small model alone and the networks on the k smallest models."""
     names, target = ladder.small_names, ladder.checkpoint["target_name"]
     out: dict[str, Strategy] = dict(make_baselines(params=ladder.checkpoint.get("baselines")))
-    out["network"] = NetworkStrategy(network, names, target)
+    choice = None
+    if ladder.selection is not None:
+        choice = ladder.selection.choice(None if code == NOT_TRAINED else int(code))
+    out["network"] = guided(NetworkStrategy(network, names, target), choice)
     for m, name in enumerate(names):
         out[f"model:{model_basename(name)}"] = OneModel(m)
     order = np.argsort(ladder.checkpoint["scales"], kind="stable")
@@ -181,7 +195,7 @@ def score_sets(ladder: Ladder, config: StudyConfig, subsets: list[dict]) -> list
                 s["k"]: head_for(s["ensemble"], code)
                 for s, code in zip(subsets, key[1:], strict=True)
             }
-            parts.append((rows, strategies(ladder, network, heads)))
+            parts.append((rows, strategies(ladder, network, heads, key[0])))
         per_row = score_parts(cache, parts, config.chunk_rows)
         per_row = _take(per_row, np.argsort(per_row["rows"], kind="stable"))  # cache order
         results.append(
