@@ -19,32 +19,49 @@ from emergence_model.stats import holm
 ALPHA = 0.05
 """Family-wise error rate of the claims a report makes."""
 
+# The claims' names, which the report's sections look their verdicts up by.
+MATCHED_KL = "KL minus the reference set's at matched entropy"
+JUMP_NET_OF_REPLICA = "jump net of the replica's (its control)"
+
+
+def vs_reference(measure: str, reference: str) -> str:
+    return f"{measure} minus {reference}'s"
+
+
+def copy_split(metric: str) -> str:
+    return f"{metric}: hard copies minus hard non-copies"
+
+
+def rung_line(measure: str) -> str:
+    return f"{measure} at the target minus its rungs' line"
+
+
+def above_trend(metric: str) -> str:
+    return f"{metric} of the target minus its small models' line"
+
 
 def _claims_of_set(summary: dict) -> Iterator[tuple[str, dict]]:
     """(what, statistic) of every claim one set's summary makes."""
     vs = summary.get("vs_reference")
     if vs:
         for measure, stat in vs["emergence"].items():
-            yield f"{measure} minus {vs['reference']}'s", stat
+            yield vs_reference(measure, vs["reference"]), stat
     matched = summary.get("kl_entropy", {}).get("matched_vs_reference")
     if matched:
-        yield "KL minus the reference set's at matched entropy", matched
+        yield MATCHED_KL, matched
     controls = summary.get("jump_controls", {})
     if "net_of_replica" in controls:
-        yield "jump net of the replica's (its control)", controls["net_of_replica"]
+        yield JUMP_NET_OF_REPLICA, controls["net_of_replica"]
     split = summary.get("copies", {}).get("split", {}).get("matched")
     if split:
         for metric, stat in split["difference"].items():
-            yield f"{metric}: hard copies minus hard non-copies", stat
+            yield copy_split(metric), stat
     for measure, test in (summary.get("rung_curve") or {}).get("back_test", {}).items():
         if "measured_minus_predicted" in test:
-            yield f"{measure} at the target minus its rungs' line", test["measured_minus_predicted"]
+            yield rung_line(measure), test["measured_minus_predicted"]
     for metric, test in (summary.get("answers") or {}).get("above_trend", {}).items():
         if "measured_minus_predicted" in test:
-            yield (
-                f"{metric} of the target minus its small models' line",
-                test["measured_minus_predicted"],
-            )
+            yield above_trend(metric), test["measured_minus_predicted"]
 
 
 def apply_holm(studies: Sequence[dict]) -> list[dict]:

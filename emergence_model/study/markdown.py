@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from emergence_model.report import markdown_table
 from emergence_model.results import stamp_lines
+from emergence_model.study import claims as claims_of
 from emergence_model.study.claims import ALPHA
 from emergence_model.study.formatting import FIGURES_DIR, figure_name, stat_text, verdict
 from emergence_model.study.markdown_practical import practical_section
@@ -133,7 +134,7 @@ def rung_section(study: dict) -> list[str]:
                     stat_text(test["predicted"], key),
                     stat_text(test["measured"], key),
                     stat_text(test["measured_minus_predicted"], key, signed=True),
-                    verdict(claims, s["name"], f"{measure} at the target minus its rungs' line"),
+                    verdict(claims, s["name"], claims_of.rung_line(measure)),
                 ]
             )
     return [*lines, *markdown_table(head, table), ""]
@@ -193,7 +194,7 @@ def _jump_verdicts(study: dict) -> list[str]:
         controls = s.get("jump_controls", {})
         parts = []
         if "net_of_replica" in controls:
-            held = verdict(claims, s["name"], "jump net of the replica's (its control)")
+            held = verdict(claims, s["name"], claims_of.JUMP_NET_OF_REPLICA)
             parts.append(
                 f"net of its control {stat_text(controls['net_of_replica'], signed=True)} nats "
                 f"({held} after Holm)"
@@ -227,8 +228,7 @@ def _entropy(study: dict) -> list[str]:
             for b in s["kl_entropy"]["bins"]
         ]
         matched = s["kl_entropy"].get("matched_vs_reference")
-        held = verdict(study.get("claims", []), s["name"],
-                       "KL minus the reference set's at matched entropy")  # fmt: skip
+        held = verdict(study.get("claims", []), s["name"], claims_of.MATCHED_KL)
         table.append([s["name"], *cells, stat_text(matched, signed=True), held])
     lines += markdown_table(head, table)
     return [*lines, "", f"![entropy]({figure_name(study, 'entropy')})", ""]
@@ -245,7 +245,7 @@ def _vs_reference(study: dict) -> list[str]:
     for s in others:
         cells = []
         for k in EMERGENCE_TITLES:
-            held = verdict(claims, s["name"], f"{k} minus {ref}'s")
+            held = verdict(claims, s["name"], claims_of.vs_reference(k, ref))
             cells.append(f"{stat_text(s['vs_reference']['emergence'][k], k, True)} {held}")
         table.append([s["name"], *cells, stat_text(s["vs_reference"]["top1"]["network"], "top1")])
     return [
@@ -368,9 +368,9 @@ def _copy_split(name: str, split: dict, claims: Sequence[dict]) -> list[str]:
             "hard copies minus hard non-copies",
             "",
             f"{stat_text(diff['kl'], signed=True)} "
-            f"{verdict(claims, name, 'kl: hard copies minus hard non-copies')}",
+            f"{verdict(claims, name, claims_of.copy_split('kl'))}",
             f"{stat_text(diff['miss'], 'miss', True)} "
-            f"{verdict(claims, name, 'miss: hard copies minus hard non-copies')}",
+            f"{verdict(claims, name, claims_of.copy_split('miss'))}",
         ]
     )
     return [
@@ -402,8 +402,7 @@ def _answers(sets: Sequence[dict], claims: Sequence[dict]) -> list[str]:
         held = {}
         for metric, key in (("exact", "exact"), ("logprob", "")):
             test = a["above_trend"][metric]
-            what = f"{metric} of the target minus its small models' line"
-            held[metric] = verdict(claims, s["name"], what)
+            held[metric] = verdict(claims, s["name"], claims_of.above_trend(metric))
             if "predicted" not in test:
                 table.append([s["name"], a["source"], str(a["prompts"]), metric,
                               test.get("skipped", ""), "", "", ""])  # fmt: skip
