@@ -147,38 +147,17 @@ def prepare_demo_study_caches(
     Under `cache_root` (default: the suite's caches/): `<set>/` for the size ladder (demo-wiki
     and demo-rte are `prepare_demo_caches`'), `steps/<set>/` and `ceiling/<set>/`.
     """
-    suite_dir = suite_path(suite_dir)
-    cache_root = Path(cache_root) if cache_root is not None else suite_dir / CACHES_DIR
-    wiki, rte = prepare_demo_caches(
+    return _study_caches(
         suite_dir,
         cache_root,
+        SIZE_DATASETS,
+        STEPS_DATASETS,
+        CEILING_DATASETS,
         seed=seed,
         batch_size=batch_size,
         cache_dtype=cache_dtype,
         progress=progress,
     )
-    build_replica(suite_dir, progress=progress)
-    config = ExtractConfig(
-        device="cpu", batch_size=batch_size, cache_dtype=cache_dtype, progress=progress
-    )
-    # Each set is drawn once, however many suites cache it.
-    sets = functools.cache(lambda dataset: load_demo_prefixes(dataset, suite_dir, seed))
-
-    def cache_all(suite: Suite, datasets: Sequence[str], root: Path) -> dict[str, Path]:
-        return {d: cache_prefix_set(suite, *sets(d), root / d, config, seed) for d in datasets}
-
-    caches = DemoStudyCaches(size={"demo-wiki": wiki, "demo-rte": rte})
-    size_sets = [d for d in SIZE_DATASETS if d not in caches.size]
-    caches.size.update(cache_all(get_suite("demo", suite_dir=suite_dir), size_sets, cache_root))
-    ceiling = get_suite("demo-ceiling", suite_dir=suite_dir)
-    caches.ceiling = cache_all(ceiling, CEILING_DATASETS, cache_root / CEILING_DIR)
-    try:
-        steps = get_suite("demo-steps", suite_dir=suite_dir)
-    except ValueError as e:
-        log(f"no demo-steps caches: {e}")
-    else:
-        caches.steps = cache_all(steps, STEPS_DATASETS, cache_root / STEPS_DIR)
-    return caches
 
 
 def prepare_random_copy_caches(
@@ -195,21 +174,68 @@ def prepare_random_copy_caches(
     `RANDOM_COPY_DATASETS` and, with `steps_wiki` (what a study of demo-steps trains its network
     on), demo-wiki. The target's second training is not made (no ceiling: it would train the
     target's longest run again)."""
+    return _study_caches(
+        suite_dir,
+        cache_root,
+        RANDOM_COPY_DATASETS,
+        ("demo-wiki",) * steps_wiki + RANDOM_COPY_DATASETS,
+        (),
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        need_steps=True,
+    )
+
+
+def _study_caches(
+    suite_dir: str | os.PathLike | None,
+    cache_root: str | os.PathLike | None,
+    size_sets: Sequence[str],
+    steps_sets: Sequence[str],
+    ceiling_sets: Sequence[str],
+    *,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+    cache_dtype: str = ExtractConfig.cache_dtype,
+    need_steps: bool = False,
+) -> DemoStudyCaches:
+    """demo-wiki and demo-rte (`prepare_demo_caches`), then the size ladder on `size_sets`, the
+    replica's ladder on `ceiling_sets` (the replica trained first, if any) and demo-steps on
+    `steps_sets` (skipped with a note where the suite kept no checkpoints, unless `need_steps`).
+    Each set is drawn once, however many suites cache it."""
     suite_dir = suite_path(suite_dir)
     cache_root = Path(cache_root) if cache_root is not None else suite_dir / CACHES_DIR
     wiki, rte = prepare_demo_caches(
-        suite_dir, cache_root, seed=seed, batch_size=batch_size, progress=progress
+        suite_dir,
+        cache_root,
+        seed=seed,
+        batch_size=batch_size,
+        cache_dtype=cache_dtype,
+        progress=progress,
     )
-    config = ExtractConfig(device="cpu", batch_size=batch_size, progress=progress)
+    if ceiling_sets:
+        build_replica(suite_dir, progress=progress)
+    config = ExtractConfig(
+        device="cpu", batch_size=batch_size, cache_dtype=cache_dtype, progress=progress
+    )
     sets = functools.cache(lambda dataset: load_demo_prefixes(dataset, suite_dir, seed))
 
     def cache_all(suite: Suite, datasets: Sequence[str], root: Path) -> dict[str, Path]:
         return {d: cache_prefix_set(suite, *sets(d), root / d, config, seed) for d in datasets}
 
     caches = DemoStudyCaches(size={"demo-wiki": wiki, "demo-rte": rte})
-    size = get_suite("demo", suite_dir=suite_dir)
-    caches.size.update(cache_all(size, RANDOM_COPY_DATASETS, cache_root))
-    steps = get_suite("demo-steps", suite_dir=suite_dir)
-    steps_sets = ("demo-wiki",) * steps_wiki + RANDOM_COPY_DATASETS
-    caches.steps = cache_all(steps, steps_sets, cache_root / STEPS_DIR)
+    size_sets = [d for d in size_sets if d not in caches.size]
+    caches.size.update(cache_all(get_suite("demo", suite_dir=suite_dir), size_sets, cache_root))
+    if ceiling_sets:
+        ceiling = get_suite("demo-ceiling", suite_dir=suite_dir)
+        caches.ceiling = cache_all(ceiling, ceiling_sets, cache_root / CEILING_DIR)
+    try:
+        steps = get_suite("demo-steps", suite_dir=suite_dir)
+    except ValueError as e:
+        if need_steps:
+            raise
+        log(f"no demo-steps caches: {e}")
+    else:
+        caches.steps = cache_all(steps, steps_sets, cache_root / STEPS_DIR)
     return caches
