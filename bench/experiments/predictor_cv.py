@@ -98,16 +98,6 @@ VARIANTS = {
         },
         training={"soft_weight": 0.0},
     ),
-    "the issue's MLP on every token: a residual on the largest, each model's log-prob and gap, "
-    "no token embedding, cross-entropy": Variant(
-        network={
-            "num_candidates": 0,
-            "base": "largest",
-            "features": "context,models",
-            "token_embedding": 0,
-        },
-        training={"soft_weight": 0.0},
-    ),
     "half the training prefixes": Variant(training={"train_fraction": 0.5}),
     "three seeds per fold": Variant(seeds=3),
 }
