@@ -39,7 +39,7 @@ small models works: with one, or with equal scales, the extrapolation is their m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -96,6 +96,11 @@ class PredictorConfig:
     always read."""
     token_embedding: int = 16
     """Size of a learned embedding of each candidate token's identity (0: none)."""
+    embedding_min_prefixes: int = 3000
+    """A network that learns from fewer prefixes than this has no token embedding: each token's
+    row is seen too seldom and fits noise (on the real-text ladders' training folds, leaving it
+    out is ahead learning from 1,500 prefixes and level learning from all: docs/results/
+    predictor_cv.md). 0: the embedding however few the prefixes."""
     dropout: float = 0.0
     """Dropout on the MLP's hidden units during training."""
     num_models: int | None = field(default=None, metadata={"cli": False})
@@ -135,6 +140,10 @@ class PredictorConfig:
             )
         if self.token_embedding < 0:
             raise ValueError(f"--token-embedding must be 0 or more, got {self.token_embedding}")
+        if self.embedding_min_prefixes < 0:
+            raise ValueError(
+                f"--embedding-min-prefixes must be 0 or more, got {self.embedding_min_prefixes}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.num_heads < 1:
@@ -157,6 +166,20 @@ class PredictorConfig:
             raise ValueError(
                 f"PredictorConfig needs {', '.join(missing)}: take them from the cache"
             )
+
+    def for_training(self, train_prefixes: int) -> PredictorConfig:
+        """These settings for a network that learns from `train_prefixes` prefixes: without the
+        token embedding below `embedding_min_prefixes`."""
+        if self.token_embedding and train_prefixes < self.embedding_min_prefixes:
+            return replace(self, token_embedding=0)
+        return self
+
+    def computes(self) -> dict:
+        """The settings that make what a trained network computes (`embedding_min_prefixes` has
+        done its work once `for_training` has applied it): for the keys of finished runs."""
+        settings = dict(self.__dict__)
+        del settings["embedding_min_prefixes"]
+        return settings
 
     def candidates_for(self, vocab_size: int) -> int:
         k = self.num_candidates

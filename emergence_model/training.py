@@ -151,6 +151,13 @@ class TrainConfig:
         among `world_size` processes under DDP (data.RankBatches)."""
         return max(1, math.ceil(math.ceil(train_rows / self.batch_size) / world_size))
 
+    def learnt_rows(self, train_rows: int) -> int:
+        """How many of a split's `train_rows` training prefixes a network learns from
+        (--train-fraction)."""
+        if self.train_fraction == 1:
+            return train_rows
+        return max(1, round(self.train_fraction * train_rows))
+
     def epochs_for(self, train_rows: int, world_size: int = 1) -> int:
         """Passes over `train_rows` training prefixes that make --steps steps, at most
         --max-epochs."""
@@ -271,9 +278,9 @@ def fit_predictor(
     if c.train_fraction < 1:
         train_rows = split[0]
         keep = np.random.default_rng(c.seed).permutation(len(train_rows))
-        keep = np.sort(keep[: max(1, round(c.train_fraction * len(train_rows)))])
+        keep = np.sort(keep[: c.learnt_rows(len(train_rows))])
         split = (train_rows[keep], split[1], split[2])
-    config = predictor_config_for(cache, predictor_config)
+    config = predictor_config_for(cache, predictor_config).for_training(len(split[0]))
     data = CacheDataModule(
         cache,
         split,
@@ -381,7 +388,7 @@ def _fold_key(
         "format": CHECKPOINT_FORMAT,
         "design": PREDICTOR_DESIGN,
         **cache.content_key(),
-        "predictor": dataclasses.asdict(predictor_config),
+        "predictor": predictor_config.computes(),
         "training": settings,
         "split": [part.tolist() for part in split],
     }
@@ -453,6 +460,10 @@ def fit_cross_fitted(
     c = train_config
     if folds is None:
         folds = c.folds_of(cache.prefixes)
+    # one shape for every fold's network, so that they join into an ensemble
+    predictor_config = predictor_config.for_training(
+        min(c.learnt_rows(len(split[0])) for split in folds.splits)
+    )
     members, metrics = [], {}
     for k, split in enumerate(folds.splits):
         fold_dir = Path(run_dir) / f"fold-{k}"

@@ -57,6 +57,7 @@ def test_extrapolation_weights_by_hand():
         ({"features": "context,colour"}, "--features"),
         ({"features": "trajectory,context"}, "--features takes context.*trajectory: measured"),
         ({"token_embedding": -1}, "--token-embedding"),
+        ({"embedding_min_prefixes": -1}, "--embedding-min-prefixes"),
     ],
 )
 def test_config_names_the_flag_to_fix(kwargs, flag):
@@ -286,3 +287,15 @@ def test_log_probs_mix_the_small_models_and_keep_the_guess():
     assert torch.equal(mixed.argmax(dim=1), guess) and torch.equal(alone.argmax(dim=1), guess)
     assert mixed.exp().sum(dim=1) == pytest.approx(torch.ones(4))
     assert not torch.allclose(mixed, alone)
+
+
+def test_the_token_embedding_is_left_out_below_its_number_of_prefixes():
+    config = PredictorConfig(token_embedding=8, embedding_min_prefixes=100)
+    assert config.for_training(99).token_embedding == 0
+    assert config.for_training(100) is config
+    assert PredictorConfig(token_embedding=8, embedding_min_prefixes=0).for_training(1) == (
+        PredictorConfig(token_embedding=8, embedding_min_prefixes=0)
+    )
+    # what a trained network computes does not depend on the rule once it has been applied
+    assert "embedding_min_prefixes" not in config.computes()
+    assert config.computes() == PredictorConfig(token_embedding=8).computes()

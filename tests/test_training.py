@@ -167,6 +167,23 @@ def test_cross_fitting_gives_one_head_per_fold(tiny_cache, tmp_path):
     assert all((tmp_path / f"fold-{k}" / "logs").is_dir() for k in range(3))
 
 
+def test_networks_that_learn_from_few_prefixes_have_no_token_embedding(tiny_cache, tmp_path):
+    train = TrainConfig(folds=2, max_epochs=1, batch_size=8, **QUIET)
+    learnt = min(len(split[0]) for split in train.folds_of(tiny_cache.prefixes).splits)
+    few = PredictorConfig(hidden_size=4, embedding_min_prefixes=learnt + 1)
+    predictor, _, _ = fit_cross_fitted(tiny_cache, few, train, tmp_path / "few")
+    assert predictor.config.token_embedding == 0
+    assert all(head.embedding is None for head in predictor.heads)
+    enough = PredictorConfig(hidden_size=4, embedding_min_prefixes=learnt)
+    predictor, _, _ = fit_cross_fitted(tiny_cache, enough, train, tmp_path / "enough")
+    assert predictor.config.token_embedding == 16
+    assert all(head.embedding is not None for head in predictor.heads)
+    # --train-fraction counts: the networks learn from half the split's training prefixes
+    half = dataclasses.replace(train, train_fraction=0.5)
+    predictor, _, _ = fit_cross_fitted(tiny_cache, enough, half, tmp_path / "half")
+    assert predictor.config.token_embedding == 0
+
+
 @pytest.mark.slow
 def test_cross_fitting_resumes_from_finished_folds(tiny_cache, tmp_path, monkeypatch):
     from emergence_model import training

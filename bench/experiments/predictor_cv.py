@@ -78,6 +78,7 @@ VARIANTS = {
     "learning rate 3e-3": Variant(training={"lr": 3e-3}),
     "learning rate 3e-2": Variant(training={"lr": 3e-2}),
     "no token embedding": Variant(network={"token_embedding": 0}),
+    "the token embedding however few the prefixes": Variant(network={"embedding_min_prefixes": 0}),
     "no token embedding, learning rate 3e-3": Variant(
         network={"token_embedding": 0}, training={"lr": 3e-3}
     ),
@@ -205,10 +206,13 @@ def compare_variants(
 def variant_key(cache: FeatureCache, variant: Variant, splits: list[Split]) -> str:
     """What a variant's agreement depends on: the configurations it trains with (the defaults
     and its changes), the cache, the network's design and the inner folds."""
-    training = dataclasses.asdict(dataclasses.replace(TrainConfig(), **variant.training))
+    defaults = dataclasses.replace(TrainConfig(), **variant.training)
+    learnt = min(defaults.learnt_rows(len(split[0])) for split in splits)
+    network = dataclasses.replace(PredictorConfig(), **variant.network).for_training(learnt)
+    training = dataclasses.asdict(defaults)
     del training["progress"]
     identity = {
-        "network": dataclasses.asdict(dataclasses.replace(PredictorConfig(), **variant.network)),
+        "network": network.computes(),
         "training": training,
         "seeds": variant.seeds,
         "cache": cache.fingerprint,

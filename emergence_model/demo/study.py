@@ -62,7 +62,11 @@ def trained_on(checkpoint: Path, cache_path: Path, defaults: bool = False) -> bo
     current = current and loaded.get("design") == PREDICTOR_DESIGN
     if current and defaults:
         predictor, training = default_settings()
-        wanted = [(predictor, loaded["config"]), (training, train_config)]
+        config = dict(loaded["config"])
+        rule = config.get("embedding_min_prefixes") == predictor["embedding_min_prefixes"]
+        if rule and config.get("token_embedding") == 0:  # the default, left out on few prefixes
+            config["token_embedding"] = predictor["token_embedding"]
+        wanted = [(predictor, config), (training, train_config)]
         current = all(got.get(k) == v for want, got in wanted for k, v in want.items())
     return recorded == open_cache(cache_path).fingerprint and current
 
