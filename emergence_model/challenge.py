@@ -40,7 +40,7 @@ from emergence_model.logprobs import (
     as_tensor,
     rows_per_chunk,
 )
-from emergence_model.suites import parse_model_spec, resolve_param_counts
+from emergence_model.suites import resolve_param_counts
 from emergence_model.vocab import FINGERPRINT_KEY, tokenizer_fingerprint
 
 # A pickle is a program for a small stack machine, so every object it names is replaced by a
@@ -476,12 +476,10 @@ def named_tokenizer_fingerprint(tokenizer: str | None) -> dict:
     copy on disk: the imported cache is then compared by name and size)."""
     if tokenizer is None:
         return {}
-    from emergence_model.lm import load_tokenizer
+    from emergence_model.lm import load_tokenizer_spec
 
     try:
-        return {
-            FINGERPRINT_KEY: tokenizer_fingerprint(load_tokenizer(*parse_model_spec(tokenizer)))
-        }
+        return {FINGERPRINT_KEY: tokenizer_fingerprint(load_tokenizer_spec(tokenizer))}
     except (OSError, ValueError):  # ModelLoadError is a ValueError
         return {}
 

@@ -114,6 +114,14 @@ def load_model(
         return model.to(device).eval()
 
 
+def load_tokenizer_spec(spec: str):
+    """`load_tokenizer` of a tokenizer as a cache names it: "ORG/NAME@REVISION", a hub id or a
+    local directory (`suites.parse_model_spec`)."""
+    from emergence_model.suites import parse_model_spec
+
+    return load_tokenizer(*parse_model_spec(spec))
+
+
 def load_model_spec(spec: str, **kwargs) -> torch.nn.Module:
     """`load_model` of a suite's model as a cache names it: "ORG/NAME@REVISION", a hub id or a
     local directory (`suites.parse_model_spec`)."""

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from emergence_model.cache import FeatureCache, open_cache
-from emergence_model.lm import load_tokenizer
+from emergence_model.lm import load_tokenizer_spec
 from emergence_model.prefixes import source_field
 from emergence_model.prompts import expected_token_ids
 from emergence_model.stats import mean_with_ci
-from emergence_model.suites import parse_model_spec
 
 
 def expected_tokens(cache: FeatureCache) -> np.ndarray | None:
@@ -28,7 +27,7 @@ def expected_tokens(cache: FeatureCache) -> np.ndarray | None:
     expected = source_field(cache.meta.get("source") or {}, "expected")
     if expected is None:
         return None
-    tokenizer = load_tokenizer(*parse_model_spec(cache.meta["tokenizer"]))
+    tokenizer = load_tokenizer_spec(cache.meta["tokenizer"])
     return np.asarray(expected_token_ids(tokenizer, cache.prefixes, expected))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from emergence_model.cache import FeatureCache, open_cache
-from emergence_model.lm import load_tokenizer
+from emergence_model.lm import load_tokenizer_spec
 from emergence_model.prefixes import source_field, source_task
 from emergence_model.prompts import expected_token_ids
 from emergence_model.selection import guided
@@ -52,15 +52,13 @@ from emergence_model.study.scoring import (
     score_sets,
     train_subset_networks,
 )
-from emergence_model.suites import parse_model_spec
 
 
 def load_cache_tokenizer(caches: Sequence[FeatureCache]):
     """The tokenizer every cache names, loaded once; ValueError when it does not load."""
     name = _tokenizer_name(caches)
-    model_id, revision = parse_model_spec(name)
     try:
-        return load_tokenizer(model_id, revision)
+        return load_tokenizer_spec(name)
     except (OSError, ValueError) as e:
         raise ValueError(
             f"{caches[0].path} names tokenizer {name!r}, which does not load "
